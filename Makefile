@@ -1,0 +1,36 @@
+# Every target sets up .venv itself (PyTorch pinned; the CPU build on machines without CUDA).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test lint bench train-demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/msdiffusion generate --preset tiny \
+	  --prompt "a dog and a cat on the beach" \
+	  --subject examples/subjects/dog.png --box 0.05,0.3,0.5,0.9 --phrase dog \
+	  --subject examples/subjects/cat.png --box 0.5,0.3,0.95,0.9 --phrase cat \
+	  --steps 20 --seed 0 --out outputs/demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,45 @@
+"""msdiffusion — MS-Diffusion (multi-subject, layout-guided SDXL personalisation) for diffusers.
+
+The public API (imported lazily, so the command line starts fast)::
+
+    from msdiffusion import MSAdapter, MSDiffusionXLPipeline, Subject
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "MSAdapter": "msdiffusion.models.adapter",
+    "MSAdapterConfig": "msdiffusion.models.adapter",
+    "GroundingResampler": "msdiffusion.models.resampler",
+    "MSDiffusionXLPipeline": "msdiffusion.pipelines.pipeline_msdiffusion_xl",
+    "MSDiffusionXLPipelineOutput": "msdiffusion.pipelines.pipeline_msdiffusion_xl",
+    "MSConditioning": "msdiffusion.conditioning",
+    "Subject": "msdiffusion.layout",
+    "GenerationRequest": "msdiffusion.inference",
+    "SubjectSpec": "msdiffusion.inference",
+    "load_pipeline": "msdiffusion.inference",
+    "generate": "msdiffusion.inference",
+    "InputError": "msdiffusion.errors",
+    "CheckpointError": "msdiffusion.errors",
+}
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:
+    from .conditioning import MSConditioning
+    from .errors import CheckpointError, InputError
+    from .inference import GenerationRequest, SubjectSpec, generate, load_pipeline
+    from .layout import Subject
+    from .models.adapter import MSAdapter, MSAdapterConfig
+    from .models.resampler import GroundingResampler
+    from .pipelines.pipeline_msdiffusion_xl import MSDiffusionXLPipeline, MSDiffusionXLPipelineOutput
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'msdiffusion' has no attribute {name!r}")

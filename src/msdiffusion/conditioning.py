@@ -1,0 +1,187 @@
+"""``MSConditioning``: everything one UNet call needs for multi-subject attention, carried typed in
+``cross_attention_kwargs={"ms": ...}`` — the subject tokens, their regions, scales, the latent
+geometry — plus per-call caches, so masks are rasterised once per grid and the constant subject
+K/V once per layer, not at every layer and step.
+
+Regions follow DESIGN §2.2: a box covers cell (r, c) iff ``floor(y0·H) ≤ r < ceil(y1·H)`` and
+``floor(x0·W) ≤ c < ceil(x1·W)``, on each grid (any aspect ratio); a region mask covers the cells
+it touches (max-pooled to the grid, the same conservative rule). Auto layout (§2.3) replaces the
+regions by thresholded text-attention maps from ``start_step`` on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["MSConditioning", "rasterize_boxes", "latent_grids"]
+
+
+def latent_grids(latent_size: tuple[int, int], levels: int = 8) -> list[tuple[int, int]]:
+    """The (H, W) of each UNet level: stride-2 downsampling with padding rounds up."""
+    h, w = latent_size
+    grids = [(h, w)]
+    for _ in range(levels):
+        h, w = (h + 1) // 2, (w + 1) // 2
+        grids.append((h, w))
+    return grids
+
+
+def rasterize_boxes(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Boxes ``(..., 4)`` normalised → bool cells ``(..., h, w)``; an all-zero box covers nothing."""
+    boxes = boxes.float()
+    col0, col1 = torch.floor(boxes[..., 0] * w), torch.ceil(boxes[..., 2] * w)  # (...)
+    row0, row1 = torch.floor(boxes[..., 1] * h), torch.ceil(boxes[..., 3] * h)
+    cols = torch.arange(w, device=boxes.device, dtype=torch.float32)
+    rows = torch.arange(h, device=boxes.device, dtype=torch.float32)
+    in_x = (cols >= col0[..., None]) & (cols < col1[..., None])  # (..., w)
+    in_y = (rows >= row0[..., None]) & (rows < row1[..., None])  # (..., h)
+    return in_y[..., :, None] & in_x[..., None, :]  # (..., h, w)
+
+
+@dataclass(frozen=True, eq=False)
+class MSConditioning:
+    """Per-call multi-subject conditioning for the installed attention processors.
+
+    Shapes: Bc conditioned rows (the UNet batch rows ``cond_start … cond_start + Bc``; with
+    classifier-free guidance the unconditional half is left out — its image branch is exactly 0),
+    S subjects (padded; padding has scale 0 and an empty region), Q tokens each, C = cross-attention
+    width.
+
+    Attributes:
+        tokens: (Bc, S, Q, C) subject tokens from the grounding resampler.
+        boxes: (Bc, S, 4) normalised boxes; all-zero = no box.
+        scales: (Bc, S) the image-attention scale of each subject (γ, or its own scale; 0 = padding).
+        latent_size: (H, W) of the UNet's input latent; each layer finds its grid from it.
+        cond_start: first UNet batch row that gets the image branch.
+        region_masks: (Bc, S, Hm, Wm) bool regions, used where ``has_mask``; or None.
+        has_mask: (Bc, S) bool.
+        phrase_spans: (Bc, S, 2) token spans ``[start, end)`` of the phrases (auto layout).
+        mask_threshold: auto layout threshold; None = boxes/masks only.
+        start_step: first step (counting from 1) that uses the attention-map regions.
+        cache_kv: keep each layer's subject K/V for the whole call (inference); off in training,
+            where each UNet call is one step anyway and gradient checkpointing recomputes.
+    """
+
+    tokens: torch.Tensor
+    boxes: torch.Tensor
+    scales: torch.Tensor
+    latent_size: tuple[int, int]
+    cond_start: int = 0
+    region_masks: torch.Tensor | None = None
+    has_mask: torch.Tensor | None = None
+    phrase_spans: torch.Tensor | None = None
+    mask_threshold: float | None = None
+    start_step: int = 0
+    cache_kv: bool = True
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def for_training(cls, tokens: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor,
+                     latent_size: tuple[int, int], scale: float = 1.0) -> MSConditioning:
+        """Training conditioning: every batch row conditioned; ``valid`` (B, S) marks real subjects."""
+        valid = valid.to(tokens.device, torch.bool)
+        boxes = torch.where(valid[..., None], boxes.to(tokens.device, torch.float32), 0.0)
+        scales = valid.to(tokens.dtype) * scale
+        return cls(tokens=tokens, boxes=boxes, scales=scales, latent_size=tuple(latent_size),
+                   cache_kv=False)
+
+    # -- geometry -------------------------------------------------------------------------------
+    @property
+    def num_rows(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def num_subjects(self) -> int:
+        return self.tokens.shape[1]
+
+    @property
+    def auto_layout(self) -> bool:
+        return self.mask_threshold is not None
+
+    def grid(self, seq_len: int) -> tuple[int, int]:
+        """The (h, w) grid of a layer whose image sequence has ``seq_len`` cells."""
+        for h, w in latent_grids(self.latent_size):
+            if h * w == seq_len:
+                return h, w
+        raise ValueError(f"no UNet level of a {self.latent_size} latent has {seq_len} cells")
+
+    def box_regions(self, h: int, w: int) -> torch.Tensor:
+        """(Bc, S, h·w) bool: the cells each subject's box (or mask) covers on an h×w grid."""
+        key = ("regions", h, w)
+        if key not in self._cache:
+            inside = rasterize_boxes(self.boxes, h, w)  # (Bc, S, h, w)
+            if self.region_masks is not None and self.has_mask is not None:
+                pooled = F.adaptive_max_pool2d(self.region_masks.float(), (h, w)) > 0.5
+                inside = torch.where(self.has_mask[..., None, None], pooled, inside)
+            inside = inside & (self.scales > 0)[..., None, None]
+            self._cache[key] = inside.flatten(-2)
+        return self._cache[key]
+
+    def attention_mask(self, inside: torch.Tensor, cache_key: Any = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Regions (Bc, S, N) → SDPA mask (Bc, 1, N, S·Q) and foreground (Bc, 1, N, 1).
+
+        A cell inside ≥ 1 region attends to exactly those subjects' tokens (one joint softmax);
+        background cells get an all-True row (no NaN) and a foreground factor of 0.
+        """
+        if cache_key is not None and cache_key in self._cache:
+            return self._cache[cache_key]
+        q = self.tokens.shape[2]
+        allowed = inside.transpose(1, 2).repeat_interleave(q, dim=2)  # (Bc, N, S·Q)
+        foreground = inside.any(dim=1)  # (Bc, N)
+        allowed = (allowed | ~foreground[..., None]).unsqueeze(1)  # (Bc, 1, N, S·Q)
+        fg = foreground[:, None, :, None].to(self.tokens.dtype)  # (Bc, 1, N, 1)
+        if cache_key is not None:
+            self._cache[cache_key] = (allowed, fg)
+        return allowed, fg
+
+    # -- subject keys/values --------------------------------------------------------------------
+    def subject_kv(self, layer: str, to_k_ip: torch.nn.Module, to_v_ip: torch.nn.Module,
+                   heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's subject keys and values (Bc, heads, S·Q, d); values carry the scales."""
+        key = ("kv", layer)
+        if self.cache_kv and key in self._cache:
+            return self._cache[key]
+        tokens = self.tokens.flatten(1, 2)  # (Bc, S·Q, C)
+        k = to_k_ip(tokens).unflatten(-1, (heads, -1)).transpose(1, 2)  # (Bc, h, S·Q, d)
+        v = to_v_ip(tokens).unflatten(-1, (heads, -1)).transpose(1, 2)
+        scale = self.scales.to(v.dtype).repeat_interleave(self.tokens.shape[2], dim=1)  # (Bc, S·Q)
+        v = v * scale[:, None, :, None]
+        if self.cache_kv:
+            self._cache[key] = (k, v)
+        return k, v
+
+    # -- auto layout ----------------------------------------------------------------------------
+    def span_weights(self, length: int, dtype: torch.dtype) -> torch.Tensor:
+        """(Bc, S, length): 1/len over each phrase's token span (zeros for padding)."""
+        key = ("spans", length, dtype)
+        if key not in self._cache:
+            assert self.phrase_spans is not None
+            pos = torch.arange(length, device=self.phrase_spans.device)
+            start, end = self.phrase_spans[..., :1], self.phrase_spans[..., 1:]  # (Bc, S, 1)
+            inside = ((pos >= start) & (pos < end)).to(dtype)  # (Bc, S, L)
+            self._cache[key] = inside / inside.sum(-1, keepdim=True).clamp(min=1)
+        return self._cache[key]
+
+    def record_attention(self, layer: str, text_probs: torch.Tensor) -> torch.Tensor | None:
+        """Add this step's phrase maps of one layer; return its auto-layout regions once active.
+
+        text_probs: (Bc, heads, N, L) text-attention probabilities of the conditioned rows.
+        Returns (Bc, S, N) bool regions from ``start_step`` on, else None (use the boxes).
+        """
+        spans = self.span_weights(text_probs.shape[-1], torch.float32)
+        maps = torch.einsum("bhnl,bsl->bsn", text_probs.float(), spans) / text_probs.shape[1]
+        key = ("maps", layer)
+        total, count = self._cache.get(key, (None, 0))
+        total = maps if total is None else total + maps
+        self._cache[key] = (total, count + 1)
+        if count + 1 < self.start_step:
+            return None
+        mean = total / (count + 1)  # (Bc, S, N)
+        lo, hi = mean.amin(-1, keepdim=True), mean.amax(-1, keepdim=True)
+        normed = (mean - lo) / (hi - lo + 1e-5)
+        return (normed > self.mask_threshold) & (self.scales > 0)[..., None]

@@ -124,6 +124,14 @@ class MSAdapter(nn.Module):
     def projection(self, layer: str) -> SubjectProjection:
         return self.projections[_module_key(layer)]
 
+    @property
+    def device(self) -> torch.device:
+        return self.dummy_tokens.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dummy_tokens.dtype
+
     def projection_prefix(self, layer: str) -> str:
         """State-dict prefix of a layer's projections."""
         return f"projections.{_module_key(layer)}"

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
             if err.name is not None and name.startswith(err.name):
                 continue
             raise
-        module.register(sub)
+        if hasattr(module, "register"):
+            module.register(sub)
     return parser
 
 

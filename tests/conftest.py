@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny, real, random-weight SDXL components (offline; see msdiffusion.presets)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+EXAMPLES = REPO / "examples" / "subjects"
+
+
+@pytest.fixture(scope="session")
+def tiny_factory():
+    """Builds independent copies of the tiny components (same weights for the same seed)."""
+    from msdiffusion.presets import tiny_components
+
+    return tiny_components
+
+
+@pytest.fixture()
+def make_adapter():
+    from msdiffusion.models.adapter import MSAdapter
+    from msdiffusion.presets import tiny_adapter_kwargs
+
+    def make(unet, seed: int = 0):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return MSAdapter.for_unet(unet, **tiny_adapter_kwargs())
+
+    return make

@@ -1,0 +1,128 @@
+"""MSAdapter: install/uninstall, our format, the released format, unsafe and wrong checkpoints."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from msdiffusion.conditioning import MSConditioning
+from msdiffusion.convert import load_original_checkpoint, released_layer_order, save_original_checkpoint
+from msdiffusion.errors import CheckpointError
+from msdiffusion.models.adapter import MSAdapter, cross_attention_layers
+from msdiffusion.presets import tiny_adapter_kwargs
+
+
+def unet_call(unet, cond=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 8, 16, generator=g)
+    text = torch.randn(2, 77, 64, generator=g)
+    added = {"text_embeds": torch.randn(2, 32, generator=g), "time_ids": torch.rand(2, 6, generator=g)}
+    kwargs = {"ms": cond} if cond is not None else None
+    with torch.no_grad():
+        return unet(x, torch.tensor([500, 500]), text, added_cond_kwargs=added,
+                    cross_attention_kwargs=kwargs).sample
+
+
+@pytest.fixture()
+def unet(tiny_factory):
+    return tiny_factory()["unet"]
+
+
+def test_install_uninstall_restores_bit_identical_outputs(unet, make_adapter):
+    before = unet_call(unet)
+    original = {k: type(v) for k, v in unet.attn_processors.items()}
+    adapter = make_adapter(unet)
+    adapter.install(unet)
+    assert torch.equal(unet_call(unet), before)  # installed, no subjects: plain
+    tokens = torch.randn(2, 1, 16, 64)
+    cond = MSConditioning(tokens=tokens, boxes=torch.tensor([[[0, 0, 0.5, 1.0]]] * 2),
+                          scales=torch.ones(2, 1), latent_size=(8, 16))
+    assert not torch.equal(unet_call(unet, cond), before)
+    adapter.uninstall(unet)
+    assert {k: type(v) for k, v in unet.attn_processors.items()} == original
+    assert torch.equal(unet_call(unet), before)
+
+
+def test_projections_start_as_copies_of_to_k_to_v(unet, make_adapter):
+    adapter = make_adapter(unet)
+    for name, attn in cross_attention_layers(unet).items():
+        assert torch.equal(adapter.projection(name).to_k_ip.weight, attn.to_k.weight)
+        assert torch.equal(adapter.projection(name).to_v_ip.weight, attn.to_v.weight)
+
+
+def test_save_load_round_trip_is_bit_exact_and_config_in_metadata(unet, make_adapter, tmp_path):
+    adapter = make_adapter(unet, seed=3)
+    adapter.save_pretrained(tmp_path / "a")
+    loaded = MSAdapter.from_pretrained(tmp_path / "a")
+    for (k1, v1), (k2, v2) in zip(adapter.state_dict().items(), loaded.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    with safe_open(str(tmp_path / "a" / "adapter.safetensors"), "pt") as f:
+        meta = json.loads(f.metadata()["config"])
+    assert meta["resampler_dim"] == 64 and meta["layers"] == adapter.config.layers
+    os.remove(tmp_path / "a" / "config.json")  # metadata alone is enough
+    MSAdapter.from_pretrained(tmp_path / "a")
+    adapter.save_pretrained(tmp_path / "a")  # overwrite in place, atomically
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_released_format_round_trip_uses_every_key(unet, make_adapter, tmp_path):
+    adapter = make_adapter(unet, seed=4)
+    path = save_original_checkpoint(adapter, unet, tmp_path / "ms_adapter.bin")
+    data = torch.load(path, weights_only=True)
+    assert set(data) == {"image_proj", "ms_adapter", "dummy_image_tokens"}
+    order = released_layer_order(unet)
+    assert sorted(data["ms_adapter"]) == sorted(
+        f"{i}.to_{kv}_ip.weight" for i in order for kv in "kv")
+    assert all(i % 2 == 1 for i in order)
+    loaded = load_original_checkpoint(path, unet, **tiny_adapter_kwargs())
+    for v1, v2 in zip(adapter.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(v1, v2)
+    # one extra key, one missing key, one wrong shape: each named
+    data["image_proj"]["unused.weight"] = torch.zeros(1)
+    torch.save(data, tmp_path / "extra.bin")
+    with pytest.raises(CheckpointError, match="unexpected key 'image_proj.unused.weight'"):
+        load_original_checkpoint(tmp_path / "extra.bin", unet, **tiny_adapter_kwargs())
+    del data["image_proj"]["unused.weight"]
+    first = min(order)
+    del data["ms_adapter"][f"{first}.to_v_ip.weight"]
+    torch.save(data, tmp_path / "missing.bin")
+    with pytest.raises(CheckpointError, match=f"missing key 'ms_adapter.{first}.to_v_ip.weight'"):
+        load_original_checkpoint(tmp_path / "missing.bin", unet, **tiny_adapter_kwargs())
+    with pytest.raises(CheckpointError, match="has shape"):  # default (released) sizes ≠ tiny file
+        load_original_checkpoint(path, unet)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/msdiffusion-pickle-ran",))
+
+
+def test_code_running_pickle_is_refused_never_executed(unet, tmp_path):
+    marker = "/tmp/msdiffusion-pickle-ran"
+    if os.path.exists(marker):
+        os.remove(marker)
+    path = tmp_path / "evil.bin"
+    with open(path, "wb") as f:
+        pickle.dump({"image_proj": _RunsCode()}, f)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_original_checkpoint(path, unet)
+    assert not os.path.exists(marker)
+
+
+def test_not_a_checkpoint_and_wrong_unet(unet, make_adapter, tmp_path, tiny_factory):
+    (tmp_path / "text.bin").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_original_checkpoint(tmp_path / "text.bin", unet)
+    torch.save({"a": torch.zeros(1)}, tmp_path / "other.bin")
+    with pytest.raises(CheckpointError, match="missing section 'image_proj'"):
+        load_original_checkpoint(tmp_path / "other.bin", unet)
+    adapter = make_adapter(unet)
+    from diffusers import UNet2DConditionModel
+
+    other = UNet2DConditionModel(**{**unet.config, "attention_head_dim": (2, 2, 2),
+                                    "block_out_channels": (32, 32, 64)})
+    with pytest.raises(CheckpointError, match="expects"):
+        adapter.install(other)

@@ -63,6 +63,9 @@ def fail(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # library chatter (optional backends, dtype notes) would bury the command's own output
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

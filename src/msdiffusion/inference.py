@@ -68,6 +68,13 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """What a failed hub/local load raises (not our bugs: those keep their traceback)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return (OSError, ValueError, HfHubHTTPError)
+
+
 def _unavailable(what: str, source: str, err: Exception, hint: str) -> ModelNotAvailableError:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     why = "offline (HF_HUB_OFFLINE=1) and not in the local cache" if offline else \
@@ -94,9 +101,9 @@ def load_adapter(source: str, unet: torch.nn.Module, filename: str | None = None
 
     try:
         local = hf_hub_download(source, filename or "ms_adapter.bin")
-    except Exception as err:  # hub errors: offline, missing repo, no access
+    except _hub_errors() as err:  # offline, missing repo, no access
         raise _unavailable("MS-Diffusion adapter", source, err,
-                           f"Download it with `huggingface-cli download {source} "
+                           f"Download it with `hf download {source} "
                            f"{filename or 'ms_adapter.bin'}` and pass --adapter PATH") from None
     return MSAdapter.from_original_checkpoint(local, unet)
 
@@ -132,30 +139,33 @@ def load_pipeline(preset: str = "tiny", *, base: str | None = None,
 
         base = base or spec.base
         encoder_source = image_encoder or spec.image_encoder
-        subfolder = None if image_encoder else spec.image_encoder_subfolder
+        subfolder = "" if image_encoder else spec.image_encoder_subfolder
         try:
             encoder = CLIPVisionModelWithProjection.from_pretrained(
                 encoder_source, subfolder=subfolder, torch_dtype=torch_dtype)
-        except Exception as err:  # OSError / hub errors
+        except _hub_errors() as err:
             raise _unavailable("image encoder", encoder_source, err,
-                               f"Download {spec.image_encoder} (subfolder "
-                               f"{spec.image_encoder_subfolder}) and pass --image-encoder PATH"
-                               ) from None
+                               f"Download it with `hf download {spec.image_encoder} --include "
+                               f"'{spec.image_encoder_subfolder}/*'` and pass --image-encoder "
+                               f"PATH/{spec.image_encoder_subfolder}") from None
+        side = encoder.config.image_size  # CLIP preprocessing at the encoder's own resolution
+        processor = CLIPImageProcessorPil(size={"shortest_edge": side},
+                                          crop_size={"height": side, "width": side})
         extra: dict[str, Any] = {}
         if vae is not None:
             from diffusers import AutoencoderKL
 
             try:
                 extra["vae"] = AutoencoderKL.from_pretrained(vae, torch_dtype=torch_dtype)
-            except Exception as err:
+            except _hub_errors() as err:
                 raise _unavailable("VAE", vae, err, "Pass a local --vae PATH") from None
         try:
             pipe = MSDiffusionXLPipeline.from_pretrained(
-                base, image_encoder=encoder, feature_extractor=CLIPImageProcessorPil(),
+                base, image_encoder=encoder, feature_extractor=processor,
                 adapter=None, controlnet=None, torch_dtype=torch_dtype, **extra)
-        except Exception as err:
+        except _hub_errors() as err:
             raise _unavailable("SDXL base", base, err,
-                               f"Download it with `huggingface-cli download {spec.base}` and "
+                               f"Download it with `hf download {spec.base}` and "
                                "pass --base PATH") from None
         ms_adapter = load_adapter(adapter or spec.adapter, pipe.unet,
                                   None if adapter else spec.adapter_filename)
@@ -194,9 +204,15 @@ def generate(model: LoadedModel, requests: Sequence[GenerationRequest], *, batch
 
     if batch_size < 1:
         raise InputError("batch_size", "must be >= 1", batch_size)
+    from .pipelines.subjects import validate_layout
+
     requests = [r.validate() for r in requests]
     subjects = [[_subject(s, f"requests[{i}].subjects[{j}]") for j, s in enumerate(r.subjects)]
                 for i, r in enumerate(requests)]
+    for request, group in zip(requests, subjects):  # every layout error before the first image
+        validate_layout([group], [request.prompt], model.pipe.tokenizer,
+                        request.height or model.default_size, request.width or model.default_size,
+                        request.scale, request.mask_threshold)
     batches: list[list[int]] = []
     for i, request in enumerate(requests):
         key = _batch_key(request, model.default_size)

@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[ui,dev]'
 	touch $@
 
 demo: setup
@@ -24,6 +24,7 @@ demo: setup
 	  --steps 20 --seed 0 --out outputs/demo
 
 test: setup
+	bash scripts/install_browser.sh
 	$(PY) -m pytest -q
 
 lint: setup

@@ -91,8 +91,10 @@ class MSCrossAttnProcessor(nn.Module):
             image = self.image_attention(q[rows], k[rows], ms, seq_len)  # (Bc, h, N, d)
             if ms.cond_start == 0 and ms.num_rows == batch:
                 out = out + image
-            else:
+            elif torch.is_grad_enabled():  # autograd may need SDPA's output as it was
                 out = torch.cat((out[: rows.start], out[rows] + image, out[rows.stop:]), dim=0)
+            else:  # inference: no second full-size buffer
+                out[rows] += image
 
         hidden_states = out.transpose(1, 2).flatten(2).to(q.dtype)  # (B, N, h·d)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))

@@ -6,8 +6,10 @@ ControlNet (and any other add-on) sees exactly what it sees in plain SDXL.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,8 @@ from ..models.adapter import MSAdapter
 from .subjects import build_conditioning, validate_layout
 
 __all__ = ["MSDiffusionXLPipeline", "MSDiffusionXLPipelineOutput"]
+
+ADAPTER_FOLDER = "adapter"
 
 
 @dataclass
@@ -60,6 +64,47 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
             vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False)
         if adapter is not None:
             adapter.install(unet)
+
+    def attach_adapter(self, adapter: MSAdapter | None) -> None:
+        """Swap the adapter: uninstall the current one (if any), install ``adapter`` (or none)."""
+        if self.adapter is not None and self.adapter.is_installed(self.unet):
+            self.adapter.uninstall(self.unet)
+        self.register_modules(adapter=adapter)
+        if adapter is not None:
+            adapter.install(self.unet)
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> None:
+        """diffusers' folder layout with the UNet saved clean (adapter uninstalled meanwhile) and
+        the adapter in ``adapter/`` (our format); ``from_pretrained`` restores both."""
+        adapter = self.adapter
+        installed = adapter is not None and adapter.is_installed(self.unet)
+        if installed:
+            adapter.uninstall(self.unet)
+        self.register_modules(adapter=None)
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+        finally:
+            self.register_modules(adapter=adapter)
+            if installed:
+                adapter.install(self.unet)
+        if adapter is not None:
+            adapter.save_pretrained(Path(save_directory) / ADAPTER_FOLDER)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str],
+                        **kwargs: Any) -> MSDiffusionXLPipeline:
+        """``StableDiffusionXLPipeline.from_pretrained`` plus the adapter: passed as
+        ``adapter=``, or read from the folder's ``adapter/`` when present."""
+        adapter = kwargs.pop("adapter", None)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, adapter=None, **kwargs)
+        folder = Path(pretrained_model_name_or_path) / ADAPTER_FOLDER
+        if adapter is None and (folder / "config.json").is_file():
+            adapter = MSAdapter.from_pretrained(folder)
+        if adapter is not None:
+            dtype = kwargs.get("torch_dtype")
+            pipe.attach_adapter(adapter.to(pipe.unet.device, dtype if isinstance(
+                dtype, torch.dtype) else pipe.unet.dtype))
+        return pipe
 
     # -- checks ---------------------------------------------------------------------------------
     def _check_call(self, prompt: Any, height: int, width: int, scale: float,

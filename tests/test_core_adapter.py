@@ -126,3 +126,20 @@ def test_not_a_checkpoint_and_wrong_unet(unet, make_adapter, tmp_path, tiny_fact
                                     "block_out_channels": (32, 32, 64)})
     with pytest.raises(CheckpointError, match="expects"):
         adapter.install(other)
+
+
+def test_unet_step_with_subjects_traces_without_graph_breaks(unet, make_adapter):
+    """torch.compile-friendly: no data-dependent Python control flow in the processors."""
+    make_adapter(unet).install(unet)
+    cond = MSConditioning(tokens=torch.randn(1, 2, 16, 64),
+                          boxes=torch.tensor([[[0, 0, 0.5, 1.0], [0.4, 0, 1.0, 1.0]]]),
+                          scales=torch.full((1, 2), 0.6), latent_size=(8, 16), cond_start=1)
+    unet_call(unet, cond)  # first step of a call fills the per-call caches
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(2, 4, 8, 16, generator=g), torch.tensor(500),
+            torch.randn(2, 77, 64, generator=g))
+    added = {"text_embeds": torch.randn(2, 32, generator=g), "time_ids": torch.rand(2, 6)}
+    with torch.no_grad():
+        explained = torch._dynamo.explain(unet)(*args, added_cond_kwargs=added,
+                                                cross_attention_kwargs={"ms": cond})
+    assert explained.graph_break_count == 0

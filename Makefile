@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint bench train-demo clean
+.PHONY: setup demo test lint bench train-demo eval-demo bench-eval ui clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,18 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/overhead.py
+
+eval-demo: setup
+	$(VENV)/bin/msdiffusion eval standin outputs/evaldata
+	$(VENV)/bin/msdiffusion eval generate msbench --data outputs/evaldata --out outputs/eval-tiny \
+	  --preset tiny --limit 13 --images-per-sample 1 --steps 4
+	$(VENV)/bin/msdiffusion eval score outputs/eval-tiny --models tiny
+
+bench-eval: setup
+	$(PY) benchmarks/eval_throughput.py
+
+ui: setup
+	$(VENV)/bin/msdiffusion ui --preset tiny
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -113,6 +113,22 @@ def test_a_box_is_needed_without_auto_layout(refs):
     assert "< 1.0" in errors["mask_threshold"]
 
 
+def test_pipeline_layout_rules_are_checked_up_front(refs, tmp_path):
+    from msdiffusion.presets import char_tokenizer
+
+    tokenizer = char_tokenizer(tmp_path / "tokenizer")
+    form = filled_form(refs)
+    assert h.validate_form(form, tokenizer=tokenizer) == {}
+    auto = replace(form, auto_layout=True, prompt="a dog on the beach")  # no "cat" in it
+    assert set(h.validate_form(auto, tokenizer=tokenizer)) == {"s2.phrase"}
+    assert "must appear in the prompt" in h.validate_form(auto, tokenizer=tokenizer)["s2.phrase"]
+    tall = tmp_path / "tall.png"
+    Image.new("L", (50, 200), 255).save(tall)  # 1:4, the output is 4:3
+    form.subjects[2] = replace(form.subjects[2], mask=str(tall))
+    errors = h.validate_form(form, tokenizer=tokenizer)
+    assert set(errors) == {"s2.mask"} and "aspect ratio" in errors["s2.mask"]
+
+
 def test_error_arguments_map_to_slots():
     slots = [0, 2, 3]
     assert h._field_of("subjects[1].images[0]", slots) == "s2.images"
@@ -155,8 +171,13 @@ def test_sidecar_restores_every_field(refs, tmp_path):
     for name in ("prompt", "negative_prompt", "width", "height", "steps", "guidance", "scale",
                  "seed", "num_images", "auto_layout", "start_step", "drop_grounding"):
         assert getattr(back, name) == getattr(expected, name), name
-    for k, (got, want) in enumerate(zip(back.subjects, expected.subjects)):
-        assert (got.phrase, got.box) == (want.phrase, want.box), k
+    # the used slots come back in order, first slots first (slot positions are not in a recipe)
+    used = [s for s in expected.subjects if not s.is_empty()]
+    assert [s.is_empty() for s in back.subjects] == [False, False, True, True]
+    for k, (got, want) in enumerate(zip(back.subjects[:2], used, strict=True)):
+        assert got.phrase == want.phrase, k
+        assert h.canvas_for(replace(back, subjects=[got]))["subjects"][0]["box"] == \
+            h.canvas_for(replace(back, subjects=[want]))["subjects"][0]["box"]
         assert (float(got.scale) if got.scale is not None else None) == \
             (float(want.scale) if want.scale is not None else None)
         assert [Path(p).read_bytes() for p in got.images] == \

@@ -1,0 +1,351 @@
+"""Feature extractors for scoring (CLIP, DINO, OWLv2) and the reference-feature cache.
+
+Each extractor loads its model once (``from_pretrained`` on a hub id or a local folder), batches
+its inputs and returns float32 CPU tensors. They use the model's own preprocessing, except OWLv2:
+transformers' ``Owlv2ImageProcessorPil`` needs SciPy and the fast one torchvision, so
+:func:`owlv2_pixels` does the same steps (pad to a square at the bottom/right, resize, CLIP
+normalisation, values read from the model's ``preprocessor_config.json``) with Pillow's
+antialiased bilinear resize instead of SciPy's Gaussian + zoom — boxes differ by a fraction of a
+pixel.
+
+Embeddings: CLIP image/text = the projected ``pooler_output`` (``get_image_features`` /
+``get_text_features``); DINO = the CLS token of the last layer (``last_hidden_state[:, 0]``, the
+DreamBooth protocol; works for DINO ViTs and DINOv2 alike).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import ModelNotAvailableError
+from .metrics import nms
+from .runs import atomic_write_bytes
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "ClipEmbedder",
+    "Detection",
+    "DinoEmbedder",
+    "OwlDetector",
+    "ReferenceCache",
+    "owlv2_pixels",
+]
+
+DEFAULT_MODELS = {
+    "clip": "openai/clip-vit-base-patch32",
+    "dino": "facebook/dino-vits16",
+    "detector": "google/owlv2-base-patch16-ensemble",
+}
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence load reports (e.g. DINO checkpoints without the unused pooler) and per-file
+    progress bars while loading."""
+    from transformers.utils import logging as tlog
+
+    level, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(level)
+        if bars:
+            tlog.enable_progress_bar()
+
+
+def _load(loader: Any, model_id: str, role: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained(model_id)`` with a clear error when it is not available."""
+    try:
+        with _quiet_transformers():
+            return loader.from_pretrained(model_id, **kwargs)
+    except (OSError, ValueError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+        why = ("it is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE is set"
+               if offline else f"{type(err).__name__}: {str(err).splitlines()[0][:160]}")
+        raise ModelNotAvailableError(
+            f"{role} model {model_id!r} cannot be loaded ({why}); download it once "
+            f"(`hf download {model_id}`) or pass a local folder with --{role}-model") from err
+
+
+def _fingerprint(model_id: str, model: Any) -> str:
+    """What identifies the weights: the id plus the hub commit, or the local files' size/mtime."""
+    parts = [model_id, str(getattr(model.config, "_commit_hash", None) or "")]
+    path = Path(model_id)
+    if path.is_dir():
+        for f in sorted(path.iterdir()):
+            if f.suffix in (".safetensors", ".bin", ".json"):
+                st = f.stat()
+                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _features(out: Any) -> torch.Tensor:
+    """``get_*_features`` returns a tensor in some transformers versions, an output in others."""
+    return out.pooler_output if hasattr(out, "pooler_output") else out
+
+
+class _Extractor:
+    """Common loading/identity for the three extractors."""
+
+    role = ""
+
+    def __init__(self, model_id: str, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, batch_size: int = 32):
+        self.model_id, self.device, self.dtype = model_id, device, dtype
+        self.batch_size = batch_size
+        self.model = self._load_model().to(device=device, dtype=dtype).eval()
+        self.fingerprint = _fingerprint(model_id, self.model)
+
+    def _load_model(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """How the numbers were made: printed next to them in every report."""
+        return {"model": self.model_id, "class": type(self.model).__name__,
+                "revision": getattr(self.model.config, "_commit_hash", None),
+                "fingerprint": self.fingerprint[:16],
+                "dtype": str(self.dtype).replace("torch.", "")}
+
+
+class _ImageEmbedder(_Extractor):
+    def _load_model(self) -> Any:
+        from transformers import AutoImageProcessor
+
+        self.processor = _load(AutoImageProcessor, self.model_id, self.role)
+        return self._load_network()
+
+    def _load_network(self) -> Any:
+        raise NotImplementedError
+
+    def _embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(N,) images -> (N, D) float32 CPU embeddings (not normalised)."""
+        out = []
+        for chunk in _batches(list(images), self.batch_size):
+            pixels = self.processor(images=[im.convert("RGB") for im in chunk],
+                                    return_tensors="pt")["pixel_values"]
+            out.append(self._embed_pixels(pixels.to(self.device, self.dtype)).float().cpu())
+        dim = out[0].shape[-1] if out else 0
+        return torch.cat(out) if out else torch.empty(0, dim)
+
+
+class ClipEmbedder(_ImageEmbedder):
+    """CLIP image and text embeddings (CLIP-T, CLIP-I). Default ``openai/clip-vit-base-patch32``."""
+
+    role = "clip"
+
+    def _load_network(self) -> Any:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = _load(AutoTokenizer, self.model_id, self.role)
+        return _load(AutoModel, self.model_id, self.role)
+
+    def _embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_image_features(pixel_values=pixel_values))
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N,) prompts -> (N, D) float32 CPU embeddings; prompts longer than the text encoder's
+        context (77 tokens for CLIP) are truncated, as in every CLIP-T implementation."""
+        limit = self.model.config.text_config.max_position_embeddings
+        out = []
+        for chunk in _batches(list(texts), self.batch_size):
+            tokens = self.tokenizer(list(chunk), padding=True, truncation=True, max_length=limit,
+                                    return_tensors="pt").to(self.device)
+            out.append(_features(self.model.get_text_features(**tokens)).float().cpu())
+        return torch.cat(out) if out else torch.empty(0, 0)
+
+
+class DinoEmbedder(_ImageEmbedder):
+    """Self-supervised ViT CLS embeddings (DINO). Default ``facebook/dino-vits16``."""
+
+    role = "dino"
+
+    def _load_network(self) -> Any:
+        from transformers import AutoModel
+
+        return _load(AutoModel, self.model_id, self.role)
+
+    def _embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]  # (B, D) CLS token
+
+
+# ----------------------------------------------------------------------------------------------
+# Detection
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A detected box (normalised xyxy of the image) and its score (sigmoid of the class logit)."""
+
+    box: tuple[float, float, float, float]
+    score: float
+
+
+def owlv2_pixels(images: Sequence[Image.Image], size: int, mean: Sequence[float],
+                 std: Sequence[float]) -> torch.Tensor:
+    """OWLv2 input: pad each image to a square (bottom/right, black), resize to ``size``²,
+    normalise. (B,) images -> (B, 3, size, size)."""
+    batch = []
+    for im in images:
+        im = im.convert("RGB")
+        side = max(im.size)
+        square = Image.new("RGB", (side, side), (0, 0, 0))
+        square.paste(im, (0, 0))
+        square = square.resize((size, size), Image.Resampling.BILINEAR)
+        arr = np.asarray(square, dtype=np.float32) / 255.0  # (size, size, 3)
+        arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        batch.append(torch.from_numpy(arr).permute(2, 0, 1))  # (3, size, size)
+    return torch.stack(batch)
+
+
+class OwlDetector(_Extractor):
+    """Open-vocabulary detection with OWLv2. Default ``google/owlv2-base-patch16-ensemble``.
+
+    Queries are ``query_template.format(phrase)`` ("a photo of a dog").
+    """
+
+    role = "detector"
+
+    def __init__(self, model_id: str, *, query_template: str = "a photo of a {}",
+                 nms_iou: float = 0.5, **kwargs: Any):
+        self.query_template, self.nms_iou = query_template, nms_iou
+        super().__init__(model_id, **kwargs)
+
+    def _load_model(self) -> Any:
+        from transformers import AutoTokenizer, Owlv2ForObjectDetection
+
+        self.tokenizer = _load(AutoTokenizer, self.model_id, self.role)
+        model = _load(Owlv2ForObjectDetection, self.model_id, self.role)
+        cfg: dict[str, Any] = {}
+        local = Path(self.model_id) / "preprocessor_config.json"
+        try:
+            if local.is_file():
+                cfg = json.loads(local.read_text())
+            else:
+                from huggingface_hub import hf_hub_download
+
+                cfg = json.loads(Path(hf_hub_download(self.model_id, "preprocessor_config.json"))
+                                 .read_text())
+        except Exception:  # noqa: BLE001 - fall back to the model's own input size
+            cfg = {}
+        size = cfg.get("size", {})
+        self.image_size = int(size.get("height", model.config.vision_config.image_size)
+                              if isinstance(size, dict) else size)
+        self.mean = tuple(cfg.get("image_mean", OPENAI_CLIP_MEAN))
+        self.std = tuple(cfg.get("image_std", OPENAI_CLIP_STD))
+        return model
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {**super().info, "query_template": self.query_template,
+                "input_size": self.image_size, "preprocessing": "pad-square + Pillow bilinear"}
+
+    @torch.inference_mode()
+    def detect(self, images: Sequence[Image.Image], phrases: Sequence[Sequence[str]],
+               top_k: Sequence[Sequence[int]] | None = None) -> list[list[list[Detection]]]:
+        """For image i and phrase j: up to ``top_k[i][j]`` (default 1) detections of the phrase,
+        best first, after non-maximum suppression. Never empty: the best box is returned even when
+        its score is low (the caller reports low scores)."""
+        results: list[list[list[Detection]]] = []
+        limit = self.model.config.text_config.max_position_embeddings
+        for start in range(0, len(images), self.batch_size):
+            ims = list(images[start:start + self.batch_size])
+            qs = [list(p) for p in phrases[start:start + self.batch_size]]
+            n_queries = max(1, max(len(q) for q in qs))
+            pixels = owlv2_pixels(ims, self.image_size, self.mean, self.std)
+            texts = [self.query_template.format(p) for q in qs for p in q]
+            tokens = self.tokenizer(texts, padding="max_length", truncation=True, max_length=limit,
+                                    return_tensors="pt")
+            # (B * n_queries, L): each image's queries, padded with all-zero rows (masked by OWLv2)
+            ids = torch.zeros(len(ims) * n_queries, limit, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            row = 0
+            for i, q in enumerate(qs):
+                for j in range(len(q)):
+                    ids[i * n_queries + j] = tokens["input_ids"][row]
+                    mask[i * n_queries + j] = tokens["attention_mask"][row]
+                    row += 1
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                             pixel_values=pixels.to(self.device, self.dtype))
+            scores = torch.sigmoid(out.logits.float()).cpu()  # (B, P, n_queries)
+            boxes = out.pred_boxes.float().cpu()  # (B, P, 4) cx, cy, w, h of the padded square
+            for i, (im, q) in enumerate(zip(ims, qs, strict=True)):
+                results.append([self._best(boxes[i], scores[i, :, j], im.size,
+                                           (top_k[start + i][j] if top_k else 1))
+                                 for j in range(len(q))])
+        return results
+
+    def _best(self, boxes: torch.Tensor, scores: torch.Tensor, size: tuple[int, int],
+              k: int) -> list[Detection]:
+        width, height = size
+        side = max(width, height)
+        cx, cy, w, h = boxes.unbind(-1)
+        # padded-square coordinates -> pixels -> normalised to the image; (P, 4) xyxy
+        xyxy = torch.stack([(cx - w / 2) * side / width, (cy - h / 2) * side / height,
+                            (cx + w / 2) * side / width, (cy + h / 2) * side / height], -1)
+        xyxy = xyxy.clamp(0.0, 1.0)
+        top = torch.argsort(scores, descending=True)[: max(20, 4 * k)]
+        kept = nms(xyxy[top], scores[top], self.nms_iou)[:k]
+        return [Detection(tuple(float(v) for v in xyxy[top[i]]), float(scores[top[i]]))
+                for i in kept]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference cache
+
+
+class ReferenceCache:
+    """Embeddings of reference images, keyed by file content, one safetensors file per model.
+
+    References are few and shared by many samples (and runs): each is embedded once per model;
+    ``cache_dir`` may be shared between runs (``--cache-dir``).
+    """
+
+    def __init__(self, cache_dir: str | Path | None):
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+
+    def _file(self, extractor: _Extractor) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{extractor.role}-{extractor.fingerprint[:16]}.safetensors"
+
+    def embed(self, extractor: _ImageEmbedder, paths: Sequence[Path],
+              load: Any) -> dict[Path, torch.Tensor]:
+        """Embeddings of ``paths`` (``load(path) -> PIL``), computing only those not cached."""
+        from safetensors.torch import load_file, save
+
+        file = self._file(extractor)
+        stored = load_file(str(file)) if file is not None and file.exists() else {}
+        keys = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+        todo = sorted({k: p for p, k in keys.items() if k not in stored}.items())
+        if todo:
+            feats = extractor.embed_images([load(p) for _, p in todo])
+            stored.update({k: feats[i].contiguous() for i, (k, _) in enumerate(todo)})
+            if file is not None:
+                atomic_write_bytes(file, save(stored, metadata={"model": extractor.model_id}))
+        return {p: stored[k] for p, k in keys.items()}

@@ -1,0 +1,261 @@
+"""Generating a benchmark's images into a run folder: resumable, deterministic, sharded.
+
+- Every image has its own seed, a function of (base seed, sample id, image index) only
+  (:func:`image_seed`), so an image is the same whatever the number of processes, the batch size,
+  the ``--limit`` or the order in which it is made.
+- An image counts as done when its PNG is complete and its sidecar readable; files are written to a
+  temporary folder of the run and moved into place (sidecar first, image last), so an interrupted
+  run resumes where it stopped and a truncated file is made again.
+- Under ``accelerate launch`` (or ``torchrun``) process ``i`` of ``n`` takes every n-th planned
+  image (:func:`~msdiffusion.evaluation.runs.shard`): disjoint shares that together cover the plan.
+  The main process writes ``run.json`` and ``index.jsonl``; at the end it records throughput and
+  completeness in ``generation.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .benchmarks import Benchmark, BenchSample
+from .runs import ImageRecord, RunFolder, atomic_write_json, shard
+
+__all__ = ["GenerationConfig", "image_seed", "plan_images", "build_request", "run_generation"]
+
+MAX_IMAGES_PER_SAMPLE = 1000
+_DTYPES = ("fp32", "fp16", "bf16")
+
+
+@dataclass
+class GenerationConfig:
+    """How images are made. Everything but ``images_per_sample`` must match to resume a run."""
+
+    preset: str = "tiny"
+    base: str | None = None  # SDXL folder or hub id (overrides the preset's)
+    image_encoder: str | None = None
+    adapter: str | None = None
+    dtype: str | None = None  # fp32 | fp16 | bf16; None = load_pipeline's choice for the device
+    steps: int = 30
+    guidance_scale: float = 7.5
+    scale: float = 0.6
+    height: int | None = None  # None = the preset's native size
+    width: int | None = None
+    negative_prompt: str = ""
+    seed: int = 0
+    images_per_sample: int = 5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.images_per_sample <= MAX_IMAGES_PER_SAMPLE:
+            raise InputError("images_per_sample", f"must be in 1..{MAX_IMAGES_PER_SAMPLE}",
+                             self.images_per_sample)
+        if self.dtype is not None and self.dtype not in _DTYPES:
+            raise InputError("dtype", f"must be one of {', '.join(_DTYPES)}", self.dtype)
+        if self.steps < 1:
+            raise InputError("steps", "must be >= 1", self.steps)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide what an image looks like."""
+        d = asdict(self)
+        d.pop("images_per_sample")
+        return d
+
+
+def image_seed(base_seed: int, sample_id: str, k: int) -> int:
+    """The seed of image ``k`` of ``sample_id``: a stable hash of (base seed, sample), plus k."""
+    digest = hashlib.sha256(f"{base_seed}:{sample_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31 - MAX_IMAGES_PER_SAMPLE) + k
+
+
+def plan_images(samples: Sequence[BenchSample], config: GenerationConfig,
+                run: RunFolder) -> list[ImageRecord]:
+    """Every image to make, in benchmark order (sample-major, then image index)."""
+    return [ImageRecord(sample_id=s.id, index=k, image=run.image_relpath(s.id, k),
+                        seed=image_seed(config.seed, s.id, k), group=s.group, prompt=s.prompt,
+                        subjects=[sub.to_dict() for sub in s.subjects])
+            for s in samples for k in range(config.images_per_sample)]
+
+
+def build_request(sample: BenchSample, benchmark: Benchmark, config: GenerationConfig, seed: int):
+    """The inference request of one image of ``sample`` (absolute reference paths)."""
+    from ..inference import GenerationRequest, SubjectSpec
+
+    subjects = [SubjectSpec(images=[str(benchmark.path(s.image))], box=tuple(s.box),
+                            phrase=s.phrase) for s in sample.subjects]
+    return GenerationRequest(prompt=sample.prompt, subjects=subjects,
+                             negative_prompt=config.negative_prompt, height=config.height,
+                             width=config.width, num_inference_steps=config.steps,
+                             guidance_scale=config.guidance_scale, scale=config.scale, seed=seed,
+                             num_images=1)
+
+
+def _check_resume(meta: dict[str, Any], benchmark: Benchmark, config: GenerationConfig,
+                  out: Path) -> None:
+    if meta.get("benchmark") != benchmark.name:
+        raise InputError("out", f"holds a {meta.get('benchmark')} run, not {benchmark.name}; "
+                         "choose another --out", str(out))
+    if meta.get("benchmark_options") != benchmark.options:
+        raise InputError("out", "was generated with other benchmark options "
+                         f"{meta.get('benchmark_options')}; choose another --out",
+                         benchmark.options)
+    before = meta.get("generation", {})
+    changed = {k: (before.get(k), v) for k, v in config.identity().items() if before.get(k) != v}
+    if changed:
+        raise InputError("out", "was generated with other settings (setting: (run, now)); "
+                         "resume with the same settings or choose another --out", changed)
+
+
+def _save(run: RunFolder, record: ImageRecord, result: Any, info: dict[str, Any],
+          overlays: bool) -> None:
+    """Write one result with the inference API's writer into a staging folder of the run, then
+    move it into place: the sidecar (renamed fields, plus the sample) first, the PNG last."""
+    from ..inference import write_result
+
+    staging = run.root / ".staging" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        written = write_result(result, staging, info, stem="image")
+        assert len(written) == 1, "one image per request"
+        files = written[0]
+        final = run.resolve(record.image)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        sidecar = json.loads(Path(files["sidecar"]).read_text(encoding="utf-8"))
+        sidecar.update(image=final.name, overlay=None, sample_id=record.sample_id,
+                       image_index=record.index)
+        if overlays:
+            overlay = run.root / "overlays" / record.sample_id / f"{record.index}.png"
+            overlay.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(files["overlay"], overlay)
+            sidecar["overlay"] = os.path.relpath(overlay, final.parent)
+        atomic_write_json(run.sidecar(final), sidecar)
+        os.replace(files["image"], final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_state(partial_state: Any) -> Any:
+    """This process's place among those ``accelerate launch`` / ``torchrun`` started.
+
+    PartialState only joins CPU processes into one group (MULTI_CPU, gloo) when told ``cpu``:
+    do so when ACCELERATE_USE_CPU is set or no CUDA device exists.
+    """
+    import torch
+    from accelerate.utils import parse_flag_from_env
+
+    return partial_state(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")
+                         or not torch.cuda.is_available())
+
+
+def run_generation(benchmark: Benchmark, out: str | Path, config: GenerationConfig, *,
+                   samples: Sequence[BenchSample] | None = None, batch_size: int = 1,
+                   overlays: bool = False, device: str | None = None,
+                   progress: bool = True, model: Any = None) -> dict[str, Any]:
+    """Generate (this process's share of) ``samples`` into run folder ``out``.
+
+    Returns this process's statistics; the main process also writes ``generation.json`` with the
+    totals once every process is done. Call it in every process of an ``accelerate launch``.
+    ``model``: an already loaded :class:`~msdiffusion.inference.LoadedModel` to use instead of
+    loading ``config``'s (it must be the model ``config`` describes: the run records ``config``).
+    """
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from .. import __version__
+
+    if batch_size < 1:
+        raise InputError("batch_size", "must be >= 1", batch_size)
+    state = _process_state(PartialState)
+    run = RunFolder(out)
+    samples = list(samples if samples is not None else benchmark.runnable)
+    skipped = [s.id for s in samples if s.id in benchmark.skipped]
+    if skipped:
+        raise InputError("samples", "include samples whose references are missing", skipped[:3])
+    meta = run.read_meta()
+    if meta is not None:
+        _check_resume(meta, benchmark, config, run.root)
+    plan = plan_images(samples, config, run)
+    if state.is_main_process:
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.write_meta({
+            "benchmark": benchmark.name, "data_dir": str(benchmark.data_dir),
+            "benchmark_options": benchmark.options, "benchmark_definition": benchmark.definition,
+            "generation": config.identity(), "images_per_sample": config.images_per_sample,
+            "samples": len(samples), "images": len(plan),
+            "skipped_samples": len(benchmark.skipped), "missing_references": benchmark.missing,
+            "created": (meta or {}).get("created") or datetime.now(timezone.utc).isoformat(),
+            "msdiffusion_version": __version__,
+        })
+        run.write_index(plan)
+
+    mine = shard(plan, state.process_index, state.num_processes)
+    todo = [r for r in mine if not run.is_done(r)]
+    by_id = {s.id: s for s in samples}
+    stats = {"process": state.process_index, "processes": state.num_processes,
+             "assigned": len(mine), "already_done": len(mine) - len(todo), "generated": 0,
+             "seconds": 0.0, "load_seconds": 0.0, "images": []}
+    if todo:
+        from ..inference import generate, load_pipeline
+
+        t0 = time.perf_counter()
+        if model is None:
+            model = load_pipeline(config.preset, base=config.base,
+                                  image_encoder=config.image_encoder, adapter=config.adapter,
+                                  device=device or str(state.device), dtype=config.dtype)
+        stats["load_seconds"] = time.perf_counter() - t0
+        stats["model"] = model.info
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(todo), disable=not progress, position=state.process_index,
+                   desc=f"generate [{state.process_index + 1}/{state.num_processes}]",
+                   unit="img")
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            requests = [build_request(by_id[r.sample_id], benchmark, config, r.seed)
+                        for r in chunk]
+            results = generate(model, requests, batch_size=len(requests), progress=False)
+            for record, result in zip(chunk, results, strict=True):
+                _save(run, record, result, model.info, overlays)
+                stats["images"].append(record.image)
+            stats["generated"] += len(chunk)
+            bar.update(len(chunk))
+        bar.close()
+        stats["seconds"] = time.perf_counter() - t0
+    stats["images_per_s"] = stats["generated"] / stats["seconds"] if stats["seconds"] else None
+    atomic_write_json(run.root / "progress" / f"process-{state.process_index}.json", stats)
+
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _write_summary(run, plan, state.num_processes)
+        with contextlib.suppress(OSError):  # only if empty: every process is done with it
+            (run.root / ".staging").rmdir()
+    return stats
+
+
+def _write_summary(run: RunFolder, plan: list[ImageRecord], processes: int) -> None:
+    """``generation.json``: totals over the processes of this session, and completeness."""
+    parts = []
+    for i in range(processes):
+        try:
+            parts.append(json.loads((run.root / "progress" / f"process-{i}.json").read_text()))
+        except (OSError, ValueError):
+            continue
+    generated = sum(p["generated"] for p in parts)
+    parts = [{k: v for k, v in p.items() if k != "images"} for p in parts]  # lists stay there
+    wall = max((p["seconds"] for p in parts), default=0.0)
+    done = sum(run.is_done(r) for r in plan)
+    model = next((p["model"] for p in parts if p.get("model")), None)
+    atomic_write_json(run.root / "generation.json", {
+        "planned": len(plan), "done": done, "complete": done == len(plan),
+        "processes": processes, "generated_this_session": generated,
+        "seconds": wall, "images_per_s": generated / wall if wall else None,
+        "per_process": parts, "model": model,
+        "finished": datetime.now(timezone.utc).isoformat(),
+    })

@@ -1,0 +1,312 @@
+"""Scoring a run folder: per-image metrics with named models, then the report.
+
+Per image (subject scores averaged over the sample's subjects):
+
+- ``clip_t``: cosine(CLIP image embedding of the output, CLIP text embedding of the prompt);
+- ``clip_i`` / ``dino``: the whole output vs the subject's references (the single-subject
+  protocol; with several references, the mean over them);
+- ``clip_i_box`` / ``dino_box``: the output cropped to the subject's layout box vs its references;
+- ``clip_i_det`` / ``dino_det``: cropped to the detector's best box for the subject's phrase;
+- ``m_dino_box`` / ``m_dino_det``: the product of the subjects' DINO scores (clamped at 0);
+- ``layout_iou``: IoU of the detected box with the requested one.
+
+When several subjects share a phrase (two dogs), the detector's top distinct boxes for it are
+matched to the requested boxes by maximal total IoU. Images that are missing, truncated or
+unreadable, and images of samples whose references are missing, are skipped and counted — the
+report says how many, never a silently smaller average.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..errors import InputError
+from .benchmarks import Benchmark, BenchSample, canonical_name, load_benchmark
+from .features import DEFAULT_MODELS, ClipEmbedder, DinoEmbedder, OwlDetector, ReferenceCache
+from .metrics import assign_detections, box_iou, cosine_rows, crop_box, product_score
+from .runs import ImageRecord, RunFolder, atomic_write_text, is_complete_image
+
+__all__ = ["ScoringConfig", "RunInputs", "resolve_run", "score_run", "score_images"]
+
+
+@dataclass
+class ScoringConfig:
+    """Which models score, and how. ``detector_model=None`` skips the detection metrics."""
+
+    clip_model: str = DEFAULT_MODELS["clip"]
+    dino_model: str = DEFAULT_MODELS["dino"]
+    detector_model: str | None = DEFAULT_MODELS["detector"]
+    query_template: str = "a photo of a {}"
+    device: str = "cpu"
+    dtype: str = "fp32"
+    batch_size: int = 32
+    detector_batch_size: int = 8
+    chunk_images: int = 128  # images decoded and held at once
+    workers: int = 4  # image-decoding threads
+    cache_dir: str | None = None  # reference features; default RUN/cache
+    weak_detection: float = 0.1  # detections scoring below this are counted as weak
+    percent: bool = False  # report similarities x100
+    clip_t_weight: float | None = None  # report CLIP-T as CLIPScore: w * max(cos, 0)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "detector_batch_size", "chunk_images", "workers"):
+            if getattr(self, name) < 1:
+                raise InputError(name, "must be >= 1", getattr(self, name))
+        if self.dtype not in ("fp32", "fp16", "bf16"):
+            raise InputError("dtype", "must be fp32, fp16 or bf16", self.dtype)
+        if "{}" not in self.query_template:
+            raise InputError("query_template", "must contain {} for the phrase",
+                             self.query_template)
+
+
+@dataclass
+class RunInputs:
+    """A run folder resolved against its benchmark."""
+
+    run: RunFolder
+    benchmark: Benchmark
+    records: list[ImageRecord]
+    meta: dict[str, Any] | None  # run.json; None for bring-your-own-images folders
+
+
+def resolve_run(run_dir: str | Path, *, benchmark: str | None = None,
+                data: str | Path | None = None, spec: str | Path | None = None,
+                box: Sequence[float] | None = None, references: str | None = None,
+                index: str | Path | None = None) -> RunInputs:
+    """Find the benchmark, data and image records of a run folder (ours or bring-your-own)."""
+    run = RunFolder(run_dir)
+    if not run.root.is_dir():
+        raise InputError("run", "must be an existing run folder", str(run.root))
+    meta = run.read_meta()
+    if meta is not None:
+        if benchmark and canonical_name(benchmark) != meta["benchmark"]:
+            raise InputError("benchmark", f"the run folder holds a {meta['benchmark']} run",
+                             benchmark)
+        options = meta.get("benchmark_options", {})
+        if box is not None and list(box) != options.get("box"):
+            raise InputError("box", f"the run was generated with box {options.get('box')}", box)
+        bench = load_benchmark(meta["benchmark"], data or meta["data_dir"], spec=spec,
+                               box=options.get("box"), references=references or "all")
+        if bench.options != options:
+            raise InputError("run", f"was generated with benchmark options {options}, not "
+                             f"{bench.options} (another --spec?)", str(run.root))
+    else:
+        if not benchmark or not data:
+            raise InputError("run", "has no run.json (bring-your-own images): pass --benchmark "
+                             "and --data", str(run.root))
+        bench = load_benchmark(benchmark, data, spec=spec, box=box,
+                               references=references or "all")
+    if index is not None:
+        records = run.read_index(index)
+    elif run.index_path.exists():
+        records = run.read_index()
+    else:
+        records = run.discover()
+    if not records:
+        raise InputError("run", "holds no images", str(run.root))
+    _check_records(records, bench, run)
+    return RunInputs(run, bench, records, meta)
+
+
+def _check_records(records: list[ImageRecord], bench: Benchmark, run: RunFolder) -> None:
+    unknown = [r.sample_id for r in records if bench.get(r.sample_id) is None]
+    if unknown:
+        raise InputError("run", f"{len(unknown)} of {len(records)} images name samples that "
+                         f"{bench.name} does not have — a run of another benchmark, or a wrong "
+                         "folder layout (images/<sample_id>/<k>.png)", unknown[:3])
+    dup = [k for k, n in Counter((r.sample_id, r.index) for r in records).items() if n > 1]
+    if dup:
+        raise InputError("run", "lists the same (sample, image index) more than once", dup[:3])
+    changed = [r.sample_id for r in records
+               if r.prompt is not None and r.prompt != bench.get(r.sample_id).prompt]
+    if changed:
+        raise InputError("run", "index prompts differ from the benchmark's (was the spec "
+                         "changed?)", changed[:3])
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_image(path: Path) -> Image.Image | None:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception:  # noqa: BLE001 - any unreadable file is counted as corrupt
+        return None
+
+
+def _mean_cos(a: torch.Tensor, refs: list[torch.Tensor]) -> float:
+    """Mean cosine of embedding ``a`` (D,) with each reference embedding (D,)."""
+    stacked = torch.stack(refs)  # (R, D)
+    return float(cosine_rows(a.expand_as(stacked), stacked).mean())
+
+
+class _Models:
+    """The scoring models, loaded once per run."""
+
+    def __init__(self, config: ScoringConfig):
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.dtype]
+        kw = dict(device=config.device, dtype=dtype)
+        self.clip = ClipEmbedder(config.clip_model, batch_size=config.batch_size, **kw)
+        self.dino = DinoEmbedder(config.dino_model, batch_size=config.batch_size, **kw)
+        self.detector = (OwlDetector(config.detector_model, query_template=config.query_template,
+                                     batch_size=config.detector_batch_size, **kw)
+                         if config.detector_model else None)
+
+    def info(self) -> dict[str, Any]:
+        return {"clip": self.clip.info, "dino": self.dino.info,
+                "detector": self.detector.info if self.detector else None}
+
+
+def score_images(models: _Models, samples: Sequence[BenchSample], images: Sequence[Image.Image],
+                 refs: dict[str, dict[str, torch.Tensor]],
+                 prompt_feats: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """Metric rows for ``images[i]`` generated for ``samples[i]`` (see the module docstring).
+
+    ``refs[model][reference path]``: reference embeddings; ``prompt_feats``: CLIP text embeddings.
+    """
+    dets: list[list[tuple[float, float, float, float] | None]] = [
+        [None] * len(s.subjects) for s in samples]
+    det_scores: list[list[float | None]] = [[None] * len(s.subjects) for s in samples]
+    if models.detector is not None:
+        phrases = [list(dict.fromkeys(sub.phrase for sub in s.subjects)) for s in samples]
+        top_k = [[sum(sub.phrase == p for sub in s.subjects) for p in ph]
+                 for s, ph in zip(samples, phrases, strict=True)]
+        found = models.detector.detect(images, phrases, top_k)
+        for i, s in enumerate(samples):
+            for j, phrase in enumerate(phrases[i]):
+                who = [n for n, sub in enumerate(s.subjects) if sub.phrase == phrase]
+                cands = found[i][j]
+                pick = assign_detections([c.box for c in cands], [s.subjects[n].box for n in who])
+                for n, c in zip(who, pick, strict=True):
+                    dets[i][n], det_scores[i][n] = cands[c].box, cands[c].score
+    # Every view to embed: the whole image, then per subject its box crop and detection crop.
+    views, where = [], []
+    for i, (s, im) in enumerate(zip(samples, images, strict=True)):
+        views.append(im)
+        where.append((i, "full", None))
+        for n, sub in enumerate(s.subjects):
+            views.append(crop_box(im, sub.box))
+            where.append((i, "box", n))
+            if dets[i][n] is not None:
+                views.append(crop_box(im, dets[i][n]))
+                where.append((i, "det", n))
+    clip_f, dino_f = models.clip.embed_images(views), models.dino.embed_images(views)
+    feats: dict[tuple[int, str, int | None], tuple[torch.Tensor, torch.Tensor]] = {
+        key: (clip_f[v], dino_f[v]) for v, key in enumerate(where)}
+
+    rows = []
+    for i, s in enumerate(samples):
+        clip_full, dino_full = feats[(i, "full", None)]
+        subjects = []
+        for n, sub in enumerate(s.subjects):
+            rc = [refs["clip"][r] for r in sub.references]
+            rd = [refs["dino"][r] for r in sub.references]
+            entry: dict[str, Any] = {
+                "name": sub.name, "phrase": sub.phrase, "box": list(sub.box),
+                "clip_i": _mean_cos(clip_full, rc), "dino": _mean_cos(dino_full, rd),
+                "clip_i_box": _mean_cos(feats[(i, "box", n)][0], rc),
+                "dino_box": _mean_cos(feats[(i, "box", n)][1], rd)}
+            if dets[i][n] is not None:
+                entry.update(det_box=list(dets[i][n]), det_score=det_scores[i][n],
+                             iou=box_iou(dets[i][n], sub.box),
+                             clip_i_det=_mean_cos(feats[(i, "det", n)][0], rc),
+                             dino_det=_mean_cos(feats[(i, "det", n)][1], rd))
+            subjects.append(entry)
+
+        def mean(key: str, subjects=subjects) -> float | None:
+            vals = [e[key] for e in subjects if key in e]
+            return sum(vals) / len(vals) if vals else None
+
+        text = prompt_feats[s.prompt]
+        row = {"sample_id": s.id, "group": s.group, "n_subjects": len(s.subjects),
+               "clip_t": float(cosine_rows(clip_full[None], text[None])[0]),
+               "clip_i": mean("clip_i"), "dino": mean("dino"),
+               "clip_i_box": mean("clip_i_box"), "dino_box": mean("dino_box"),
+               "m_dino_box": product_score([e["dino_box"] for e in subjects]),
+               "clip_i_det": mean("clip_i_det"), "dino_det": mean("dino_det"),
+               "m_dino_det": (product_score([e["dino_det"] for e in subjects])
+                              if models.detector is not None else None),
+               "layout_iou": mean("iou"), "subjects": subjects}
+        rows.append(row)
+    return rows
+
+
+def score_run(inputs: RunInputs, config: ScoringConfig, *, progress: bool = True,
+              models: _Models | None = None) -> dict[str, Any]:
+    """Score every image of a resolved run; write ``scores.jsonl`` and the report files.
+
+    Returns the report (also written as ``report.json``).
+    """
+    from tqdm.auto import tqdm
+
+    from .report import build_report, write_report
+
+    run, bench = inputs.run, inputs.benchmark
+    skipped: dict[str, list[str]] = {"missing": [], "corrupt": [], "no_reference": []}
+    todo: list[tuple[ImageRecord, Path]] = []
+    for r in inputs.records:
+        path = run.resolve(r.image)
+        if r.sample_id in bench.skipped:
+            skipped["no_reference"].append(r.image)
+        elif not path.exists():
+            skipped["missing"].append(r.image)
+        elif not is_complete_image(path):
+            skipped["corrupt"].append(r.image)
+        else:
+            todo.append((r, path))
+
+    models = models or _Models(config)
+    cache = ReferenceCache(config.cache_dir or run.root / "cache")
+    ref_paths = sorted({r for rec, _ in todo for sub in bench.get(rec.sample_id).subjects
+                        for r in sub.references})
+    refs: dict[str, dict[str, torch.Tensor]] = {}
+    for name, extractor in (("clip", models.clip), ("dino", models.dino)):
+        got = cache.embed(extractor, [bench.path(p) for p in ref_paths], _load_reference)
+        refs[name] = {p: got[bench.path(p)] for p in ref_paths}
+    prompts = sorted({bench.get(rec.sample_id).prompt for rec, _ in todo})
+    prompt_feats = (dict(zip(prompts, models.clip.embed_texts(prompts), strict=True))
+                    if prompts else {})
+
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(todo), disable=not progress, desc="score", unit="img")
+    chunks = [todo[i:i + config.chunk_images] for i in range(0, len(todo), config.chunk_images)]
+    with ThreadPoolExecutor(config.workers) as pool:
+        pending = [pool.submit(_load_image, p) for _, p in chunks[0]] if chunks else []
+        for c, chunk in enumerate(chunks):
+            loaded = [f.result() for f in pending]
+            if c + 1 < len(chunks):  # decode the next chunk while this one is scored
+                pending = [pool.submit(_load_image, p) for _, p in chunks[c + 1]]
+            pairs = [(rec, im) for (rec, _), im in zip(chunk, loaded, strict=True)]
+            good = [(rec, im) for rec, im in pairs if im is not None]
+            skipped["corrupt"] += [rec.image for rec, im in pairs if im is None]
+            if good:
+                part = score_images(models, [bench.get(rec.sample_id) for rec, _ in good],
+                                    [im for _, im in good], refs, prompt_feats)
+                for (rec, _), row in zip(good, part, strict=True):
+                    rows.append({**row, "index": rec.index, "image": rec.image,
+                                 "seed": rec.seed})
+            bar.update(len(chunk))
+    bar.close()
+    atomic_write_text(run.root / "scores.jsonl",
+                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    report = build_report(inputs, rows, skipped, models.info(), asdict(config),
+                          percent=config.percent, clip_t_weight=config.clip_t_weight)
+    write_report(run.root, report, rows, inputs)
+    return report
+
+
+def _load_reference(path: Path) -> Image.Image:
+    image = _load_image(path)
+    if image is None:
+        raise InputError("data", "reference image is unreadable", str(path))
+    return image

@@ -1,0 +1,485 @@
+"""What the web UI does, as plain functions of the form's values (no Gradio here).
+
+The page is a :class:`Form`: the request's fields as the widgets hold them (text boxes, numbers, the
+uploaded files' paths). :func:`build_request` turns a form into a
+:class:`msdiffusion.inference.GenerationRequest` — the same validation as the CLI, with every
+:class:`~msdiffusion.errors.InputError` mapped to the widget it is about (:class:`FormErrors`);
+:func:`form_from_request` goes back, so a request JSON or a result's sidecar restores the page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError, MSDiffusionError
+
+if TYPE_CHECKING:
+    from ..inference import GenerationRequest
+
+MAX_SUBJECTS = 4
+MAX_SEED = 2**31 - 1
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+__all__ = ["MAX_SUBJECTS", "SubjectForm", "Form", "FormErrors", "FORM_FIELDS", "EXAMPLE_LAYOUTS",
+           "build_request", "validate_form", "form_from_request", "form_from_values",
+           "form_to_values", "format_box", "apply_layout", "canvas_for", "copy_files",
+           "find_own_sidecar", "field_label", "pick_seed"]
+
+
+@dataclass
+class SubjectForm:
+    """One subject slot: reference image paths, phrase, box text ``"x0, y0, x1, y1"``, scale,
+    mask."""
+
+    images: list[str] = field(default_factory=list)
+    phrase: str = ""
+    box: str = ""
+    scale: float | str | None = None  # text as typed; None or "" = the request's scale
+    mask: str | None = None
+
+    def is_empty(self) -> bool:
+        return not (self.images or self.phrase.strip() or self.box.strip() or self.mask)
+
+
+@dataclass
+class Form:
+    """Every field of the page, as the widgets hold them."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    subjects: list[SubjectForm] = field(
+        default_factory=lambda: [SubjectForm() for _ in range(MAX_SUBJECTS)])
+    width: int = 1024
+    height: int = 1024
+    steps: int = 30
+    guidance: float = 7.5
+    scale: float = 0.6
+    seed: int = 0
+    random_seed: bool = False
+    num_images: int = 1
+    auto_layout: bool = False
+    mask_threshold: float = 0.5
+    start_step: int = 5
+    drop_grounding: bool = False
+
+
+# Field keys, in the order the app passes its widgets: the top-level fields, then per subject slot
+# ``s{k}.images``, ``s{k}.phrase``, ``s{k}.box``, ``s{k}.scale``, ``s{k}.mask``.
+_TOP_FIELDS = tuple(f.name for f in fields(Form) if f.name != "subjects")
+_SUBJECT_FIELDS = tuple(f.name for f in fields(SubjectForm))
+FORM_FIELDS: tuple[str, ...] = _TOP_FIELDS + tuple(
+    f"s{k}.{name}" for k in range(MAX_SUBJECTS) for name in _SUBJECT_FIELDS)
+
+_LABELS = {"prompt": "prompt", "negative_prompt": "negative prompt", "width": "width",
+           "height": "height", "steps": "steps", "guidance": "guidance", "scale": "scale",
+           "seed": "seed", "num_images": "number of images", "mask_threshold": "mask threshold",
+           "start_step": "start step"}
+
+
+def field_label(key: str) -> str:
+    """A field key as the page names it: ``"s1.box"`` → ``"subject 2 box"``."""
+    match = re.fullmatch(r"s(\d+)\.(\w+)", key)
+    if match:
+        return f"subject {int(match.group(1)) + 1} {match.group(2)}"
+    return _LABELS.get(key, key)
+
+
+class FormErrors(MSDiffusionError):
+    """Validation messages keyed by form field (``"prompt"``, ``"s0.box"``, …)."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = dict(errors)
+        super().__init__("; ".join(f"{field_label(k)}: {m}" for k, m in self.errors.items()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Widgets ↔ Form
+
+
+def _gallery_paths(value: Any) -> list[str]:
+    """A gallery's value (paths, or ``(path, caption)`` pairs) → the paths."""
+    if not value:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [str(item[0] if isinstance(item, (list, tuple)) else item) for item in items if item]
+
+
+def _blank_to_none(value: Any) -> Any:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return value  # validated with the request (a non-number is reported next to its field)
+
+
+def form_from_values(values: Sequence[Any]) -> Form:
+    """The widgets' values, in :data:`FORM_FIELDS` order → a :class:`Form`."""
+    if len(values) != len(FORM_FIELDS):
+        raise ValueError(f"expected {len(FORM_FIELDS)} values, got {len(values)}")
+    by_key = dict(zip(FORM_FIELDS, values, strict=True))
+    subjects = [SubjectForm(images=_gallery_paths(by_key[f"s{k}.images"]),
+                            phrase=str(by_key[f"s{k}.phrase"] or ""),
+                            box=str(by_key[f"s{k}.box"] or ""),
+                            scale=_blank_to_none(by_key[f"s{k}.scale"]),
+                            mask=by_key[f"s{k}.mask"] or None)
+                for k in range(MAX_SUBJECTS)]
+    top = {name: by_key[name] for name in _TOP_FIELDS}
+    for name in ("prompt", "negative_prompt"):
+        top[name] = str(top[name] or "")
+    for name in ("random_seed", "auto_layout", "drop_grounding"):
+        top[name] = bool(top[name])
+    return Form(subjects=subjects, **top)
+
+
+def form_to_values(form: Form) -> list[Any]:
+    """A :class:`Form` → the widgets' values, in :data:`FORM_FIELDS` order."""
+    values = []
+    for key in FORM_FIELDS:
+        match = re.fullmatch(r"s(\d+)\.(\w+)", key)
+        if match:
+            subject = form.subjects[int(match.group(1))]
+            value = getattr(subject, match.group(2))
+            if match.group(2) == "images":
+                value = list(value)
+            elif match.group(2) == "scale":  # a text field: empty = the request's scale
+                value = "" if value is None else f"{float(value):g}"
+            values.append(value)
+        else:
+            values.append(getattr(form, key))
+    return values
+
+
+# ----------------------------------------------------------------------------------------------
+# Form → request (validation)
+
+
+def format_box(box: Sequence[float] | None) -> str:
+    """A box as the page's box field shows it: ``"0.05, 0.3, 0.5, 0.9"`` (4 decimals)."""
+    if box is None:
+        return ""
+    return ", ".join(f"{float(v):.4f}".rstrip("0").rstrip(".") if float(v) else "0" for v in box)
+
+
+def _message(err: InputError) -> str:
+    """An InputError as shown under its field: the rule and the value, without the argument."""
+    text = str(err)
+    prefix = f"{err.argument}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+# Request arguments (as GenerationRequest names them) → form fields.
+_REQUEST_FIELDS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "width": "width",
+                   "height": "height", "num_inference_steps": "steps",
+                   "guidance_scale": "guidance", "scale": "scale", "seed": "seed",
+                   "num_images": "num_images", "mask_threshold": "mask_threshold",
+                   "start_step": "start_step", "drop_grounding_tokens": "drop_grounding"}
+
+
+def _field_of(argument: str, slots: Sequence[int]) -> str:
+    """The form field an InputError's ``argument`` is about (``"subjects[1].box"`` → ``"s3.box"``
+    when request subject 1 is slot 3); a subject-level error without attribute goes to its
+    images."""
+    match = re.search(r"subjects?\W*(\d+)\W*(\w*)", argument)
+    if match and int(match.group(1)) < len(slots):
+        slot = slots[int(match.group(1))]
+        attribute = match.group(2).lower()
+        for name, key in (("image", "images"), ("phrase", "phrase"), ("box", "box"),
+                          ("mask", "mask"), ("scale", "scale")):
+            if attribute.startswith(name):
+                return f"s{slot}.{key}"
+        return f"s{slot}.images"
+    for name, key in _REQUEST_FIELDS.items():
+        if argument == name or argument.endswith("." + name):
+            return key
+    if "box" in argument and len(slots) == 1:
+        return f"s{slots[0]}.box"
+    return "prompt"  # no better place: shown under the prompt
+
+
+def _to_number(errors: dict[str, str], key: str, value: Any, *, integer: bool) -> Any:
+    """A widget's number as the request wants it (whole floats → int); None + an error if not."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        errors[key] = f"must be a number (got {value!r})"
+        return None
+    if integer and math.isfinite(number) and number == int(number):
+        return int(number)
+    return number  # the request's own rule reports non-integers and out-of-range values
+
+
+def _subject_slots(form: Form) -> list[int]:
+    return [k for k, s in enumerate(form.subjects) if not s.is_empty()]
+
+
+def _validated(kwargs: dict[str, Any], specs: list[Any], slots: list[int]
+               ) -> tuple[dict[str, str], GenerationRequest | None]:
+    """Builds the request with the request's own rules, collecting *every* error: after each one,
+    the offending subject is left out (or the field set to its default) and validation goes on."""
+    from ..inference import GenerationRequest
+
+    defaults = {f.name: f.default for f in fields(GenerationRequest) if f.default is not MISSING}
+    defaults["prompt"] = "a photo"  # a stand-in, only so the other fields get checked
+    errors: dict[str, str] = {}
+    kwargs, specs, slots = dict(kwargs), list(specs), list(slots)
+    for _ in range(len(kwargs) + len(specs) + 1):
+        try:
+            return errors, GenerationRequest(subjects=specs, **kwargs)
+        except InputError as err:
+            errors.setdefault(_field_of(err.argument, slots), _message(err))
+            match = re.match(r"subjects\[(\d+)\]", err.argument)
+            if match and int(match.group(1)) < len(specs):
+                del specs[int(match.group(1))], slots[int(match.group(1))]
+            elif err.argument in defaults and kwargs.get(err.argument) != defaults[err.argument]:
+                kwargs[err.argument] = defaults[err.argument]
+            else:
+                break
+    return errors, None
+
+
+def build_request(form: Form, *, seed: int | None = None,
+                  tokenizer: Any = None) -> GenerationRequest:
+    """The form as a :class:`~msdiffusion.inference.GenerationRequest` (``seed``: instead of the
+    form's).
+
+    Raises :class:`FormErrors` with every problem found, each keyed by its field: the page's own
+    checks (a used subject slot needs an image; files are readable images; numbers are numbers),
+    then the request's validation (the same rules as the CLI and request JSONs), then — given
+    the model's ``tokenizer`` — the pipeline's layout rules (masks of the output's aspect ratio,
+    phrases in the prompt under auto layout), which ``generate`` would otherwise report later.
+    """
+    from ..encoding import load_image
+    from ..inference import SubjectSpec
+    from ..layout import mask_to_array
+
+    errors: dict[str, str] = {}
+    kwargs: dict[str, Any] = {"prompt": form.prompt, "negative_prompt": form.negative_prompt,
+                              "drop_grounding_tokens": form.drop_grounding}
+    for key, name, integer in (("width", "width", True), ("height", "height", True),
+                               ("steps", "num_inference_steps", True),
+                               ("guidance", "guidance_scale", False), ("scale", "scale", False),
+                               ("seed", "seed", True), ("num_images", "num_images", True),
+                               ("mask_threshold", "mask_threshold", False),
+                               ("start_step", "start_step", True)):
+        value = seed if key == "seed" and seed is not None else getattr(form, key)
+        number = _to_number(errors, key, value, integer=integer)
+        if number is not None:
+            kwargs[name] = number
+    if not form.auto_layout:
+        kwargs["mask_threshold"] = None
+    specs, slots = [], []
+    for k in _subject_slots(form):
+        s = form.subjects[k]
+        if not s.images:
+            errors[f"s{k}.images"] = "add a reference image (or clear this subject's fields)"
+        for path in s.images:
+            try:
+                load_image(path, f"s{k}.images")  # readable as an image, not only present
+            except InputError as err:
+                errors[f"s{k}.images"] = _message(err)
+        if s.mask:
+            try:
+                mask_to_array(load_image(s.mask, f"s{k}.mask"), f"s{k}.mask")  # not empty
+            except InputError as err:
+                errors[f"s{k}.mask"] = _message(err)
+        if any(key.startswith(f"s{k}.") for key in errors):
+            continue
+        scale = None if s.scale is None or str(s.scale).strip() == "" else s.scale
+        specs.append(SubjectSpec(images=list(s.images), box=s.box.strip() or None,
+                                 phrase=s.phrase, scale=scale, mask=s.mask))
+        slots.append(k)
+    request_errors, request = _validated(kwargs, specs, slots)
+    for key, message in request_errors.items():
+        errors.setdefault(key, message)
+    if errors or request is None:
+        raise FormErrors(errors or {"prompt": "the request could not be built"})
+    if tokenizer is not None:
+        _check_layout(request, slots, tokenizer)
+    return request
+
+
+def _check_layout(request: GenerationRequest, slots: list[int], tokenizer: Any) -> None:
+    """The pipeline's own layout check (``pipelines.subjects.validate_layout``) on the request."""
+    from ..encoding import load_image
+    from ..layout import Subject, mask_to_array
+    from ..pipelines.subjects import validate_layout
+
+    subjects = [Subject(image=s.images, box=s.box, phrase=s.phrase, scale=s.scale,
+                        mask=None if s.mask is None else mask_to_array(load_image(s.mask)))
+                for s in request.subjects]
+    try:
+        validate_layout([subjects], [request.prompt], tokenizer, request.height, request.width,
+                        request.scale, request.mask_threshold)
+    except InputError as err:
+        raise FormErrors({_field_of(err.argument, slots): _message(err)}) from None
+
+
+def validate_form(form: Form, tokenizer: Any = None) -> dict[str, str]:
+    """``{field: message}`` for every problem :func:`build_request` finds; empty when valid."""
+    try:
+        build_request(form, seed=0 if form.random_seed else None, tokenizer=tokenizer)
+    except FormErrors as err:
+        return err.errors
+    return {}
+
+
+def pick_seed(form: Form) -> int:
+    """The seed to generate with: the form's, or a fresh random one when "random" is ticked."""
+    return secrets.randbelow(MAX_SEED) if form.random_seed else int(form.seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Request → form (load a request JSON or a sidecar)
+
+
+def copy_files(paths: Iterable[str], directory: str | Path) -> list[str]:
+    """Copies files into ``directory`` (created) as ``<stem>-<content hash><suffix>``; returns the
+    copies' paths.
+
+    The page only shows files from folders it may serve, and a result's sidecar should point at
+    references kept with it. Naming copies by content makes a sidecar's text identify its inputs:
+    two sidecars with the same bytes used the same images (see :func:`find_own_sidecar`).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path in paths:
+        source = Path(path)
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+        target = directory / f"{source.stem[:40]}-{digest}{source.suffix.lower()}"
+        if not target.exists():
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        copies.append(str(target))
+    return copies
+
+
+def find_own_sidecar(uploaded: str | Path, out_root: str | Path) -> Path:
+    """Where an uploaded JSON came from, if it is one of this page's own results.
+
+    A browser upload arrives without its folder, so a sidecar's relative reference paths would
+    resolve against the upload cache. When a file with the same name and the same bytes exists in
+    a run folder under ``out_root``, that copy is returned (its references sit next to it);
+    otherwise ``uploaded`` itself (absolute paths in it still work).
+    """
+    uploaded = Path(uploaded)
+    data = uploaded.read_bytes()
+    root = Path(out_root)
+    if root.is_dir():
+        for candidate in sorted(root.glob(f"*/{uploaded.name}"), reverse=True):
+            if candidate.is_file() and candidate.stat().st_size == len(data) and \
+                    candidate.read_bytes() == data:
+                return candidate
+    return uploaded
+
+
+def form_from_request(request: GenerationRequest, *, default_size: int,
+                      copy_to: str | Path | None = None) -> Form:
+    """A request (e.g. from :func:`msdiffusion.inference.read_requests`) → the page's fields.
+
+    Image and mask files are copied to ``copy_to`` (a fresh temporary folder by default) so the page
+    can show them wherever they live. Requests with more than :data:`MAX_SUBJECTS` subjects, or
+    with in-memory images, cannot be shown and raise ``InputError``.
+    """
+    if len(request.subjects) > MAX_SUBJECTS:
+        raise InputError("request", f"the page holds at most {MAX_SUBJECTS} subjects",
+                         len(request.subjects))
+    copy_to = Path(copy_to or tempfile.mkdtemp(prefix="msdiffusion-ui-"))
+    subjects = []
+    for k, spec in enumerate(request.subjects):
+        images = [str(im) for im in spec.images]
+        if not all(isinstance(im, (str, Path)) for im in spec.images):
+            raise InputError(f"subjects[{k}].images", "must be file paths to be shown on the page",
+                             [type(im).__name__ for im in spec.images])
+        mask = None
+        if spec.mask is not None:
+            if not isinstance(spec.mask, (str, Path)):
+                raise InputError(f"subjects[{k}].mask", "must be a file path to be shown on the "
+                                 "page", type(spec.mask).__name__)
+            mask = copy_files([str(spec.mask)], copy_to / f"s{k}_mask")[0]
+        subjects.append(SubjectForm(images=copy_files(images, copy_to / f"s{k}"),
+                                    phrase=spec.phrase, box=format_box(spec.box),
+                                    scale=spec.scale, mask=mask))
+    subjects += [SubjectForm() for _ in range(MAX_SUBJECTS - len(subjects))]
+    return Form(prompt=request.prompt, negative_prompt=request.negative_prompt or "",
+                subjects=subjects, width=request.width or default_size,
+                height=request.height or default_size, steps=request.num_inference_steps,
+                guidance=request.guidance_scale, scale=request.scale, seed=request.seed,
+                random_seed=False, num_images=request.num_images,
+                auto_layout=request.mask_threshold is not None,
+                mask_threshold=0.5 if request.mask_threshold is None else request.mask_threshold,
+                start_step=request.start_step, drop_grounding=request.drop_grounding_tokens)
+
+
+# ----------------------------------------------------------------------------------------------
+# Example layouts (MS-Bench's preset boxes) and the canvas
+
+
+@dataclass(frozen=True)
+class ExampleLayout:
+    """A button on the page: an MS-Bench combination type's boxes, with example phrases."""
+
+    title: str
+    combination_type: str
+    phrases: tuple[str, ...]
+
+
+EXAMPLE_LAYOUTS = (
+    ExampleLayout("Side by side", "living_living", ("dog", "cat")),
+    ExampleLayout("Three in a row", "living_living_living", ("dog", "cat", "rabbit")),
+    ExampleLayout("Subject + scene", "living_scene", ("dog", "mountain")),
+    ExampleLayout("Subject + worn item", "living_upwearing", ("dog", "hat")),
+)
+
+
+def layout_boxes(layout: ExampleLayout) -> tuple[list[list[float]], str]:
+    """The layout's boxes and its first prompt template, from the packaged MS-Bench definition."""
+    from ..evaluation.benchmarks import load_msbench_spec
+
+    spec, _ = load_msbench_spec()
+    ctype = spec["combination_types"][layout.combination_type]
+    return [list(map(float, box)) for box in ctype["boxes"]], ctype["prompts"][0]
+
+
+def apply_layout(form: Form, layout: ExampleLayout) -> Form:
+    """The form with ``layout``'s boxes (other slots' boxes cleared); empty phrases and an empty
+    prompt are filled with the layout's examples, anything typed is kept."""
+    boxes, template = layout_boxes(layout)
+    subjects = []
+    for k, subject in enumerate(form.subjects):
+        if k < len(boxes):
+            phrase = subject.phrase if subject.phrase.strip() else layout.phrases[k]
+            subjects.append(replace(subject, box=format_box(boxes[k]), phrase=phrase))
+        else:
+            subjects.append(replace(subject, box=""))
+    phrases = [s.phrase.strip() for s in subjects[:len(boxes)]]
+    prompt = form.prompt if form.prompt.strip() else template.format(*phrases)
+    return replace(form, subjects=subjects, prompt=prompt)
+
+
+def _parse_box_or_none(text: str) -> list[float] | None:
+    from ..layout import validate_box
+
+    try:
+        return list(validate_box(text)) if text.strip() else None
+    except InputError:
+        return None
+
+
+def canvas_for(form: Form, active: int = 0) -> dict[str, Any]:
+    """The layout canvas's value showing the form's boxes (unparsable boxes are not drawn)."""
+    from .canvas import canvas_value
+
+    width = form.width if isinstance(form.width, (int, float)) and form.width > 0 else 1024
+    height = form.height if isinstance(form.height, (int, float)) and form.height > 0 else 1024
+    return canvas_value(width, height, [s.phrase for s in form.subjects],
+                        [_parse_box_or_none(s.box) for s in form.subjects], active)

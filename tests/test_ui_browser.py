@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 SCREENSHOT = REPO / "docs" / "ui.png"
 CHROMIUM = os.environ.get("MSD_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -83,16 +82,9 @@ def page(browser, server):
 
 
 def reference_images(tmp_path: Path) -> list[Path]:
-    """MS-Bench's dog and cat when this checkout has the shared data, else stand-ins."""
-    shared = [SHARED_DATA / "msbench" / "living" / "dog.jpg",
-              SHARED_DATA / "msbench" / "living" / "cat.jpg"]
-    if all(p.is_file() for p in shared):
-        return shared
-    paths = []
-    for name, color in (("dog.png", (170, 120, 60)), ("cat.png", (90, 90, 100))):
-        Image.new("RGB", (96, 96), color).save(tmp_path / name)
-        paths.append(tmp_path / name)
-    return paths
+    """The repository's own example subjects (the screenshot in docs/ shows them)."""
+    examples = REPO / "examples" / "subjects"
+    return [examples / "dog.png", examples / "cat.png"]
 
 
 def field(page, elem_id: str):

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint bench train-demo eval-demo bench-eval ui clean
+.PHONY: setup demo test lint bench train-demo eval-demo bench-eval data-demo bench-data ui clean
 
 setup: $(VENV)/.installed
 
@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[ui,dev]'
+	$(PY) -m pip install -q -e '.[ui,data,train,dev]'
 	touch $@
 
 demo: setup
@@ -32,6 +32,18 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/train_throughput.py
+
+train-demo: setup
+	rm -rf outputs/train-demo
+	$(PY) examples/train/make_demo_data.py --out outputs/train-demo/data
+	$(VENV)/bin/msdiffusion data check outputs/train-demo/data/train.jsonl
+	OMP_NUM_THREADS=1 $(VENV)/bin/msdiffusion train --config configs/train_tiny.json
+	$(VENV)/bin/msdiffusion generate --preset tiny --adapter outputs/train-demo/run/adapter \
+	  --prompt "a dog and a cat on a plain background" \
+	  --subject examples/subjects/dog.png --box 0.05,0.3,0.5,0.9 --phrase dog \
+	  --subject examples/subjects/cat.png --box 0.5,0.3,0.95,0.9 --phrase cat \
+	  --steps 20 --seed 0 --out outputs/train-demo/generated
 
 eval-demo: setup
 	$(VENV)/bin/msdiffusion eval standin outputs/evaldata
@@ -41,6 +53,12 @@ eval-demo: setup
 
 bench-eval: setup
 	$(PY) benchmarks/eval_throughput.py
+
+data-demo: setup
+	$(VENV)/bin/msdiffusion data demo --out outputs/data-demo
+
+bench-data: setup
+	$(PY) benchmarks/data_throughput.py --models random-base
 
 ui: setup
 	$(VENV)/bin/msdiffusion ui --preset tiny

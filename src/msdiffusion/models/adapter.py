@@ -137,7 +137,11 @@ class MSAdapter(nn.Module):
         return f"projections.{_module_key(layer)}"
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        return self.parameters()
+        """The resampler and every layer's projections. The dummy tokens are left out: they never
+        reach the output (background cells are zeroed), so their gradient is always zero."""
+        for name, param in self.named_parameters():
+            if name != "dummy_tokens":
+                yield param
 
     # -- compute --------------------------------------------------------------------------------
     def forward(self, image_embeds: torch.Tensor, phrase_embeds: torch.Tensor,

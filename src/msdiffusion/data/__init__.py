@@ -1,0 +1,32 @@
+"""Building multi-subject training data from raw videos and images (``msdiffusion data build``).
+
+Pipeline (docs/data.md): decode → sample frames → split shots → drop bad frames → pick target and
+reference frames → caption → entity phrases → open-vocabulary detection → filters → match each
+subject in a reference frame (or augment it, for image-only input) → SAM mask → manifest + report.
+
+    from msdiffusion.data import DataConfig, build_dataset
+    result = build_dataset("clips/", "datasets/clips", mode="videos", cfg=DataConfig())
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DataConfig": "msdiffusion.data.config",
+    "load_config": "msdiffusion.data.config",
+    "build_dataset": "msdiffusion.data.build",
+    "BuildResult": "msdiffusion.data.build",
+    "Models": "msdiffusion.data.models",
+    "load_models": "msdiffusion.data.models",
+    "Detection": "msdiffusion.data.boxes",
+    "extract_phrases": "msdiffusion.data.phrases",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'msdiffusion.data' has no attribute {name!r}")

@@ -1,0 +1,319 @@
+"""Settings of a data build (`msdiffusion data build --config data.json`).
+
+Every knob of the pipeline lives here, grouped by stage. A JSON config only lists what it changes;
+unknown keys and values of the wrong type or range are an ``InputError`` naming the key. The
+config's fingerprint (everything that changes the output) is stored with the dataset, so a resumed
+build cannot silently mix two settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+__all__ = [
+    "VideoConfig", "FilterConfig", "MatchConfig", "AugmentConfig", "ModelSpec", "ModelsConfig",
+    "DataConfig", "load_config",
+]
+
+# Words that name scenery rather than a subject; phrases whose head word is one of them are not
+# grounded (a "beach" box teaches the adapter nothing about identity).
+DEFAULT_STUFF = (
+    "background", "beach", "building", "buildings", "camera", "ceiling", "city", "cloud", "clouds",
+    "day", "desert", "distance", "field", "floor", "forest", "front", "grass", "ground", "hill",
+    "hills", "image", "lake", "light", "middle", "mountain", "mountains", "night", "ocean", "park",
+    "photo", "picture", "river", "road", "room", "sand", "scene", "sea", "side", "sky", "snow",
+    "stage", "street", "sun", "sunset", "top", "view", "wall", "walls", "water", "way", "window",
+    "woods", "air", "shot", "close", "closeup", "image", "video", "frame", "area", "lot", "couple",
+    "group", "bunch", "pair", "piece",
+)
+
+
+@dataclass
+class VideoConfig:
+    """Frame sampling, shot splitting, frame quality and the target/reference time rule."""
+
+    sample_fps: float = 2.0  # frames kept per second of video (after decoding every frame)
+    max_frames: int = 600  # sampled frames per video at most (long videos are cut there)
+    cut_threshold: float = 0.12  # mean |Δ| of consecutive 64-px RGB thumbnails, in [0, 1]...
+    cut_ratio: float = 3.0  # ...and this many times the median |Δ| of the ±8 frames around
+    min_shot_s: float = 1.0  # shorter shots are dropped
+    min_gap_s: float = 1.0  # a reference frame is at least this far in time from the target
+    max_gap_s: float | None = None  # ...and at most this far (None: anywhere in the shot)
+    max_references: int = 3  # reference frames searched per target
+    min_brightness: float = 0.06  # mean luma in [0, 1]; darker frames are dropped
+    min_sharpness: float = 30.0  # variance of the Laplacian of the 0..255 grey frame (≤256 px)
+    min_side: int = 256  # frames whose short side is smaller are dropped
+
+
+@dataclass
+class FilterConfig:
+    """Which detections become subjects (applied in this order: score, size, aspect, NMS, top-N)."""
+
+    score_threshold: float = 0.35
+    min_box_area: float = 0.01  # box area / image area
+    max_box_area: float = 0.8
+    min_box_side: int = 32  # pixels of the target frame, both sides
+    max_aspect: float = 4.0  # long side / short side of the box, in pixels
+    nms_iou: float = 0.5  # class-agnostic: two boxes of different phrases on one object → one
+    max_subjects: int = 4
+    min_subjects: int = 1  # samples with fewer subjects are dropped
+
+
+@dataclass
+class MatchConfig:
+    """Finding a subject again in a reference frame, and its reference crop."""
+
+    similarity_threshold: float = 0.6  # cosine similarity of image-encoder features, at least
+    duplicate_similarity: float = 0.98  # ...and below this (else: a near-duplicate of the target)
+    duplicate_pixel_diff: float = 0.02  # mean |Δ| of 32-px crops below this: a near-duplicate
+    reference_margin: float = 0.1  # crop = box grown by this fraction of its size on each side
+    min_mask_fraction: float = 0.05  # SAM mask area / box area below this: mask dropped (null)
+
+
+@dataclass
+class AugmentConfig:
+    """Image-only input: the reference is an augmented crop of the target itself."""
+
+    flip_p: float = 0.5
+    margin: tuple[float, float] = (0.0, 0.25)  # crop margin, fraction of the box size, per side
+    scale: tuple[float, float] = (0.7, 1.3)  # resize factor of the crop
+    brightness: float = 0.2  # factors drawn from [1 - j, 1 + j]
+    contrast: float = 0.2
+    saturation: float = 0.2
+
+
+@dataclass
+class ModelSpec:
+    """One model: ``kind`` picks the wrapper; ``path`` is a hub id or a local folder."""
+
+    kind: str
+    path: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _default_models() -> dict[str, ModelSpec]:
+    return {
+        "captioner": ModelSpec("blip", "Salesforce/blip-image-captioning-large",
+                               {"max_new_tokens": 30}),
+        "detector": ModelSpec("grounding_dino", "IDEA-Research/grounding-dino-base"),
+        "segmenter": ModelSpec("sam", "facebook/sam-vit-base"),
+        "features": ModelSpec("auto", "facebook/dinov2-base"),
+    }
+
+
+@dataclass
+class ModelsConfig:
+    """The four models, where they run and how many images go through them at once.
+
+    ``captioner: null``: every caption must come from a sidecar; ``segmenter: null``: no masks.
+    ``preset``: ``random-tiny`` / ``random-base`` build the models with random weights instead
+    (offline demos, smoke tests and throughput measurements; the paths are not used).
+    """
+
+    preset: str | None = None
+    captioner: ModelSpec | None = field(default_factory=lambda: _default_models()["captioner"])
+    detector: ModelSpec = field(default_factory=lambda: _default_models()["detector"])
+    segmenter: ModelSpec | None = field(default_factory=lambda: _default_models()["segmenter"])
+    features: ModelSpec = field(default_factory=lambda: _default_models()["features"])
+    device: str | None = None  # None: the accelerate process's device
+    dtype: str = "auto"  # auto: float16 on CUDA, float32 elsewhere; or float32/float16/bfloat16
+    batch_size: int = 8
+
+
+@dataclass
+class DataConfig:
+    """Everything a build needs besides its input and output folders."""
+
+    seed: int = 0
+    image_format: str = "jpg"  # jpg or png, for targets and reference crops (masks are PNG)
+    jpeg_quality: int = 95
+    max_image_side: int = 1024  # targets and reference frames are stored at most this large
+    max_input_pixels: int = 178_956_970  # larger images are skipped (decompression bombs)
+    images_per_chunk: int = 8  # image-only input: images processed together (the resume unit)
+    use_sidecar_captions: bool = True  # <file>.txt or captions.json(l) in the input folder
+    phrase_vocabulary: list[str] | None = None  # set: phrases are these words found in captions
+    stuff_words: list[str] = field(default_factory=lambda: sorted(set(DEFAULT_STUFF)))
+    max_phrases: int = 8  # entity phrases per caption sent to the detector
+    video: VideoConfig = field(default_factory=VideoConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+
+    # Settings that change speed, not output: left out of the fingerprint.
+    RUNTIME_KEYS: typing.ClassVar[tuple[str, ...]] = ("models.batch_size", "models.device")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def fingerprint(self) -> str:
+        """sha256 of the settings that change the output."""
+        data = self.to_dict()
+        for key in self.RUNTIME_KEYS:
+            section, name = key.split(".")
+            data[section].pop(name, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> DataConfig:
+        """Build from a (partial) dict; unknown keys and wrong types are an ``InputError``."""
+        return _build(cls, data, where)
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> DataConfig:
+    """Read a JSON config (None: the defaults), then apply ``overrides`` (same nesting)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise InputError("--config", "file not found", str(path)) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError("--config", f"not valid JSON ({err})", str(path)) from None
+        if not isinstance(data, dict):
+            raise InputError("--config", "must hold a JSON object", type(data).__name__)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return DataConfig.from_dict(data)
+
+
+# --- building and checking -------------------------------------------------------------------
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise InputError(where, "must be a JSON object", data)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        known = ", ".join(sorted(names))
+        raise InputError(f"{where}.{unknown[0]}", f"unknown key (known: {known})",
+                         data[unknown[0]])
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field of a nested spec is missing
+        raise InputError(where, str(err), data) from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(o for o in options if o is not type(None))
+        origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if hint is ModelSpec and isinstance(value, dict) and "kind" not in value:
+            raise InputError(where, "needs a 'kind'", value)
+        return _build(hint, value, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise InputError(where, "must be true or false", value)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(where, "must be an integer", value)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(where, "must be a number", value)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise InputError(where, "must be a string", value)
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise InputError(where, "must be a list of two numbers [low, high]", value)
+        low, high = (_coerce(float, v, where) for v in value)
+        if low > high:
+            raise InputError(where, "low <= high", value)
+        return (low, high)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise InputError(where, "must be a list of non-empty strings", value)
+        return list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(where, "must be a JSON object", value)
+        return dict(value)
+    raise AssertionError(f"unhandled config type {hint!r} at {where}")
+
+
+def _check(where: str, ok: bool, rule: str, value: Any) -> None:
+    if not ok:
+        raise InputError(where, rule, value)
+
+
+def _validate(cfg: DataConfig) -> None:
+    """Range checks, each naming the key (types are checked when reading JSON)."""
+    v, f, m, a, mo = cfg.video, cfg.filters, cfg.match, cfg.augment, cfg.models
+    _check("config.image_format", cfg.image_format in ("jpg", "png"), "one of jpg, png",
+           cfg.image_format)
+    _check("config.jpeg_quality", 1 <= cfg.jpeg_quality <= 100, "in 1..100", cfg.jpeg_quality)
+    _check("config.max_image_side", cfg.max_image_side >= 64, ">= 64", cfg.max_image_side)
+    _check("config.max_input_pixels", cfg.max_input_pixels > 0, "> 0", cfg.max_input_pixels)
+    _check("config.images_per_chunk", cfg.images_per_chunk >= 1, ">= 1", cfg.images_per_chunk)
+    _check("config.max_phrases", cfg.max_phrases >= 1, ">= 1", cfg.max_phrases)
+    _check("config.video.sample_fps", v.sample_fps > 0, "> 0", v.sample_fps)
+    _check("config.video.max_frames", v.max_frames >= 2, ">= 2", v.max_frames)
+    _check("config.video.cut_threshold", 0 < v.cut_threshold <= 1, "in (0, 1]", v.cut_threshold)
+    _check("config.video.cut_ratio", v.cut_ratio >= 1, ">= 1", v.cut_ratio)
+    _check("config.video.min_shot_s", v.min_shot_s >= 0, ">= 0", v.min_shot_s)
+    _check("config.video.min_gap_s", v.min_gap_s > 0, "> 0", v.min_gap_s)
+    _check("config.video.max_gap_s", v.max_gap_s is None or v.max_gap_s >= v.min_gap_s,
+           ">= min_gap_s", v.max_gap_s)
+    _check("config.video.max_references", v.max_references >= 1, ">= 1", v.max_references)
+    _check("config.video.min_brightness", 0 <= v.min_brightness < 1, "in [0, 1)",
+           v.min_brightness)
+    _check("config.video.min_sharpness", v.min_sharpness >= 0, ">= 0", v.min_sharpness)
+    _check("config.video.min_side", v.min_side >= 1, ">= 1", v.min_side)
+    _check("config.filters.score_threshold", 0 <= f.score_threshold <= 1, "in [0, 1]",
+           f.score_threshold)
+    _check("config.filters.min_box_area", 0 <= f.min_box_area < f.max_box_area <= 1,
+           "0 <= min_box_area < max_box_area <= 1", (f.min_box_area, f.max_box_area))
+    _check("config.filters.min_box_side", f.min_box_side >= 1, ">= 1", f.min_box_side)
+    _check("config.filters.max_aspect", f.max_aspect >= 1, ">= 1", f.max_aspect)
+    _check("config.filters.nms_iou", 0 < f.nms_iou <= 1, "in (0, 1]", f.nms_iou)
+    _check("config.filters.max_subjects", f.max_subjects >= 1, ">= 1", f.max_subjects)
+    _check("config.filters.min_subjects", 1 <= f.min_subjects <= f.max_subjects,
+           "in 1..max_subjects", f.min_subjects)
+    _check("config.match.similarity_threshold", -1 <= m.similarity_threshold <= 1, "in [-1, 1]",
+           m.similarity_threshold)
+    _check("config.match.duplicate_similarity", m.duplicate_similarity > m.similarity_threshold,
+           "> similarity_threshold", m.duplicate_similarity)
+    _check("config.match.duplicate_pixel_diff", 0 <= m.duplicate_pixel_diff <= 1, "in [0, 1]",
+           m.duplicate_pixel_diff)
+    _check("config.match.reference_margin", 0 <= m.reference_margin <= 2, "in [0, 2]",
+           m.reference_margin)
+    _check("config.match.min_mask_fraction", 0 <= m.min_mask_fraction <= 1, "in [0, 1]",
+           m.min_mask_fraction)
+    _check("config.augment.flip_p", 0 <= a.flip_p <= 1, "in [0, 1]", a.flip_p)
+    _check("config.augment.margin", 0 <= a.margin[0], "low >= 0", a.margin)
+    _check("config.augment.scale", a.scale[0] > 0, "low > 0", a.scale)
+    for name in ("brightness", "contrast", "saturation"):
+        value = getattr(a, name)
+        _check(f"config.augment.{name}", 0 <= value < 1, "in [0, 1)", value)
+    _check("config.models.preset", mo.preset in (None, "random-tiny", "random-base"),
+           "null, random-tiny or random-base", mo.preset)
+    _check("config.models.dtype", mo.dtype in ("auto", "float32", "float16", "bfloat16"),
+           "one of auto, float32, float16, bfloat16", mo.dtype)
+    _check("config.models.batch_size", mo.batch_size >= 1, ">= 1", mo.batch_size)

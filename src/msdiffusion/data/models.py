@@ -1,0 +1,122 @@
+"""The four models of a build, loaded once per process.
+
+``kind`` of each ``ModelSpec`` picks the wrapper: ``blip`` (any transformers image-to-text model),
+``grounding_dino`` / ``owlv2`` / ``auto`` (by the checkpoint's model type), ``sam``, ``auto``
+(features: CLIP, DINOv2, ...). ``module:attribute`` plugs in your own: a callable taking
+``(path, device, dtype, **options)`` and returning an object with the same method (``caption``,
+``detect``, ``segment`` or ``embed``). A missing model is a ``ModelNotAvailableError`` naming it.
+``preset: random-tiny | random-base`` replaces all four with random-weight models
+(``random_models.py``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import InputError, ModelNotAvailableError
+from .captioner import Captioner, HFCaptioner
+from .config import ModelsConfig, ModelSpec
+from .detectors import Detector, GroundingDinoDetector, Owlv2Detector
+from .features import FeatureEncoder, HFFeatureEncoder
+from .segmenter import SamSegmenter, Segmenter
+
+__all__ = ["Models", "load_models", "resolve_dtype"]
+
+
+@dataclass
+class Models:
+    """What a build runs. None: no captioner (sidecar captions only), no features (image-only
+    input needs none), no segmenter (``reference_mask: null``)."""
+
+    captioner: Captioner | None
+    detector: Detector
+    features: FeatureEncoder | None
+    segmenter: Segmenter | None = None
+    batch_size: int = 8
+
+
+def _detector_auto(path: str, device: Any, dtype: torch.dtype, **options: Any) -> Detector:
+    from transformers import AutoConfig
+
+    model_type = _guard("detector", path, lambda: AutoConfig.from_pretrained(path)).model_type
+    if model_type in ("grounding-dino", "mm-grounding-dino"):
+        return GroundingDinoDetector.load(path, device, dtype, **options)
+    if model_type in ("owlv2",):
+        return Owlv2Detector.load(path, device, dtype, **options)
+    raise InputError("config.models.detector.kind", "auto works for grounding-dino and owlv2 "
+                     "checkpoints", model_type)
+
+
+FACTORIES: dict[str, dict[str, Callable[..., Any]]] = {
+    "captioner": {"blip": HFCaptioner.load, "auto": HFCaptioner.load},
+    "detector": {"grounding_dino": GroundingDinoDetector.load, "owlv2": Owlv2Detector.load,
+                 "auto": _detector_auto},
+    "segmenter": {"sam": SamSegmenter.load},
+    "features": {"auto": HFFeatureEncoder.load, "clip": HFFeatureEncoder.load,
+                 "dinov2": HFFeatureEncoder.load},
+}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` → float16 on CUDA, float32 elsewhere."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def _guard(role: str, path: str | None, load: Callable[[], Any]) -> Any:
+    try:
+        return load()
+    except OSError as err:  # not on disk, not in the cache while offline, or a wrong hub id
+        raise ModelNotAvailableError(
+            f"config.models.{role}.path: cannot load {path!r} ({str(err).splitlines()[0]})"
+        ) from None
+
+
+def load_one(role: str, spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Any:
+    """Build one model from its spec (see the module docstring for the kinds)."""
+    if ":" in spec.kind:
+        module, _, attr = spec.kind.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise InputError(f"config.models.{role}.kind", f"cannot import ({err})",
+                             spec.kind) from None
+    else:
+        known = FACTORIES[role]
+        if spec.kind not in known:
+            raise InputError(f"config.models.{role}.kind",
+                             f"one of {', '.join(sorted(known))} or module:attribute", spec.kind)
+        factory = known[spec.kind]
+        if not spec.path:
+            raise InputError(f"config.models.{role}.path", "a hub id or a folder is needed",
+                             spec.path)
+    return _guard(role, spec.path, lambda: factory(spec.path, device, dtype, **spec.options))
+
+
+def load_models(cfg: ModelsConfig, device: torch.device | str, *,
+                need_features: bool = True) -> Models:
+    """Load the configured models onto ``device`` (features only if ``need_features``)."""
+    device = torch.device(device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.preset is not None:
+        from .random_models import random_models
+
+        detector = cfg.detector.kind if cfg.detector.kind == "owlv2" else "grounding_dino"
+        return random_models(cfg.preset.removeprefix("random-"), detector=detector,
+                             segmenter=cfg.segmenter is not None, device=device, dtype=dtype,
+                             batch_size=cfg.batch_size)
+    return Models(
+        captioner=None if cfg.captioner is None else load_one("captioner", cfg.captioner,
+                                                              device, dtype),
+        detector=load_one("detector", cfg.detector, device, dtype),
+        features=load_one("features", cfg.features, device, dtype) if need_features else None,
+        segmenter=None if cfg.segmenter is None else load_one("segmenter", cfg.segmenter,
+                                                              device, dtype),
+        batch_size=cfg.batch_size,
+    )

@@ -1,0 +1,131 @@
+"""The frozen model a run trains against, and the adapter it trains.
+
+``tiny``: the random-weight components of ``msdiffusion.presets`` (CPU, seconds). ``sdxl``: SDXL
+base + the CLIP ViT-bigG/14 image encoder (+ an optional VAE, e.g. the fp16-fix one) from local
+folders or hub ids. Frozen weights are cast to the run's weight dtype; the adapter stays fp32.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from ..errors import InputError, ModelNotAvailableError
+from ..presets import PRESETS, tiny_adapter_kwargs, tiny_components
+from .config import ModelConfig
+
+__all__ = ["load_components", "build_adapter", "resolve_weight_dtype", "move_module", "DTYPES",
+           "FROZEN"]
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FROZEN = ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder")
+
+
+def resolve_weight_dtype(name: str, device: torch.device, *, fsdp: bool = False) -> torch.dtype:
+    """``auto``: bf16 on a GPU that has it, else fp16 on a GPU, fp32 on the CPU and under FSDP
+    (FSDP flattens frozen and trained weights together, so they must share one dtype; its own
+    mixed precision casts them for compute)."""
+    if name == "auto":
+        if fsdp or device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype = DTYPES[name]
+    if fsdp and dtype != torch.float32:
+        raise InputError("model.weight_dtype", "must be fp32 or auto under FSDP (it shards "
+                         "frozen and trained weights in one dtype; set mixed_precision instead)",
+                         name)
+    return dtype
+
+
+def move_module(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> None:
+    """``module.to(device, dtype)``, passing the dtype only when it changes (diffusers warns on
+    every dtype cast)."""
+    if next(module.parameters()).dtype == dtype:
+        module.to(device)
+    else:
+        module.to(device, dtype)
+
+
+def load_components(config: ModelConfig, *, with_unet: bool = True,
+                    dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Frozen components on the CPU: vae, text_encoder(_2), tokenizer(_2), unet (unless
+    ``with_unet`` is False), scheduler (inference), noise_scheduler (DDPM, training),
+    image_encoder, feature_extractor. Frozen modules are in eval mode, ``requires_grad`` off.
+    ``dtype``: load the SDXL weights directly in it (no fp32 copy in memory first); the tiny
+    preset is built in fp32 either way — callers cast."""
+    from diffusers import DDPMScheduler
+
+    if config.preset == "tiny" and config.base is None:
+        components = tiny_components(seed=config.tiny_seed)
+        if not with_unet:
+            components["unet"] = None
+    else:
+        components = _load_sdxl(config, with_unet, dtype)
+    components["noise_scheduler"] = DDPMScheduler.from_config(components["scheduler"].config)
+    for name in FROZEN:
+        if components[name] is not None:
+            components[name].requires_grad_(False).eval()
+    return components
+
+
+def _load_sdxl(config: ModelConfig, with_unet: bool = True,
+               dtype: torch.dtype | None = None) -> dict[str, Any]:
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+    from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
+
+    spec = PRESETS["sdxl"]
+    base = config.base or spec.base
+    encoder_source = config.image_encoder or spec.image_encoder
+    subfolder = config.image_encoder_subfolder
+    if config.image_encoder is None:
+        subfolder = spec.image_encoder_subfolder
+    vae_source = config.vae or spec.vae
+    try:
+        encoder = CLIPVisionModelWithProjection.from_pretrained(
+            encoder_source, subfolder=subfolder, torch_dtype=dtype)
+    except Exception as err:  # OSError or hub errors
+        raise _unavailable("image encoder", encoder_source, err, "model.image_encoder") from None
+    extra: dict[str, Any] = {} if with_unet else {"unet": None}
+    if vae_source is not None:
+        try:
+            extra["vae"] = AutoencoderKL.from_pretrained(vae_source)
+        except Exception as err:
+            raise _unavailable("VAE", vae_source, err, "model.vae") from None
+    try:
+        pipe = StableDiffusionXLPipeline.from_pretrained(base, torch_dtype=dtype, **extra)
+    except Exception as err:
+        raise _unavailable("SDXL base", base, err, "model.base") from None
+    components = {k: v for k, v in pipe.components.items() if k in (
+        "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")}
+    components["image_encoder"] = encoder
+    components["feature_extractor"] = CLIPImageProcessorPil()
+    return components
+
+
+def _unavailable(what: str, source: str, err: Exception, key: str) -> ModelNotAvailableError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    why = ("offline (HF_HUB_OFFLINE=1) and not in the local cache" if offline
+           else f"{err.__class__.__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}")
+    return ModelNotAvailableError(f"cannot load the {what} from {source!r} ({why}); download it "
+                                  f"and set {key} to its folder, or train model.preset=tiny")
+
+
+def build_adapter(config: ModelConfig, unet: torch.nn.Module) -> Any:
+    """A new adapter for ``unet`` (``to_k_ip``/``to_v_ip`` copied from ``to_k``/``to_v``; the rest
+    from the global RNG — seed it first), or the one ``init_adapter`` names, for fine-tuning.
+    Always fp32."""
+    from ..inference import load_adapter
+    from ..models.adapter import MSAdapter
+
+    if config.init_adapter is not None:
+        if config.adapter:
+            raise InputError("model.adapter", "hyper-parameters come from model.init_adapter "
+                             "when fine-tuning; leave model.adapter empty", config.adapter)
+        adapter = load_adapter(config.init_adapter, unet)
+    else:
+        hparams = dict(tiny_adapter_kwargs()) if config.preset == "tiny" else {}
+        hparams.update(config.adapter)
+        adapter = MSAdapter.for_unet(unet, **hparams)
+    return adapter.to(torch.float32)

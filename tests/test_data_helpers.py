@@ -1,0 +1,116 @@
+"""Shared helpers of the data-pipeline tests (no tests here).
+
+* videos: ``msdiffusion.data.synthetic`` (moving coloured shapes written with PyAV, hard cuts);
+* ``tiny_model_dirs``: the real transformers model classes (BLIP, Grounding DINO, OWLv2, SAM,
+  CLIP vision, DINOv2) built from tiny configs with random weights and saved with
+  ``save_pretrained``, so the pipeline loads them through the real ``from_pretrained`` path;
+* ``ColourDetector``: a small deterministic detector with the ``Detector`` interface that finds
+  "red square", "blue circle", ... by colour — for tests that need known boxes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from msdiffusion.data.boxes import Detection  # noqa: E402
+from msdiffusion.data.random_models import save_random_models  # noqa: E402
+from msdiffusion.data.synthetic import (  # noqa: E402,F401  (re-exported for the tests)
+    COLOURS,
+    STANDARD_CAPTION,
+    Shape,
+    Shot,
+    make_video,
+    standard_shots,
+)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models on a shared 2-core machine run ~10× faster on one thread (no OpenMP
+    contention); import this fixture into a test module to apply it there."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class ColourDetector:
+    """Finds phrases that name a colour ("red square") as the bounding box of that colour."""
+
+    def __init__(self, tolerance: float = 70.0):
+        self.tolerance = tolerance
+
+    def detect(self, images: list[Image.Image],
+               phrases: list[list[str]]) -> list[list[Detection]]:
+        out = []
+        for image, names in zip(images, phrases, strict=True):
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+            h, w = pixels.shape[:2]
+            found = []
+            for p, phrase in enumerate(names):
+                colour = next((COLOURS[c] for c in COLOURS if c in phrase.lower()), None)
+                if colour is None:
+                    continue
+                near = np.abs(pixels - np.array(colour)).max(-1) < self.tolerance
+                if near.sum() < 20:
+                    continue
+                ys, xs = np.nonzero(near)
+                box = (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
+                found.append(Detection(tuple(float(v) for v in box), 0.9, p))
+            out.append(found)
+        return out
+
+
+def colour_detector(path, device, dtype, **options) -> ColourDetector:
+    """``ColourDetector`` as a ``module:attribute`` plug-in (``kind: test_data_helpers:...``)."""
+    return ColourDetector(**options)
+
+
+# --- tiny real transformers models ----------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def tiny_model_dirs() -> dict[str, str]:
+    """Folders with the tiny random-weight models saved by ``save_pretrained`` (built once)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    root = Path(tempfile.mkdtemp(prefix="msd-data-models-"))
+    atexit.register(shutil.rmtree, root, True)
+    return save_random_models(root, "tiny")
+
+
+def tiny_models_config(detector: str = "grounding_dino", features: str = "clip") -> dict:
+    """The ``models`` section of a config that loads the tiny models from disk."""
+    dirs = tiny_model_dirs()
+    return {"captioner": {"kind": "blip", "path": dirs["blip"], "options": {"max_new_tokens": 8}},
+            "detector": {"kind": detector, "path": dirs[detector]},
+            "segmenter": {"kind": "sam", "path": dirs["sam"]},
+            "features": {"kind": "auto", "path": dirs[features]},
+            "batch_size": 4}
+
+
+def settings_for_tests(**sections) -> dict:
+    """Settings for the small synthetic inputs (192×144 videos, shapes of 30–45 px)."""
+    base = {
+        "image_format": "png",
+        "video": {"sample_fps": 4.0, "min_side": 64, "min_gap_s": 1.0, "min_shot_s": 1.0,
+                  "max_references": 2, "min_sharpness": 5.0},
+        "filters": {"score_threshold": 0.3, "min_box_side": 8, "min_box_area": 0.005},
+        "match": {"similarity_threshold": -1.0, "duplicate_similarity": 1.5,
+                  "duplicate_pixel_diff": 0.02, "min_mask_fraction": 0.0},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
+    return base

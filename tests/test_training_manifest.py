@@ -1,0 +1,96 @@
+"""Manifests: parsing, every kind of bad record, `msdiffusion data check` output and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from msdiffusion.cli import main
+from msdiffusion.training.demo import build_demo_manifest
+from msdiffusion.training.manifest import parse_record, scan_manifest, write_manifest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "subjects"
+
+
+@pytest.fixture()
+def demo(tmp_path) -> Path:
+    return build_demo_manifest(tmp_path / "demo", EXAMPLES if EXAMPLES.is_dir() else None,
+                               num_records=6)
+
+
+def _good(demo: Path) -> dict:
+    return json.loads(demo.read_text().splitlines()[0])
+
+
+def test_demo_manifest_is_clean_and_summarised(demo):
+    scan = scan_manifest(demo, open_images=True)
+    assert scan.problems == [] and len(scan.records) == scan.total == 6
+    s = scan.summary()
+    assert s["subjects_per_record"] == {"1": 3, "2": 3}
+    assert s["image_sizes"]["most_common"] == [["96x96", 6]]
+    assert s["reference_masks"] >= 1
+    record = scan.records[0]
+    assert parse_record(record.to_json(), record.line) == record  # round trip
+
+
+def test_every_problem_kind_is_found_with_its_line(demo):
+    good = _good(demo)
+    root = demo.parent
+    (root / "broken.png").write_bytes(b"not an image at all")
+    Image.new("L", (5, 5), 255).save(root / "small_mask.png")
+
+    def variant(**changes):
+        record = json.loads(json.dumps(good))
+        record.update({k: v for k, v in changes.items() if k != "subject"})
+        if "subject" in changes:
+            record["subjects"][0].update(changes["subject"])
+        return record
+
+    lines = [
+        json.dumps(good),                                                   # 1 ok
+        "{not json",                                                        # 2
+        json.dumps(variant(id="a", image="missing.png")),                   # 3 missing file
+        json.dumps(variant(id="b", subject={"box": [0.6, 0.1, 0.2, 0.5]})),  # 4 bad box
+        json.dumps(variant(id="c", subject={"box": [0.1, 0.1, 1.2, 0.5]})),  # 5 outside
+        json.dumps(variant(id="d", subject={"phrase": "giraffe"})),         # 6 phrase
+        json.dumps(good),                                                   # 7 duplicate id
+        json.dumps(variant(id="e")),                                        # 8 same content
+        json.dumps(variant(id="f", image="broken.png")),                    # 9 unreadable
+        json.dumps(variant(id="g", subject={"reference_mask": "small_mask.png"})),  # 10 mask
+        json.dumps(variant(id="h", extra=1)),                               # 11 unknown key
+        json.dumps(variant(id="i", subjects=[])),                           # 12 no subjects
+    ]
+    manifest = root / "bad.jsonl"
+    manifest.write_text("\n".join(lines) + "\n\n")
+    scan = scan_manifest(manifest, open_images=True)
+    found = {p.line: p.kind for p in scan.problems}
+    assert found == {2: "schema", 3: "missing file", 4: "box", 5: "box", 6: "phrase",
+                     7: "duplicate", 8: "duplicate", 9: "unreadable image", 10: "mask size",
+                     11: "schema", 12: "schema"}
+    assert [r.line for r in scan.records] == [1]
+    assert scan.total == 12
+    problem = next(p for p in scan.problems if p.line == 6)
+    assert problem.record_id == "d" and "subjects[0].phrase" in problem.describe()
+
+
+def test_data_check_command(demo, capsys):
+    assert main(["data", "check", str(demo)]) == 0
+    out = capsys.readouterr().out
+    assert "records: 6" in out and "no problems found" in out
+    lines = demo.read_text().splitlines()
+    demo.write_text("\n".join(lines + [lines[0]]) + "\n")
+    assert main(["data", "check", str(demo), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["with_problems"] == 1 and report["problems"][0]["kind"] == "duplicate"
+    assert main(["data", "check", str(demo.parent / "nope.jsonl")]) == 2  # a user error
+
+
+def test_write_manifest_is_atomic_and_round_trips(tmp_path, demo):
+    records = scan_manifest(demo).records
+    out = write_manifest(records, tmp_path / "copy" / "m.jsonl")
+    assert [p.name for p in out.parent.iterdir()] == ["m.jsonl"]  # no temp file left
+    assert [json.loads(x) for x in out.read_text().splitlines()] == \
+        [json.loads(x) for x in demo.read_text().splitlines()]

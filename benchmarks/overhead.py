@@ -24,15 +24,42 @@ from PIL import Image
 
 SIZES = {
     # name: (unet kwargs, text hidden sizes (encoder 1, encoder 2), text layers, vision kwargs)
-    "mid": (dict(block_out_channels=(160, 320, 640), transformer_layers_per_block=(0, 1, 2),
-                 attention_head_dim=(5, 5, 10), cross_attention_dim=1024),
-            (384, 640), 2, dict(hidden_size=640, intermediate_size=1280, num_hidden_layers=4,
-                                num_attention_heads=10, image_size=224, patch_size=14)),
-    "full": (dict(block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10),
-                  attention_head_dim=(5, 10, 20), cross_attention_dim=2048),
-             (768, 1280), None, dict(hidden_size=1664, intermediate_size=8192,
-                                     num_hidden_layers=48, num_attention_heads=16,
-                                     image_size=224, patch_size=14)),
+    "mid": (
+        dict(
+            block_out_channels=(160, 320, 640),
+            transformer_layers_per_block=(0, 1, 2),
+            attention_head_dim=(5, 5, 10),
+            cross_attention_dim=1024,
+        ),
+        (384, 640),
+        2,
+        dict(
+            hidden_size=640,
+            intermediate_size=1280,
+            num_hidden_layers=4,
+            num_attention_heads=10,
+            image_size=224,
+            patch_size=14,
+        ),
+    ),
+    "full": (
+        dict(
+            block_out_channels=(320, 640, 1280),
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            cross_attention_dim=2048,
+        ),
+        (768, 1280),
+        None,
+        dict(
+            hidden_size=1664,
+            intermediate_size=8192,
+            num_hidden_layers=48,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+        ),
+    ),
 }
 
 
@@ -43,9 +70,14 @@ def sync(device: str) -> None:
 
 def build(size: str, seed: int = 0) -> dict:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import (CLIPImageProcessorPil, CLIPTextConfig, CLIPTextModel,
-                              CLIPTextModelWithProjection, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     from msdiffusion.presets import char_tokenizer
 
@@ -55,32 +87,57 @@ def build(size: str, seed: int = 0) -> dict:
 
     def text(hidden, layers, cls):
         heads = hidden // 64
-        return cls(CLIPTextConfig(hidden_size=hidden, intermediate_size=4 * hidden,
-                                  num_hidden_layers=layers or (12 if hidden == 768 else 32),
-                                  num_attention_heads=heads, vocab_size=len(tok),
-                                  projection_dim=h2, bos_token_id=tok.bos_token_id,
-                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+        return cls(
+            CLIPTextConfig(
+                hidden_size=hidden,
+                intermediate_size=4 * hidden,
+                num_hidden_layers=layers or (12 if hidden == 768 else 32),
+                num_attention_heads=heads,
+                vocab_size=len(tok),
+                projection_dim=h2,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+        )
 
     down = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
     up = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
     unet = UNet2DConditionModel(
-        sample_size=128, down_block_types=down, up_block_types=up, layers_per_block=2,
-        use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=256, projection_class_embeddings_input_dim=6 * 256 + h2,
-        **unet_kw)
-    vae = AutoencoderKL(block_out_channels=(32, 32, 64, 64), latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1)
+        sample_size=128,
+        down_block_types=down,
+        up_block_types=up,
+        layers_per_block=2,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=6 * 256 + h2,
+        **unet_kw,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 32, 64, 64),
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+    )
     vision = CLIPVisionModelWithProjection(CLIPVisionConfig(projection_dim=1280, **vision_kw))
     side = vision_kw["image_size"]
-    return dict(vae=vae, text_encoder=text(h1, text_layers, CLIPTextModel),
-                text_encoder_2=text(h2, text_layers, CLIPTextModelWithProjection),
-                tokenizer=tok, tokenizer_2=tok, unet=unet,
-                scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear",
-                                                 beta_start=0.00085, beta_end=0.012),
-                image_encoder=vision,
-                feature_extractor=CLIPImageProcessorPil(
-                    size={"shortest_edge": side}, crop_size={"height": side, "width": side}))
+    return dict(
+        vae=vae,
+        text_encoder=text(h1, text_layers, CLIPTextModel),
+        text_encoder_2=text(h2, text_layers, CLIPTextModelWithProjection),
+        tokenizer=tok,
+        tokenizer_2=tok,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(
+            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+        ),
+        image_encoder=vision,
+        feature_extractor=CLIPImageProcessorPil(
+            size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+        ),
+    )
 
 
 def main() -> None:
@@ -99,14 +156,17 @@ def main() -> None:
 
     dtype = getattr(torch, args.dtype)
     components = build(args.size)
-    hp = dict(image_embed_dim=components["image_encoder"].config.hidden_size,
-              phrase_embed_dim=components["text_encoder"].config.hidden_size)
+    hp = dict(
+        image_embed_dim=components["image_encoder"].config.hidden_size,
+        phrase_embed_dim=components["text_encoder"].config.hidden_size,
+    )
     if args.size == "mid":
         hp.update(resampler_dim=640, resampler_heads=10)
     adapter = MSAdapter.for_unet(components["unet"], **hp)
     plain = StableDiffusionXLPipeline(**components).to(args.device, dtype)
-    ours = MSDiffusionXLPipeline(**{**components, "unet": copy.deepcopy(components["unet"])},
-                                 adapter=adapter).to(args.device, dtype)
+    ours = MSDiffusionXLPipeline(
+        **{**components, "unet": copy.deepcopy(components["unet"])}, adapter=adapter
+    ).to(args.device, dtype)
     for p in (plain, ours):
         p.set_progress_bar_config(disable=True)
     refs = [Image.new("RGB", (64, 64), c) for c in ((200, 80, 40), (40, 90, 200), (60, 160, 60))]
@@ -122,9 +182,10 @@ def main() -> None:
     with torch.no_grad():  # the per-call parts, once: text, subjects
         embeds, neg, pooled, neg_pooled = plain.encode_prompt(prompt, device=device)
     text = torch.cat([neg, embeds])  # (2, 77, C): classifier-free guidance batch
-    added = {"text_embeds": torch.cat([neg_pooled, pooled]),
-             "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * 2, device=device,
-                                      dtype=dtype)}
+    added = {
+        "text_embeds": torch.cat([neg_pooled, pooled]),
+        "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * 2, device=device, dtype=dtype),
+    }
     x = torch.randn(2, 4, *latent, device=device, dtype=dtype)
     t = torch.tensor(500, device=device)
     conds, encode_ms = {}, {}
@@ -134,10 +195,18 @@ def main() -> None:
         sync(args.device)
         start = time.perf_counter()
         conds[n] = build_conditioning(
-            layouts, adapter=adapter, image_encoder=ours.image_encoder,
-            feature_extractor=ours.feature_extractor, tokenizer=ours.tokenizer,
-            text_encoder=ours.text_encoder, latent_size=latent, num_images_per_prompt=1,
-            cond_start=1, dtype=dtype, device=device)
+            layouts,
+            adapter=adapter,
+            image_encoder=ours.image_encoder,
+            feature_extractor=ours.feature_extractor,
+            tokenizer=ours.tokenizer,
+            text_encoder=ours.text_encoder,
+            latent_size=latent,
+            num_images_per_prompt=1,
+            cond_start=1,
+            dtype=dtype,
+            device=device,
+        )
         sync(args.device)
         encode_ms[f"{n} subjects"] = round((time.perf_counter() - start) * 1000, 2)
 
@@ -160,11 +229,16 @@ def main() -> None:
         for label in labels:
             times[label].append(run(label))
     medians = {label: statistics.median(v) for label, v in times.items()}
-    result = {"size": args.size, "resolution": args.resolution, "device": args.device,
-              "dtype": args.dtype, "repeats": args.repeats,
-              "unet_step_ms": {k: round(v * 1000, 2) for k, v in medians.items()},
-              "per_call_subject_encoding_ms": encode_ms,
-              "ratio": {k: round(v / medians["plain"], 3) for k, v in medians.items()}}
+    result = {
+        "size": args.size,
+        "resolution": args.resolution,
+        "device": args.device,
+        "dtype": args.dtype,
+        "repeats": args.repeats,
+        "unet_step_ms": {k: round(v * 1000, 2) for k, v in medians.items()},
+        "per_call_subject_encoding_ms": encode_ms,
+        "ratio": {k: round(v / medians["plain"], 3) for k, v in medians.items()},
+    }
     if args.device.startswith("cuda"):
         result["card"] = torch.cuda.get_device_name()
     print(json.dumps(result, indent=2))

@@ -9,7 +9,11 @@ import torch
 from safetensors import safe_open
 
 from msdiffusion.conditioning import MSConditioning
-from msdiffusion.convert import load_original_checkpoint, released_layer_order, save_original_checkpoint
+from msdiffusion.convert import (
+    load_original_checkpoint,
+    released_layer_order,
+    save_original_checkpoint,
+)
 from msdiffusion.errors import CheckpointError
 from msdiffusion.models.adapter import MSAdapter, cross_attention_layers
 from msdiffusion.presets import tiny_adapter_kwargs
@@ -19,11 +23,19 @@ def unet_call(unet, cond=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 4, 8, 16, generator=g)
     text = torch.randn(2, 77, 64, generator=g)
-    added = {"text_embeds": torch.randn(2, 32, generator=g), "time_ids": torch.rand(2, 6, generator=g)}
+    added = {
+        "text_embeds": torch.randn(2, 32, generator=g),
+        "time_ids": torch.rand(2, 6, generator=g),
+    }
     kwargs = {"ms": cond} if cond is not None else None
     with torch.no_grad():
-        return unet(x, torch.tensor([500, 500]), text, added_cond_kwargs=added,
-                    cross_attention_kwargs=kwargs).sample
+        return unet(
+            x,
+            torch.tensor([500, 500]),
+            text,
+            added_cond_kwargs=added,
+            cross_attention_kwargs=kwargs,
+        ).sample
 
 
 @pytest.fixture()
@@ -38,8 +50,12 @@ def test_install_uninstall_restores_bit_identical_outputs(unet, make_adapter):
     adapter.install(unet)
     assert torch.equal(unet_call(unet), before)  # installed, no subjects: plain
     tokens = torch.randn(2, 1, 16, 64)
-    cond = MSConditioning(tokens=tokens, boxes=torch.tensor([[[0, 0, 0.5, 1.0]]] * 2),
-                          scales=torch.ones(2, 1), latent_size=(8, 16))
+    cond = MSConditioning(
+        tokens=tokens,
+        boxes=torch.tensor([[[0, 0, 0.5, 1.0]]] * 2),
+        scales=torch.ones(2, 1),
+        latent_size=(8, 16),
+    )
     assert not torch.equal(unet_call(unet, cond), before)
     adapter.uninstall(unet)
     assert {k: type(v) for k, v in unet.attn_processors.items()} == original
@@ -75,7 +91,8 @@ def test_released_format_round_trip_uses_every_key(unet, make_adapter, tmp_path)
     assert set(data) == {"image_proj", "ms_adapter", "dummy_image_tokens"}
     order = released_layer_order(unet)
     assert sorted(data["ms_adapter"]) == sorted(
-        f"{i}.to_{kv}_ip.weight" for i in order for kv in "kv")
+        f"{i}.to_{kv}_ip.weight" for i in order for kv in "kv"
+    )
     assert all(i % 2 == 1 for i in order)
     loaded = load_original_checkpoint(path, unet, **tiny_adapter_kwargs())
     for v1, v2 in zip(adapter.state_dict().values(), loaded.state_dict().values()):
@@ -122,8 +139,9 @@ def test_not_a_checkpoint_and_wrong_unet(unet, make_adapter, tmp_path, tiny_fact
     adapter = make_adapter(unet)
     from diffusers import UNet2DConditionModel
 
-    other = UNet2DConditionModel(**{**unet.config, "attention_head_dim": (2, 2, 2),
-                                    "block_out_channels": (32, 32, 64)})
+    other = UNet2DConditionModel(
+        **{**unet.config, "attention_head_dim": (2, 2, 2), "block_out_channels": (32, 32, 64)}
+    )
     with pytest.raises(CheckpointError, match="expects"):
         adapter.install(other)
 
@@ -131,15 +149,23 @@ def test_not_a_checkpoint_and_wrong_unet(unet, make_adapter, tmp_path, tiny_fact
 def test_unet_step_with_subjects_traces_without_graph_breaks(unet, make_adapter):
     """torch.compile-friendly: no data-dependent Python control flow in the processors."""
     make_adapter(unet).install(unet)
-    cond = MSConditioning(tokens=torch.randn(1, 2, 16, 64),
-                          boxes=torch.tensor([[[0, 0, 0.5, 1.0], [0.4, 0, 1.0, 1.0]]]),
-                          scales=torch.full((1, 2), 0.6), latent_size=(8, 16), cond_start=1)
+    cond = MSConditioning(
+        tokens=torch.randn(1, 2, 16, 64),
+        boxes=torch.tensor([[[0, 0, 0.5, 1.0], [0.4, 0, 1.0, 1.0]]]),
+        scales=torch.full((1, 2), 0.6),
+        latent_size=(8, 16),
+        cond_start=1,
+    )
     unet_call(unet, cond)  # first step of a call fills the per-call caches
     g = torch.Generator().manual_seed(0)
-    args = (torch.randn(2, 4, 8, 16, generator=g), torch.tensor(500),
-            torch.randn(2, 77, 64, generator=g))
+    args = (
+        torch.randn(2, 4, 8, 16, generator=g),
+        torch.tensor(500),
+        torch.randn(2, 77, 64, generator=g),
+    )
     added = {"text_embeds": torch.randn(2, 32, generator=g), "time_ids": torch.rand(2, 6)}
     with torch.no_grad():
-        explained = torch._dynamo.explain(unet)(*args, added_cond_kwargs=added,
-                                                cross_attention_kwargs={"ms": cond})
+        explained = torch._dynamo.explain(unet)(
+            *args, added_cond_kwargs=added, cross_attention_kwargs={"ms": cond}
+        )
     assert explained.graph_break_count == 0

@@ -1,4 +1,4 @@
-"""`msdiffusion generate` / `convert`: the demo command, request files, sidecars, every user error."""
+"""`msdiffusion generate` / `convert`: the demo command, request files, sidecars, user errors."""
 
 import json
 import os
@@ -8,23 +8,49 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES
 from PIL import Image
 
-from conftest import EXAMPLES
 from msdiffusion.cli import main
 
-DEMO = ["generate", "--preset", "tiny", "--prompt", "a dog and a cat on the beach",
-        "--subject", str(EXAMPLES / "dog.png"), "--box", "0.05,0.3,0.5,0.9", "--phrase", "dog",
-        "--subject", str(EXAMPLES / "cat.png"), "--box", "0.5,0.3,0.95,0.9", "--phrase", "cat",
-        "--height", "64", "--width", "128", "--steps", "2"]
+DEMO = [
+    "generate",
+    "--preset",
+    "tiny",
+    "--prompt",
+    "a dog and a cat on the beach",
+    "--subject",
+    str(EXAMPLES / "dog.png"),
+    "--box",
+    "0.05,0.3,0.5,0.9",
+    "--phrase",
+    "dog",
+    "--subject",
+    str(EXAMPLES / "cat.png"),
+    "--box",
+    "0.5,0.3,0.95,0.9",
+    "--phrase",
+    "cat",
+    "--height",
+    "64",
+    "--width",
+    "128",
+    "--steps",
+    "2",
+]
 
 
 def test_demo_command_writes_image_overlay_and_sidecar_that_reproduces(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(DEMO + ["--num-images", "2", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "image_0.json", "image_0.png", "image_0_overlay.png", "image_1.json", "image_1.png",
-        "image_1_overlay.png"]
+        "image_0.json",
+        "image_0.png",
+        "image_0_overlay.png",
+        "image_1.json",
+        "image_1.png",
+        "image_1_overlay.png",
+    ]
     sidecar = json.loads((out / "image_1.json").read_text())
     assert sidecar["seed"] == 1 and sidecar["request"]["seed"] == 1
     assert sidecar["request"]["height"] == 64 and sidecar["model"]["preset"] == "tiny"
@@ -32,13 +58,25 @@ def test_demo_command_writes_image_overlay_and_sidecar_that_reproduces(tmp_path,
     overlay = Image.open(out / "image_1_overlay.png")
     assert overlay.width > 128 and overlay.height >= 64  # output + reference thumbnails
     # a sidecar repeats its image: within rounding when it was made in a batch of 2 …
-    assert main(["generate", "--request", str(out / "image_1.json"), "--out",
-                 str(tmp_path / "again")]) == 0
+    assert (
+        main(["generate", "--request", str(out / "image_1.json"), "--out", str(tmp_path / "again")])
+        == 0
+    )
     again = np.asarray(Image.open(tmp_path / "again" / "image_0.png"), dtype=int)
     assert np.abs(again - np.asarray(Image.open(out / "image_1.png"), dtype=int)).max() <= 1
     # … and exactly when it was made alone
-    assert main(["generate", "--request", str(tmp_path / "again" / "image_0.json"), "--out",
-                 str(tmp_path / "third")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--request",
+                str(tmp_path / "again" / "image_0.json"),
+                "--out",
+                str(tmp_path / "third"),
+            ]
+        )
+        == 0
+    )
     third = Image.open(tmp_path / "third" / "image_0.png").tobytes()
     assert third == Image.open(tmp_path / "again" / "image_0.png").tobytes()
     assert "wrote" in capsys.readouterr().out
@@ -46,19 +84,49 @@ def test_demo_command_writes_image_overlay_and_sidecar_that_reproduces(tmp_path,
 
 def test_request_file_with_a_batch(tmp_path):
     shutil.copy(EXAMPLES / "dog.png", tmp_path / "dog.png")
-    requests = {"requests": [
-        {"prompt": "a dog", "subjects": [{"images": ["dog.png"], "box": [0, 0, 0.5, 1],
-                                          "phrase": "dog"}], "height": 64, "width": 64,
-         "num_inference_steps": 2},
-        {"prompt": "a dog on grass", "subjects": [{"image": "dog.png", "box": "0.5,0,1,1",
-                                                   "phrase": "dog", "scale": 0.8}],
-         "height": 64, "width": 64, "num_inference_steps": 2, "seed": 7}]}
+    requests = {
+        "requests": [
+            {
+                "prompt": "a dog",
+                "subjects": [{"images": ["dog.png"], "box": [0, 0, 0.5, 1], "phrase": "dog"}],
+                "height": 64,
+                "width": 64,
+                "num_inference_steps": 2,
+            },
+            {
+                "prompt": "a dog on grass",
+                "subjects": [
+                    {"image": "dog.png", "box": "0.5,0,1,1", "phrase": "dog", "scale": 0.8}
+                ],
+                "height": 64,
+                "width": 64,
+                "num_inference_steps": 2,
+                "seed": 7,
+            },
+        ]
+    }
     (tmp_path / "req.json").write_text(json.dumps(requests))
-    assert main(["generate", "--request", str(tmp_path / "req.json"), "--batch-size", "2",
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--request",
+                str(tmp_path / "req.json"),
+                "--batch-size",
+                "2",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
-    assert names == ["request000_0.png", "request000_0_overlay.png", "request001_0.png",
-                     "request001_0_overlay.png"]
+    assert names == [
+        "request000_0.png",
+        "request000_0_overlay.png",
+        "request001_0.png",
+        "request001_0_overlay.png",
+    ]
     assert json.loads((tmp_path / "out" / "request001_0.json").read_text())["seed"] == 7
 
 
@@ -85,15 +153,53 @@ ERRORS = [
     (lambda t: _replace(DEMO, "--box", "0.1,0.2,1.3,0.5"), "must lie in [0, 1]"),
     (lambda t: _replace(DEMO, "--box", "0.6,0.2,0.3,0.5"), "needs x0 < x1 and y0 < y1"),
     (lambda t: _replace(DEMO, "--box", "a,b,c,d"), "must be four numbers"),
-    (lambda t: ["generate", "--prompt", "a dog", "--box", "0,0,1,1", "--subject",
-                str(EXAMPLES / "dog.png"), "--phrase", "dog"], "must follow a --subject"),
-    (lambda t: ["generate", "--prompt", "a dog", "--subject", str(EXAMPLES / "dog.png"),
-                "--box", "0,0,1,1"], "needs a --phrase"),
-    (lambda t: ["generate", "--prompt", "a dog", "--subject", str(EXAMPLES / "dog.png"),
-                "--box", "0,0,1,1", "--box", "0,0,1,1", "--phrase", "dog"], "given twice"),
+    (
+        lambda t: [
+            "generate",
+            "--prompt",
+            "a dog",
+            "--box",
+            "0,0,1,1",
+            "--subject",
+            str(EXAMPLES / "dog.png"),
+            "--phrase",
+            "dog",
+        ],
+        "must follow a --subject",
+    ),
+    (
+        lambda t: [
+            "generate",
+            "--prompt",
+            "a dog",
+            "--subject",
+            str(EXAMPLES / "dog.png"),
+            "--box",
+            "0,0,1,1",
+        ],
+        "needs a --phrase",
+    ),
+    (
+        lambda t: [
+            "generate",
+            "--prompt",
+            "a dog",
+            "--subject",
+            str(EXAMPLES / "dog.png"),
+            "--box",
+            "0,0,1,1",
+            "--box",
+            "0,0,1,1",
+            "--phrase",
+            "dog",
+        ],
+        "given twice",
+    ),
     (lambda t: _replace(DEMO, "--phrase", " "), "must be a non-empty string"),
-    (lambda t: DEMO + ["--mask-threshold", "0.5"] + ["--prompt", "a cat and a bird"],
-     "must appear in the prompt"),
+    (
+        lambda t: DEMO + ["--mask-threshold", "0.5"] + ["--prompt", "a cat and a bird"],
+        "must appear in the prompt",
+    ),
     (lambda t: DEMO[:11] + ["--mask", _mask(t)] + DEMO[11:], "aspect ratio"),
     (lambda t: _replace(DEMO, "--subject", str(t / "missing.png")), "file does not exist"),
     (lambda t: _replace(DEMO, "--subject", _bad_image(t)), "is not a readable image"),
@@ -105,8 +211,7 @@ ERRORS = [
 
 
 @pytest.mark.parametrize("make_args,message", ERRORS)
-def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, make_args,
-                                                            message):
+def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, make_args, message):
     out = tmp_path / "out"
     code = main(make_args(tmp_path) + ["--out", str(out)])
     err = capsys.readouterr().err
@@ -127,19 +232,28 @@ def test_convert_command_and_checkpoint_errors(tmp_path, capsys, tiny_factory, m
     unet = tiny_factory()["unet"]
     adapter = make_adapter(unet, seed=5)
     save_original_checkpoint(adapter, unet, tmp_path / "ms_adapter.bin")
-    assert main(["convert", str(tmp_path / "ms_adapter.bin"), str(tmp_path / "ours"),
-                 "--unet", "tiny"]) == 0
+    assert (
+        main(
+            ["convert", str(tmp_path / "ms_adapter.bin"), str(tmp_path / "ours"), "--unet", "tiny"]
+        )
+        == 0
+    )
     loaded = MSAdapter.from_pretrained(tmp_path / "ours")
-    assert all(torch.equal(a, b) for a, b in zip(adapter.state_dict().values(),
-                                                 loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(adapter.state_dict().values(), loaded.state_dict().values())
+    )
     # the converted adapter drives the tiny pipeline
     assert main(DEMO + ["--adapter", str(tmp_path / "ours"), "--out", str(tmp_path / "o")]) == 0
     capsys.readouterr()
     (tmp_path / "junk.bin").write_text("junk")
     with open(tmp_path / "evil.bin", "wb") as f:
         pickle.dump(_RunsCode(), f)
-    for bad, message in (("junk.bin", "not a PyTorch checkpoint"), ("evil.bin", "weights_only"),
-                         ("ms_adapter.bin", "has shape")):
+    for bad, message in (
+        ("junk.bin", "not a PyTorch checkpoint"),
+        ("evil.bin", "weights_only"),
+        ("ms_adapter.bin", "has shape"),
+    ):
         unet_flag = ["--unet", "tiny"] if bad != "ms_adapter.bin" else ["--unet", "tiny-wrong"]
         if bad == "ms_adapter.bin":  # released sizes against a tiny file: shapes differ
             code = main(DEMO + ["--adapter", str(tmp_path / bad), "--out", str(tmp_path / "x")])
@@ -158,8 +272,7 @@ def test_sdxl_preset_offline_without_files_says_what_to_download(capsys):
     assert err.count("\n") == 1
 
 
-def test_sdxl_path_loads_every_component_from_local_folders(tmp_path, tiny_factory,
-                                                            make_adapter):
+def test_sdxl_path_loads_every_component_from_local_folders(tmp_path, tiny_factory, make_adapter):
     """The real loading path (from_pretrained on folders) with tiny weights."""
     from diffusers import StableDiffusionXLPipeline
 
@@ -171,12 +284,21 @@ def test_sdxl_path_loads_every_component_from_local_folders(tmp_path, tiny_facto
     StableDiffusionXLPipeline(**components).save_pretrained(tmp_path / "base")
     encoder.save_pretrained(tmp_path / "encoder")
     make_adapter(components["unet"], seed=2).save_pretrained(tmp_path / "adapter")
-    model = load_pipeline("sdxl", base=str(tmp_path / "base"),
-                          image_encoder=str(tmp_path / "encoder"),
-                          adapter=str(tmp_path / "adapter"), device="cpu", dtype="float32")
-    request = GenerationRequest(prompt="a dog", subjects=[SubjectSpec(
-        [str(EXAMPLES / "dog.png")], (0, 0, 0.5, 1), "dog")], height=64, width=64,
-        num_inference_steps=2)
+    model = load_pipeline(
+        "sdxl",
+        base=str(tmp_path / "base"),
+        image_encoder=str(tmp_path / "encoder"),
+        adapter=str(tmp_path / "adapter"),
+        device="cpu",
+        dtype="float32",
+    )
+    request = GenerationRequest(
+        prompt="a dog",
+        subjects=[SubjectSpec([str(EXAMPLES / "dog.png")], (0, 0, 0.5, 1), "dog")],
+        height=64,
+        width=64,
+        num_inference_steps=2,
+    )
     [result] = generate(model, [request], progress=False)
     assert result.images[0].size == (64, 64)
     assert model.info["base"] == str(tmp_path / "base")

@@ -15,14 +15,23 @@ def test_fourier_box_embedding_order_matches_released_layout():
         f = 100 ** (k / 8)
         for s, fn in enumerate((math.sin, math.cos)):
             for coord in range(4):
-                assert math.isclose(emb[k * 8 + s * 4 + coord].item(), fn(f * box[0, coord].item()),
-                                    abs_tol=1e-5)
+                assert math.isclose(
+                    emb[k * 8 + s * 4 + coord].item(), fn(f * box[0, coord].item()), abs_tol=1e-5
+                )
 
 
 def small(**kw):
     torch.manual_seed(0)
-    args = dict(image_embed_dim=24, phrase_embed_dim=12, dim=32, depth=2, heads=4, head_dim=8,
-                num_queries=5, out_dim=40)
+    args = dict(
+        image_embed_dim=24,
+        phrase_embed_dim=12,
+        dim=32,
+        depth=2,
+        heads=4,
+        head_dim=8,
+        num_queries=5,
+        out_dim=40,
+    )
     args.update(kw)
     return GroundingResampler(**args).eval()
 
@@ -62,6 +71,12 @@ def test_released_sizes_have_about_119m_parameters_and_released_keys():
     assert shapes["layers.0.1.1.weight"] == (5120, 1280)
     assert shapes["layers.0.1.3.weight"] == (1280, 5120)
     assert shapes["proj_out.weight"] == (2048, 1280)
-    for name in ("layers.0.0.norm1.weight", "layers.0.0.norm2.weight", "layers.0.1.0.weight",
-                 "attention_norm.weight", "norm_out.weight", "latent_norm.weight"):
+    for name in (
+        "layers.0.0.norm1.weight",
+        "layers.0.0.norm2.weight",
+        "layers.0.1.0.weight",
+        "attention_norm.weight",
+        "norm_out.weight",
+        "latent_norm.weight",
+    ):
         assert name in keys

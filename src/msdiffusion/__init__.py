@@ -29,14 +29,17 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for type checkers and IDEs only
     from .conditioning import MSConditioning
     from .errors import CheckpointError, InputError
     from .inference import GenerationRequest, SubjectSpec, generate, load_pipeline
     from .layout import Subject
     from .models.adapter import MSAdapter, MSAdapterConfig
     from .models.resampler import GroundingResampler
-    from .pipelines.pipeline_msdiffusion_xl import MSDiffusionXLPipeline, MSDiffusionXLPipelineOutput
+    from .pipelines.pipeline_msdiffusion_xl import (
+        MSDiffusionXLPipeline,
+        MSDiffusionXLPipelineOutput,
+    )
 
 
 def __getattr__(name: str) -> Any:

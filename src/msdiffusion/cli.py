@@ -1,4 +1,4 @@
-"""`msdiffusion` command line: a thin layer over inference, conversion, training, data and evaluation.
+"""`msdiffusion` command line: thin layer over inference, conversion, training, data, evaluation.
 
 User errors (bad arguments, missing files, unavailable models) end with exit code 2 and one line on
 stderr; anything else is a bug and keeps its traceback.

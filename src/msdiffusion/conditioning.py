@@ -31,7 +31,7 @@ def latent_grids(latent_size: tuple[int, int], levels: int = 8) -> list[tuple[in
 
 
 def rasterize_boxes(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Boxes ``(..., 4)`` normalised → bool cells ``(..., h, w)``; an all-zero box covers nothing."""
+    """Boxes ``(..., 4)`` normalised → bool cells ``(..., h, w)``; a zero box covers nothing."""
     boxes = boxes.float()
     col0, col1 = torch.floor(boxes[..., 0] * w), torch.ceil(boxes[..., 2] * w)  # (...)
     row0, row1 = torch.floor(boxes[..., 1] * h), torch.ceil(boxes[..., 3] * h)
@@ -54,7 +54,7 @@ class MSConditioning:
     Attributes:
         tokens: (Bc, S, Q, C) subject tokens from the grounding resampler.
         boxes: (Bc, S, 4) normalised boxes; all-zero = no box.
-        scales: (Bc, S) the image-attention scale of each subject (γ, or its own scale; 0 = padding).
+        scales: (Bc, S) each subject's image-attention scale (γ, or its own; 0 = padding).
         latent_size: (H, W) of the UNet's input latent; each layer finds its grid from it.
         cond_start: first UNet batch row that gets the image branch.
         region_masks: (Bc, S, Hm, Wm) bool regions, used where ``has_mask``; or None.
@@ -80,14 +80,25 @@ class MSConditioning:
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def for_training(cls, tokens: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor,
-                     latent_size: tuple[int, int], scale: float = 1.0) -> MSConditioning:
-        """Training conditioning: every batch row conditioned; ``valid`` (B, S) marks real subjects."""
+    def for_training(
+        cls,
+        tokens: torch.Tensor,
+        boxes: torch.Tensor,
+        valid: torch.Tensor,
+        latent_size: tuple[int, int],
+        scale: float = 1.0,
+    ) -> MSConditioning:
+        """Training conditioning: all rows conditioned; ``valid`` (B, S) marks real subjects."""
         valid = valid.to(tokens.device, torch.bool)
         boxes = torch.where(valid[..., None], boxes.to(tokens.device, torch.float32), 0.0)
         scales = valid.to(tokens.dtype) * scale
-        return cls(tokens=tokens, boxes=boxes, scales=scales, latent_size=tuple(latent_size),
-                   cache_kv=False)
+        return cls(
+            tokens=tokens,
+            boxes=boxes,
+            scales=scales,
+            latent_size=tuple(latent_size),
+            cache_kv=False,
+        )
 
     # -- geometry -------------------------------------------------------------------------------
     @property
@@ -121,8 +132,9 @@ class MSConditioning:
             self._cache[key] = inside.flatten(-2)
         return self._cache[key]
 
-    def attention_mask(self, inside: torch.Tensor, cache_key: Any = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    def attention_mask(
+        self, inside: torch.Tensor, cache_key: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Regions (Bc, S, N) → SDPA mask (Bc, 1, N, S·Q) and foreground (Bc, 1, N, 1).
 
         A cell inside ≥ 1 region attends to exactly those subjects' tokens (one joint softmax);
@@ -140,8 +152,9 @@ class MSConditioning:
         return allowed, fg
 
     # -- subject keys/values --------------------------------------------------------------------
-    def subject_kv(self, layer: str, to_k_ip: torch.nn.Module, to_v_ip: torch.nn.Module,
-                   heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def subject_kv(
+        self, layer: str, to_k_ip: torch.nn.Module, to_v_ip: torch.nn.Module, heads: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """This layer's subject keys and values (Bc, heads, S·Q, d); values carry the scales."""
         key = ("kv", layer)
         if self.cache_kv and key in self._cache:

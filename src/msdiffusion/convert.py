@@ -26,8 +26,13 @@ from torch import nn
 from .errors import CheckpointError
 from .models.adapter import MSAdapter, cross_attention_layers
 
-__all__ = ["released_layer_order", "original_key_map", "load_original_checkpoint",
-           "save_original_checkpoint", "read_original_file"]
+__all__ = [
+    "released_layer_order",
+    "original_key_map",
+    "load_original_checkpoint",
+    "save_original_checkpoint",
+    "read_original_file",
+]
 
 SECTIONS = ("image_proj", "ms_adapter", "dummy_image_tokens")
 
@@ -42,7 +47,8 @@ def released_layer_order(unet: nn.Module) -> dict[int, str]:
         if is_cross != (i % 2 == 1):
             raise CheckpointError(
                 f"UNet processor {i} ({name}) breaks the released layout (self-attention at even, "
-                "cross-attention at odd positions): this UNet is not SDXL-shaped")
+                "cross-attention at odd positions): this UNet is not SDXL-shaped"
+            )
         if is_cross:
             order[i] = name
     return order
@@ -76,15 +82,20 @@ def read_original_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"weights file and may run code when unpickled ({str(err).splitlines()[0][:160]})"
         ) from None
     except Exception as err:  # zip/format errors: not a torch checkpoint at all
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({err.__class__.__name__}: "
-                              f"{str(err).splitlines()[0][:160] if str(err) else ''})") from None
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint ({err.__class__.__name__}: "
+            f"{str(err).splitlines()[0][:160] if str(err) else ''})"
+        ) from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} holds a {type(data).__name__}, expected a dict with keys "
-                              f"{list(SECTIONS)}")
+        raise CheckpointError(
+            f"{path} holds a {type(data).__name__}, expected a dict with keys {list(SECTIONS)}"
+        )
     missing = [s for s in SECTIONS if s not in data]
     if missing:
-        raise CheckpointError(f"{path} is not an MS-Diffusion checkpoint: missing section "
-                              f"{missing[0]!r} (has {sorted(map(str, data))[:5]})")
+        raise CheckpointError(
+            f"{path} is not an MS-Diffusion checkpoint: missing section "
+            f"{missing[0]!r} (has {sorted(map(str, data))[:5]})"
+        )
     extra = sorted(set(map(str, data)) - set(SECTIONS))
     if extra:
         raise CheckpointError(f"{path} has unexpected section {extra[0]!r}")
@@ -102,8 +113,9 @@ def _flatten(data: dict[str, Any]) -> dict[str, torch.Tensor]:
     return flat
 
 
-def load_original_checkpoint(path: str | os.PathLike[str], unet: nn.Module,
-                             **overrides: Any) -> MSAdapter:
+def load_original_checkpoint(
+    path: str | os.PathLike[str], unet: nn.Module, **overrides: Any
+) -> MSAdapter:
     """Build an adapter for ``unet`` and fill it from a released-format file — every key used,
     every shape checked; the error names the first missing, extra or mis-shaped key."""
     flat = _flatten(read_original_file(path))
@@ -113,24 +125,30 @@ def load_original_checkpoint(path: str | os.PathLike[str], unet: nn.Module,
     state: dict[str, torch.Tensor] = {}
     for theirs, ours in mapping.items():
         if theirs not in flat:
-            raise CheckpointError(f"checkpoint is missing key {theirs.replace('/', '.', 1)!r} "
-                                  f"(needed for {ours})")
+            raise CheckpointError(
+                f"checkpoint is missing key {theirs.replace('/', '.', 1)!r} (needed for {ours})"
+            )
         value = flat[theirs]
         if not isinstance(value, torch.Tensor) or value.shape != own[ours].shape:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise CheckpointError(f"checkpoint key {theirs.replace('/', '.', 1)!r} has shape "
-                                  f"{shape}, this UNet/config needs {tuple(own[ours].shape)}")
+            raise CheckpointError(
+                f"checkpoint key {theirs.replace('/', '.', 1)!r} has shape "
+                f"{shape}, this UNet/config needs {tuple(own[ours].shape)}"
+            )
         state[ours] = value
     extra = sorted(set(flat) - set(mapping))
     if extra:
-        raise CheckpointError(f"checkpoint has unexpected key {extra[0].replace('/', '.', 1)!r} "
-                              "(a different UNet or adapter configuration?)")
+        raise CheckpointError(
+            f"checkpoint has unexpected key {extra[0].replace('/', '.', 1)!r} "
+            "(a different UNet or adapter configuration?)"
+        )
     adapter.load_state_dict(state, strict=True)
     return adapter
 
 
-def save_original_checkpoint(adapter: MSAdapter, unet: nn.Module,
-                             path: str | os.PathLike[str]) -> Path:
+def save_original_checkpoint(
+    adapter: MSAdapter, unet: nn.Module, path: str | os.PathLike[str]
+) -> Path:
     """Write ``adapter`` in the released format (for the original code and round-trip checks)."""
     own = adapter.state_dict()
     data: dict[str, Any] = {"image_proj": {}, "ms_adapter": {}}

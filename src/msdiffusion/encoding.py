@@ -15,8 +15,13 @@ from .errors import InputError
 
 REFERENCE_SIZE = 512  # references are squashed to 512×512 before the CLIP preprocessing
 
-__all__ = ["load_image", "prepare_reference", "encode_references", "encode_phrases",
-           "REFERENCE_SIZE"]
+__all__ = [
+    "load_image",
+    "prepare_reference",
+    "encode_references",
+    "encode_phrases",
+    "REFERENCE_SIZE",
+]
 
 
 def load_image(image: Any, argument: str = "image") -> Image.Image:
@@ -32,8 +37,9 @@ def load_image(image: Any, argument: str = "image") -> Image.Image:
                 handle.load()
                 return handle.convert("RGB")
         except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise InputError(argument, f"is not a readable image ({err.__class__.__name__})",
-                             path) from None
+            raise InputError(
+                argument, f"is not a readable image ({err.__class__.__name__})", path
+            ) from None
     raise InputError(argument, "must be a PIL image or a path", type(image).__name__)
 
 
@@ -44,15 +50,18 @@ def prepare_reference(image: Image.Image) -> Image.Image:
 
 
 @torch.no_grad()
-def encode_references(images: Sequence[Image.Image], feature_extractor: Any,
-                      image_encoder: torch.nn.Module) -> torch.Tensor:
+def encode_references(
+    images: Sequence[Image.Image], feature_extractor: Any, image_encoder: torch.nn.Module
+) -> torch.Tensor:
     """Reference images → penultimate hidden states of the CLIP vision tower, ``(N, T, D_img)``.
 
     ``T`` = 257 and ``D_img`` = 1664 for CLIP ViT-bigG/14. The images may be already prepared (see
     ``prepare_reference``) or raw; they are prepared here either way (idempotent for 512² RGB).
     """
     prepared = [prepare_reference(im) for im in images]
-    pixels = feature_extractor(images=prepared, return_tensors="pt").pixel_values  # (N, 3, 224, 224)
+    pixels = feature_extractor(
+        images=prepared, return_tensors="pt"
+    ).pixel_values  # (N, 3, 224, 224)
     param = next(image_encoder.parameters())
     return encode_pixels(pixels.to(param.device, param.dtype), image_encoder)
 
@@ -64,10 +73,16 @@ def encode_pixels(pixels: torch.Tensor, image_encoder: torch.nn.Module) -> torch
 
 
 @torch.no_grad()
-def encode_phrases(phrases: Sequence[str], tokenizer: Any,
-                   text_encoder: torch.nn.Module) -> torch.Tensor:
+def encode_phrases(
+    phrases: Sequence[str], tokenizer: Any, text_encoder: torch.nn.Module
+) -> torch.Tensor:
     """Phrases → ``pooler_output`` of SDXL's first text encoder (CLIP ViT-L), ``(N, 768)``."""
-    ids = tokenizer(list(phrases), padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids  # (N, 77)
+    ids = tokenizer(
+        list(phrases),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids  # (N, 77)
     device = next(text_encoder.parameters()).device
     return text_encoder(ids.to(device)).pooler_output

@@ -22,12 +22,29 @@ from .presets import PRESETS, tiny_adapter_kwargs, tiny_components
 from .request import GenerationRequest, SubjectSpec, read_requests
 from .visualize import draw_overlay
 
-__all__ = ["SubjectSpec", "GenerationRequest", "LoadedModel", "GenerationResult", "load_pipeline",
-           "load_adapter", "generate", "write_result", "draw_overlay", "read_requests",
-           "resolve_device", "resolve_dtype"]
+__all__ = [
+    "SubjectSpec",
+    "GenerationRequest",
+    "LoadedModel",
+    "GenerationResult",
+    "load_pipeline",
+    "load_adapter",
+    "generate",
+    "write_result",
+    "draw_overlay",
+    "read_requests",
+    "resolve_device",
+    "resolve_dtype",
+]
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 @dataclass
@@ -77,11 +94,15 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
 
 def _unavailable(what: str, source: str, err: Exception, hint: str) -> ModelNotAvailableError:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    why = "offline (HF_HUB_OFFLINE=1) and not in the local cache" if offline else \
-        f"{err.__class__.__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+    why = (
+        "offline (HF_HUB_OFFLINE=1) and not in the local cache"
+        if offline
+        else f"{err.__class__.__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+    )
     return ModelNotAvailableError(
         f"cannot load the {what} from {source!r} ({why}). {hint} — or use --preset tiny to try "
-        "the package without weights")
+        "the package without weights"
+    )
 
 
 def load_adapter(source: str, unet: torch.nn.Module, filename: str | None = None) -> Any:
@@ -102,16 +123,26 @@ def load_adapter(source: str, unet: torch.nn.Module, filename: str | None = None
     try:
         local = hf_hub_download(source, filename or "ms_adapter.bin")
     except _hub_errors() as err:  # offline, missing repo, no access
-        raise _unavailable("MS-Diffusion adapter", source, err,
-                           f"Download it with `hf download {source} "
-                           f"{filename or 'ms_adapter.bin'}` and pass --adapter PATH") from None
+        raise _unavailable(
+            "MS-Diffusion adapter",
+            source,
+            err,
+            f"Download it with `hf download {source} "
+            f"{filename or 'ms_adapter.bin'}` and pass --adapter PATH",
+        ) from None
     return MSAdapter.from_original_checkpoint(local, unet)
 
 
-def load_pipeline(preset: str = "tiny", *, base: str | None = None,
-                  image_encoder: str | None = None, adapter: str | None = None,
-                  vae: str | None = None, device: str | None = None,
-                  dtype: str | torch.dtype | None = None) -> LoadedModel:
+def load_pipeline(
+    preset: str = "tiny",
+    *,
+    base: str | None = None,
+    image_encoder: str | None = None,
+    adapter: str | None = None,
+    vae: str | None = None,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> LoadedModel:
     """Build the pipeline of ``preset`` ("tiny" or "sdxl"); any component may be a local path."""
     from .models.adapter import MSAdapter
     from .pipelines.pipeline_msdiffusion_xl import MSDiffusionXLPipeline
@@ -121,8 +152,11 @@ def load_pipeline(preset: str = "tiny", *, base: str | None = None,
     spec = PRESETS[preset]
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    info: dict[str, Any] = {"preset": preset, "device": str(torch_device),
-                            "dtype": str(torch_dtype).removeprefix("torch.")}
+    info: dict[str, Any] = {
+        "preset": preset,
+        "device": str(torch_device),
+        "dtype": str(torch_dtype).removeprefix("torch."),
+    }
     if preset == "tiny" and base is None:
         components = tiny_components(seed=0)
         if adapter is None:
@@ -132,8 +166,11 @@ def load_pipeline(preset: str = "tiny", *, base: str | None = None,
         else:
             ms_adapter = load_adapter(adapter, components["unet"])
         pipe = MSDiffusionXLPipeline(**components, adapter=ms_adapter)
-        info.update(base="tiny (random weights)", image_encoder="tiny (random weights)",
-                    adapter=adapter or "tiny (random weights, seed 0)")
+        info.update(
+            base="tiny (random weights)",
+            image_encoder="tiny (random weights)",
+            adapter=adapter or "tiny (random weights, seed 0)",
+        )
     else:
         from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 
@@ -142,15 +179,21 @@ def load_pipeline(preset: str = "tiny", *, base: str | None = None,
         subfolder = "" if image_encoder else spec.image_encoder_subfolder
         try:
             encoder = CLIPVisionModelWithProjection.from_pretrained(
-                encoder_source, subfolder=subfolder, torch_dtype=torch_dtype)
+                encoder_source, subfolder=subfolder, torch_dtype=torch_dtype
+            )
         except _hub_errors() as err:
-            raise _unavailable("image encoder", encoder_source, err,
-                               f"Download it with `hf download {spec.image_encoder} --include "
-                               f"'{spec.image_encoder_subfolder}/*'` and pass --image-encoder "
-                               f"PATH/{spec.image_encoder_subfolder}") from None
+            raise _unavailable(
+                "image encoder",
+                encoder_source,
+                err,
+                f"Download it with `hf download {spec.image_encoder} --include "
+                f"'{spec.image_encoder_subfolder}/*'` and pass --image-encoder "
+                f"PATH/{spec.image_encoder_subfolder}",
+            ) from None
         side = encoder.config.image_size  # CLIP preprocessing at the encoder's own resolution
-        processor = CLIPImageProcessorPil(size={"shortest_edge": side},
-                                          crop_size={"height": side, "width": side})
+        processor = CLIPImageProcessorPil(
+            size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+        )
         extra: dict[str, Any] = {}
         if vae is not None:
             from diffusers import AutoencoderKL
@@ -161,18 +204,31 @@ def load_pipeline(preset: str = "tiny", *, base: str | None = None,
                 raise _unavailable("VAE", vae, err, "Pass a local --vae PATH") from None
         try:
             pipe = MSDiffusionXLPipeline.from_pretrained(
-                base, image_encoder=encoder, feature_extractor=processor,
-                adapter=None, controlnet=None, torch_dtype=torch_dtype, **extra)
+                base,
+                image_encoder=encoder,
+                feature_extractor=processor,
+                adapter=None,
+                controlnet=None,
+                torch_dtype=torch_dtype,
+                **extra,
+            )
         except _hub_errors() as err:
-            raise _unavailable("SDXL base", base, err,
-                               f"Download it with `hf download {spec.base}` and "
-                               "pass --base PATH") from None
-        ms_adapter = load_adapter(adapter or spec.adapter, pipe.unet,
-                                  None if adapter else spec.adapter_filename)
+            raise _unavailable(
+                "SDXL base",
+                base,
+                err,
+                f"Download it with `hf download {spec.base}` and pass --base PATH",
+            ) from None
+        ms_adapter = load_adapter(
+            adapter or spec.adapter, pipe.unet, None if adapter else spec.adapter_filename
+        )
         pipe.attach_adapter(ms_adapter.to(torch_dtype))
-        info.update(base=base, image_encoder=encoder_source if image_encoder else
-                    f"{encoder_source}/{subfolder}", adapter=adapter or
-                    f"{spec.adapter}/{spec.adapter_filename}", vae=vae)
+        info.update(
+            base=base,
+            image_encoder=encoder_source if image_encoder else f"{encoder_source}/{subfolder}",
+            adapter=adapter or f"{spec.adapter}/{spec.adapter_filename}",
+            vae=vae,
+        )
     if pipe.unet.dtype != torch_dtype:  # tiny components are built in float32
         pipe.to(dtype=torch_dtype)
     pipe.to(torch_device)
@@ -183,20 +239,37 @@ def _subject(spec: SubjectSpec, where: str) -> Subject:
     images = [load_image(image, f"{where}.images[{k}]") for k, image in enumerate(spec.images)]
     mask = None
     if spec.mask is not None:
-        mask = mask_to_array(load_image(spec.mask, f"{where}.mask") if isinstance(
-            spec.mask, (str, os.PathLike)) else spec.mask, f"{where}.mask")
+        mask = mask_to_array(
+            load_image(spec.mask, f"{where}.mask")
+            if isinstance(spec.mask, (str, os.PathLike))
+            else spec.mask,
+            f"{where}.mask",
+        )
     return Subject(image=images, box=spec.box, phrase=spec.phrase, mask=mask, scale=spec.scale)
 
 
 def _batch_key(request: GenerationRequest, size: int) -> tuple:
-    return (request.height or size, request.width or size, request.num_inference_steps,
-            request.guidance_scale, request.scale, request.num_images, request.mask_threshold,
-            request.start_step, request.drop_grounding_tokens)
+    return (
+        request.height or size,
+        request.width or size,
+        request.num_inference_steps,
+        request.guidance_scale,
+        request.scale,
+        request.num_images,
+        request.mask_threshold,
+        request.start_step,
+        request.drop_grounding_tokens,
+    )
 
 
-def generate(model: LoadedModel, requests: Sequence[GenerationRequest], *, batch_size: int = 1,
-             progress: bool = True,
-             on_step: Callable[[int, int], None] | None = None) -> list[GenerationResult]:
+def generate(
+    model: LoadedModel,
+    requests: Sequence[GenerationRequest],
+    *,
+    batch_size: int = 1,
+    progress: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[GenerationResult]:
     """Run requests, ``batch_size`` prompts per pipeline call (consecutive requests with the same
     settings share a call). Image k of a request is seeded ``seed + k`` on a CPU generator, so
     outputs don't depend on batching or on the device's RNG."""
@@ -207,17 +280,28 @@ def generate(model: LoadedModel, requests: Sequence[GenerationRequest], *, batch
     from .pipelines.subjects import validate_layout
 
     requests = [r.validate() for r in requests]
-    subjects = [[_subject(s, f"requests[{i}].subjects[{j}]") for j, s in enumerate(r.subjects)]
-                for i, r in enumerate(requests)]
+    subjects = [
+        [_subject(s, f"requests[{i}].subjects[{j}]") for j, s in enumerate(r.subjects)]
+        for i, r in enumerate(requests)
+    ]
     for request, group in zip(requests, subjects):  # every layout error before the first image
-        validate_layout([group], [request.prompt], model.pipe.tokenizer,
-                        request.height or model.default_size, request.width or model.default_size,
-                        request.scale, request.mask_threshold)
+        validate_layout(
+            [group],
+            [request.prompt],
+            model.pipe.tokenizer,
+            request.height or model.default_size,
+            request.width or model.default_size,
+            request.scale,
+            request.mask_threshold,
+        )
     batches: list[list[int]] = []
     for i, request in enumerate(requests):
         key = _batch_key(request, model.default_size)
-        if batches and len(batches[-1]) < batch_size and \
-                _batch_key(requests[batches[-1][0]], model.default_size) == key:
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and _batch_key(requests[batches[-1][0]], model.default_size) == key
+        ):
             batches[-1].append(i)
         else:
             batches.append([i])
@@ -240,21 +324,35 @@ def generate(model: LoadedModel, requests: Sequence[GenerationRequest], *, batch
         for batch in batches:
             first = requests[batch[0]]
             n = first.num_images
-            generators = [torch.Generator("cpu").manual_seed(requests[i].seed + k)
-                          for i in batch for k in range(n)]
-            out = pipe(prompt=[requests[i].prompt for i in batch],
-                       subjects=[subjects[i] for i in batch],
-                       negative_prompt=[requests[i].negative_prompt for i in batch],
-                       scale=first.scale, drop_grounding_tokens=first.drop_grounding_tokens,
-                       mask_threshold=first.mask_threshold, start_step=first.start_step,
-                       height=first.height or model.default_size,
-                       width=first.width or model.default_size,
-                       num_inference_steps=first.num_inference_steps,
-                       guidance_scale=first.guidance_scale, num_images_per_prompt=n,
-                       generator=generators, callback_on_step_end=step_end)
+            generators = [
+                torch.Generator("cpu").manual_seed(requests[i].seed + k)
+                for i in batch
+                for k in range(n)
+            ]
+            out = pipe(
+                prompt=[requests[i].prompt for i in batch],
+                subjects=[subjects[i] for i in batch],
+                negative_prompt=[requests[i].negative_prompt for i in batch],
+                scale=first.scale,
+                drop_grounding_tokens=first.drop_grounding_tokens,
+                mask_threshold=first.mask_threshold,
+                start_step=first.start_step,
+                height=first.height or model.default_size,
+                width=first.width or model.default_size,
+                num_inference_steps=first.num_inference_steps,
+                guidance_scale=first.guidance_scale,
+                num_images_per_prompt=n,
+                generator=generators,
+                callback_on_step_end=step_end,
+            )
             for j, i in enumerate(batch):
-                results.append(GenerationResult(requests[i], out.images[j * n:(j + 1) * n],
-                                                [requests[i].seed + k for k in range(n)]))
+                results.append(
+                    GenerationResult(
+                        requests[i],
+                        out.images[j * n : (j + 1) * n],
+                        [requests[i].seed + k for k in range(n)],
+                    )
+                )
     finally:
         bar.close()
     return results
@@ -266,8 +364,12 @@ def _versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {"msdiffusion": __version__, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__}
+    return {
+        "msdiffusion": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def _atomic_save(image: Image.Image, path: Path) -> None:
@@ -290,14 +392,23 @@ def _persist_images(request: GenerationRequest, out_dir: Path) -> GenerationRequ
             _atomic_save(image, path)
         return str(path)
 
-    subjects = [replace(s, images=[keep(im) for im in s.images],
-                        mask=keep(s.mask) if s.mask is not None else None)
-                for s in request.subjects]
+    subjects = [
+        replace(
+            s,
+            images=[keep(im) for im in s.images],
+            mask=keep(s.mask) if s.mask is not None else None,
+        )
+        for s in request.subjects
+    ]
     return replace(request, subjects=subjects)
 
 
-def write_result(result: GenerationResult, out_dir: str | os.PathLike[str], info: dict[str, Any],
-                 stem: str = "image") -> list[dict[str, str]]:
+def write_result(
+    result: GenerationResult,
+    out_dir: str | os.PathLike[str],
+    info: dict[str, Any],
+    stem: str = "image",
+) -> list[dict[str, str]]:
     """Write each image, its layout overlay and its JSON sidecar (written last: a sidecar means the
     image is complete). The sidecar's request, run again, reproduces that image exactly."""
     out = Path(out_dir)
@@ -309,14 +420,20 @@ def write_result(result: GenerationResult, out_dir: str | os.PathLike[str], info
         image_path, overlay_path = out / f"{name}.png", out / f"{name}_overlay.png"
         _atomic_save(image, image_path)
         _atomic_save(draw_overlay(image, request), overlay_path)
-        single = replace(request, seed=seed, num_images=1, height=image.height,
-                         width=image.width)
-        sidecar = {"request": single.to_dict(base_dir=out), "seed": seed, "image": image_path.name,
-                   "overlay": overlay_path.name, "model": info, "versions": _versions()}
+        single = replace(request, seed=seed, num_images=1, height=image.height, width=image.width)
+        sidecar = {
+            "request": single.to_dict(base_dir=out),
+            "seed": seed,
+            "image": image_path.name,
+            "overlay": overlay_path.name,
+            "model": info,
+            "versions": _versions(),
+        }
         sidecar_path = out / f"{name}.json"
         tmp = sidecar_path.with_name(f".{sidecar_path.name}.tmp")
         tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
         os.replace(tmp, sidecar_path)
-        written.append({"image": str(image_path), "overlay": str(overlay_path),
-                        "sidecar": str(sidecar_path)})
+        written.append(
+            {"image": str(image_path), "overlay": str(overlay_path), "sidecar": str(sidecar_path)}
+        )
     return written

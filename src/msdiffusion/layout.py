@@ -19,8 +19,16 @@ from .errors import InputError
 Box = tuple[float, float, float, float]
 ImageLike = Union[Image.Image, str, "os.PathLike[str]"]  # noqa: F821 — a path is loaded lazily
 
-__all__ = ["Box", "Subject", "validate_box", "validate_scale", "mask_to_array", "mask_bbox",
-           "phrase_token_span", "find_phrase"]
+__all__ = [
+    "Box",
+    "Subject",
+    "validate_box",
+    "validate_scale",
+    "mask_to_array",
+    "mask_bbox",
+    "phrase_token_span",
+    "find_phrase",
+]
 
 
 def validate_box(box: Any, argument: str = "box") -> Box:
@@ -56,19 +64,24 @@ def validate_scale(scale: Any, argument: str = "scale") -> float:
 
 
 def mask_to_array(mask: Any, argument: str = "mask") -> np.ndarray:
-    """A region mask (PIL image, array or tensor; any value > 0.5 of the range is inside) → bool (h, w)."""
+    """A region mask (PIL image, array or tensor; > 0.5 of the range is inside) → bool (h, w)."""
     if isinstance(mask, Image.Image):
         array = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
     else:
         try:
-            array = np.asarray(mask.detach().cpu() if hasattr(mask, "detach") else mask,
-                               dtype=np.float32)
+            array = np.asarray(
+                mask.detach().cpu() if hasattr(mask, "detach") else mask, dtype=np.float32
+            )
         except (TypeError, ValueError):
-            raise InputError(argument, "must be an image or a 2-D array", type(mask).__name__) from None
+            raise InputError(
+                argument, "must be an image or a 2-D array", type(mask).__name__
+            ) from None
         if array.ndim == 3 and array.shape[0] == 1:
             array = array[0]
     if array.ndim != 2 or array.size == 0:
-        raise InputError(argument, "must be a 2-D (height, width) mask", getattr(array, "shape", None))
+        raise InputError(
+            argument, "must be a 2-D (height, width) mask", getattr(array, "shape", None)
+        )
     inside = array > 0.5
     if not inside.any():
         raise InputError(argument, "is empty (no pixel above 0.5)", tuple(array.shape))
@@ -124,14 +137,15 @@ class Subject:
 
 
 def find_phrase(prompt: str, phrase: str) -> tuple[int, int] | None:
-    """Character span ``[start, end)`` of ``phrase`` in ``prompt`` (case-insensitive, whole words)."""
+    """Character span ``[start, end)`` of the phrase in the prompt (any case, whole words)."""
     pattern = r"(?<!\w)" + re.escape(phrase.strip()) + r"(?!\w)"
     match = re.search(pattern, prompt, flags=re.IGNORECASE)
     return (match.start(), match.end()) if match else None
 
 
-def phrase_token_span(tokenizer: Any, prompt: str, phrase: str,
-                      max_length: int = 77) -> tuple[int, int] | None:
+def phrase_token_span(
+    tokenizer: Any, prompt: str, phrase: str, max_length: int = 77
+) -> tuple[int, int] | None:
     """Token span ``(start, end)`` of ``phrase`` in the tokenised ``prompt`` (end exclusive).
 
     Positions count the start token (the first word is at 1), as the text encoder sees them; found
@@ -142,8 +156,11 @@ def phrase_token_span(tokenizer: Any, prompt: str, phrase: str,
     if chars is None:
         return None
     encoded = tokenizer(prompt, return_offsets_mapping=True, truncation=True, max_length=max_length)
-    hits = [i for i, (a, b) in enumerate(encoded["offset_mapping"])
-            if b > a and a < chars[1] and b > chars[0]]
+    hits = [
+        i
+        for i, (a, b) in enumerate(encoded["offset_mapping"])
+        if b > a and a < chars[1] and b > chars[0]
+    ]
     if not hits:
         return None
     return hits[0], hits[-1] + 1
@@ -156,18 +173,25 @@ def normalise_subject_lists(subjects: Any, batch_size: int) -> list[list[Subject
     if isinstance(subjects, Subject):
         subjects = [subjects]
     if not isinstance(subjects, Sequence):
-        raise InputError("subjects", "must be a list of Subject (or a list of lists for a batch)",
-                         type(subjects).__name__)
+        raise InputError(
+            "subjects",
+            "must be a list of Subject (or a list of lists for a batch)",
+            type(subjects).__name__,
+        )
     if all(isinstance(s, Subject) for s in subjects):
         per_prompt = [list(subjects) for _ in range(batch_size)]
     elif all(isinstance(s, (list, tuple)) for s in subjects):
         if len(subjects) != batch_size:
-            raise InputError("subjects", f"needs one list of subjects per prompt ({batch_size})",
-                             len(subjects))
+            raise InputError(
+                "subjects", f"needs one list of subjects per prompt ({batch_size})", len(subjects)
+            )
         per_prompt = [list(s) for s in subjects]
     else:
-        raise InputError("subjects", "must be a list of Subject (or a list of lists for a batch)",
-                         [type(s).__name__ for s in subjects])
+        raise InputError(
+            "subjects",
+            "must be a list of Subject (or a list of lists for a batch)",
+            [type(s).__name__ for s in subjects],
+        )
     for i, group in enumerate(per_prompt):
         for j, subject in enumerate(group):
             if not isinstance(subject, Subject):

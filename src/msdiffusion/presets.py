@@ -81,8 +81,9 @@ def char_tokenizer(directory: str | Path | None = None):
     vocab["<|endoftext|>"] = len(vocab)
     (directory / "vocab.json").write_text(json.dumps(vocab))
     (directory / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"),
-                              model_max_length=77)
+    tokenizer = CLIPTokenizer(
+        str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77
+    )
     tokenizer.save_pretrained(str(directory))
     return tokenizer
 
@@ -104,11 +105,19 @@ def tiny_components(seed: int = 0) -> dict[str, Any]:
     try:
         tokenizer = char_tokenizer()
         vocab = len(tokenizer)
-        text_cfg = dict(hidden_size=TINY_TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, vocab_size=vocab, max_position_embeddings=77,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id, projection_dim=TINY_TEXT_DIM,
-                        hidden_act="gelu")
+        text_cfg = dict(
+            hidden_size=TINY_TEXT_DIM,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=vocab,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=TINY_TEXT_DIM,
+            hidden_act="gelu",
+        )
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_cfg))
         unet = UNet2DConditionModel(
@@ -139,25 +148,54 @@ def tiny_components(seed: int = 0) -> dict[str, Any]:
             layers_per_block=1,
             sample_size=256,
         )
-        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-            hidden_size=TINY_IMAGE_DIM, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, image_size=32, patch_size=8, projection_dim=TINY_IMAGE_DIM,
-            hidden_act="gelu"))
+        image_encoder = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=TINY_IMAGE_DIM,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=32,
+                patch_size=8,
+                projection_dim=TINY_IMAGE_DIM,
+                hidden_act="gelu",
+            )
+        )
     finally:
         torch.random.set_rng_state(gen_state)
-    feature_extractor = CLIPImageProcessorPil(size={"shortest_edge": 32},
-                                              crop_size={"height": 32, "width": 32})
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
-                                       beta_schedule="scaled_linear", timestep_spacing="leading",
-                                       steps_offset=1)
-    return dict(vae=vae.eval(), text_encoder=text_encoder.eval(),
-                text_encoder_2=text_encoder_2.eval(), tokenizer=tokenizer,
-                tokenizer_2=char_tokenizer(), unet=unet.eval(), scheduler=scheduler,
-                image_encoder=image_encoder.eval(), feature_extractor=feature_extractor)
+    feature_extractor = CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+    return dict(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer=tokenizer,
+        tokenizer_2=char_tokenizer(),
+        unet=unet.eval(),
+        scheduler=scheduler,
+        image_encoder=image_encoder.eval(),
+        feature_extractor=feature_extractor,
+    )
 
 
 def tiny_adapter_kwargs() -> dict[str, int]:
     """Adapter hyper-parameters that fit the tiny components (see ``MSAdapter.for_unet``)."""
-    return dict(image_embed_dim=TINY_IMAGE_DIM, phrase_embed_dim=TINY_TEXT_DIM, resampler_dim=64,
-                resampler_depth=2, resampler_heads=4, resampler_head_dim=16, num_queries=16,
-                num_dummy_tokens=4, fourier_freqs=8, ff_mult=4)
+    return dict(
+        image_embed_dim=TINY_IMAGE_DIM,
+        phrase_embed_dim=TINY_TEXT_DIM,
+        resampler_dim=64,
+        resampler_depth=2,
+        resampler_heads=4,
+        resampler_head_dim=16,
+        num_queries=16,
+        num_dummy_tokens=4,
+        fourier_freqs=8,
+        ff_mult=4,
+    )

@@ -35,8 +35,9 @@ class SubjectSpec:
             raise InputError(f"{where}.images", "needs at least one reference image", self.images)
         for k, image in enumerate(images):
             if not isinstance(image, (str, os.PathLike, Image.Image)):
-                raise InputError(f"{where}.images[{k}]", "must be a path or an image",
-                                 type(image).__name__)
+                raise InputError(
+                    f"{where}.images[{k}]", "must be a path or an image", type(image).__name__
+                )
             if isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
                 raise InputError(f"{where}.images[{k}]", "file does not exist", os.fspath(image))
         self.images = list(images)
@@ -52,15 +53,20 @@ class SubjectSpec:
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or \
-            (high is not None and value > high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
         rule = f"must be an integer >= {low}" + (f" and <= {high}" if high is not None else "")
         raise InputError(name, rule, value)
     return value
 
 
-def _check_float(name: str, value: Any, low: float, high: float | None = None,
-                 high_open: bool = False) -> float:
+def _check_float(
+    name: str, value: Any, low: float, high: float | None = None, high_open: bool = False
+) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -109,12 +115,14 @@ class GenerationRequest:
         _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_int("num_images", self.num_images, 1, 64)
         if self.mask_threshold is not None:
-            self.mask_threshold = _check_float("mask_threshold", self.mask_threshold, 0.0, 1.0,
-                                               high_open=True)
+            self.mask_threshold = _check_float(
+                "mask_threshold", self.mask_threshold, 0.0, 1.0, high_open=True
+            )
         _check_int("start_step", self.start_step, 0)
         if not isinstance(self.drop_grounding_tokens, bool):
-            raise InputError("drop_grounding_tokens", "must be true or false",
-                             self.drop_grounding_tokens)
+            raise InputError(
+                "drop_grounding_tokens", "must be true or false", self.drop_grounding_tokens
+            )
         if not isinstance(self.subjects, list):
             raise InputError("subjects", "must be a list", self.subjects)
         for j, subject in enumerate(self.subjects):
@@ -122,8 +130,11 @@ class GenerationRequest:
                 raise InputError(f"subjects[{j}]", "must be a SubjectSpec", type(subject).__name__)
             subject.validate(f"subjects[{j}]")
             if subject.box is None and subject.mask is None and self.mask_threshold is None:
-                raise InputError(f"subjects[{j}].box", "needs a box or a mask (or auto layout: "
-                                 "mask_threshold)", None)
+                raise InputError(
+                    f"subjects[{j}].box",
+                    "needs a box or a mask (or auto layout: mask_threshold)",
+                    None,
+                )
         return self
 
     # -- plain data -----------------------------------------------------------------------------
@@ -133,24 +144,31 @@ class GenerationRequest:
         data = asdict(self)
         data["subjects"] = []
         for subject in self.subjects:
-            entry = {"images": [_path_out(p, base_dir) for p in subject.images],
-                     "box": list(subject.box) if subject.box is not None else None,
-                     "phrase": subject.phrase, "scale": subject.scale,
-                     "mask": _path_out(subject.mask, base_dir) if subject.mask is not None else None}
+            entry = {
+                "images": [_path_out(p, base_dir) for p in subject.images],
+                "box": list(subject.box) if subject.box is not None else None,
+                "phrase": subject.phrase,
+                "scale": subject.scale,
+                "mask": _path_out(subject.mask, base_dir) if subject.mask is not None else None,
+            }
             data["subjects"].append(entry)
         return data
 
     @classmethod
-    def from_dict(cls, data: Any, base_dir: str | os.PathLike[str] | None = None
-                  ) -> GenerationRequest:
-        """Build and validate from a dict (a request JSON entry); relative paths against base_dir."""
+    def from_dict(
+        cls, data: Any, base_dir: str | os.PathLike[str] | None = None
+    ) -> GenerationRequest:
+        """Build and validate from a dict (a request JSON entry); paths relative to base_dir."""
         if not isinstance(data, dict):
             raise InputError("request", "must be a JSON object", type(data).__name__)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise InputError(f"request.{unknown[0]}", f"is not a request field ({sorted(known)})",
-                             data[unknown[0]])
+            raise InputError(
+                f"request.{unknown[0]}",
+                f"is not a request field ({sorted(known)})",
+                data[unknown[0]],
+            )
         if "prompt" not in data:
             raise InputError("request.prompt", "is required", None)
         values = dict(data)
@@ -163,16 +181,24 @@ class GenerationRequest:
                 raise InputError(f"subjects[{j}]", "must be an object", raw)
             extra = sorted(set(raw) - {"images", "image", "box", "phrase", "scale", "mask"})
             if extra:
-                raise InputError(f"subjects[{j}].{extra[0]}", "is not a subject field "
-                                 "(images, box, phrase, scale, mask)", raw[extra[0]])
+                raise InputError(
+                    f"subjects[{j}].{extra[0]}",
+                    "is not a subject field (images, box, phrase, scale, mask)",
+                    raw[extra[0]],
+                )
             images = raw.get("images", raw.get("image"))
             if images is None:
                 raise InputError(f"subjects[{j}].images", "is required", None)
             images = images if isinstance(images, list) else [images]
-            subjects.append(SubjectSpec(
-                images=[_path_in(p, base_dir) for p in images], box=raw.get("box"),
-                phrase=raw.get("phrase", ""), scale=raw.get("scale"),
-                mask=_path_in(raw["mask"], base_dir) if raw.get("mask") else None))
+            subjects.append(
+                SubjectSpec(
+                    images=[_path_in(p, base_dir) for p in images],
+                    box=raw.get("box"),
+                    phrase=raw.get("phrase", ""),
+                    scale=raw.get("scale"),
+                    mask=_path_in(raw["mask"], base_dir) if raw.get("mask") else None,
+                )
+            )
         return cls(subjects=subjects, **values)
 
 
@@ -184,8 +210,9 @@ def _path_in(value: Any, base_dir: str | os.PathLike[str] | None) -> Any:
 
 def _path_out(value: Any, base_dir: str | os.PathLike[str] | None) -> Any:
     if isinstance(value, Image.Image):
-        raise InputError("subjects.images", "in-memory images must be saved before writing JSON",
-                         "PIL.Image")
+        raise InputError(
+            "subjects.images", "in-memory images must be saved before writing JSON", "PIL.Image"
+        )
     path = Path(value).resolve()
     if base_dir is not None:
         try:

@@ -10,8 +10,16 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["PALETTE", "draw_layout", "draw_overlay", "image_grid"]
 
-PALETTE = [(230, 57, 70), (29, 120, 230), (46, 170, 80), (240, 160, 20), (150, 70, 200),
-           (20, 180, 190), (220, 90, 170), (120, 120, 120)]
+PALETTE = [
+    (230, 57, 70),
+    (29, 120, 230),
+    (46, 170, 80),
+    (240, 160, 20),
+    (150, 70, 200),
+    (20, 180, 190),
+    (220, 90, 170),
+    (120, 120, 120),
+]
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -21,8 +29,12 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def draw_layout(image: Image.Image, boxes: Sequence[Any], phrases: Sequence[str],
-                masks: Sequence[Any] | None = None) -> Image.Image:
+def draw_layout(
+    image: Image.Image,
+    boxes: Sequence[Any],
+    phrases: Sequence[str],
+    masks: Sequence[Any] | None = None,
+) -> Image.Image:
     """A copy of ``image`` with each box outlined (normalised coordinates), each mask tinted, and
     the phrases written at the boxes' corners, one colour per subject."""
     out = image.convert("RGB").copy()
@@ -62,8 +74,12 @@ def draw_overlay(image: Image.Image, request: Any) -> Image.Image:
     from .layout import mask_to_array
 
     subjects = list(request.subjects)
-    masks = [mask_to_array(load_image(s.mask) if isinstance(s.mask, str) else s.mask)
-             if s.mask is not None else None for s in subjects]
+    masks = [
+        mask_to_array(load_image(s.mask) if isinstance(s.mask, str) else s.mask)
+        if s.mask is not None
+        else None
+        for s in subjects
+    ]
     left = draw_layout(image, [s.box for s in subjects], [s.phrase for s in subjects], masks)
     if not subjects:
         return left
@@ -88,8 +104,12 @@ def draw_overlay(image: Image.Image, request: Any) -> Image.Image:
     return canvas
 
 
-def image_grid(images: Sequence[Image.Image], columns: int, pad: int = 4,
-               background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+def image_grid(
+    images: Sequence[Image.Image],
+    columns: int,
+    pad: int = 4,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
     """Tile images (resized to the first one's size) into a grid."""
     if not images:
         raise ValueError("image_grid needs at least one image")

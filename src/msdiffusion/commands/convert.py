@@ -8,16 +8,21 @@ from typing import Any
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "convert", help="convert a released ms_adapter.bin to safetensors + config.json",
+        "convert",
+        help="convert a released ms_adapter.bin to safetensors + config.json",
         description="Convert the released MS-Diffusion checkpoint (a pickled dict, read with "
-                    "weights_only=True) into msdiffusion's format. The UNet's layer layout is "
-                    "needed to map the released layer indices to module names: it is read from "
-                    "--unet (a UNet folder or an SDXL pipeline folder / hub id).")
+        "weights_only=True) into msdiffusion's format. The UNet's layer layout is "
+        "needed to map the released layer indices to module names: it is read from "
+        "--unet (a UNet folder or an SDXL pipeline folder / hub id).",
+    )
     p.add_argument("checkpoint", help="path to ms_adapter.bin")
     p.add_argument("out", help="output folder (written atomically)")
-    p.add_argument("--unet", default="stabilityai/stable-diffusion-xl-base-1.0",
-                   help="UNet config source: a UNet folder, an SDXL folder or hub id, or 'tiny' "
-                        "(default: SDXL base 1.0; only its config.json is read)")
+    p.add_argument(
+        "--unet",
+        default="stabilityai/stable-diffusion-xl-base-1.0",
+        help="UNet config source: a UNet folder, an SDXL folder or hub id, or 'tiny' "
+        "(default: SDXL base 1.0; only its config.json is read)",
+    )
     p.set_defaults(func=run)
 
 
@@ -40,7 +45,8 @@ def unet_from_config(source: str):
             return UNet2DConditionModel.from_config(config)
     raise ModelNotAvailableError(
         f"cannot read a UNet config from {source!r} (a UNet folder, an SDXL folder, or a hub id "
-        "in the local cache); download stabilityai/stable-diffusion-xl-base-1.0 unet/config.json")
+        "in the local cache); download stabilityai/stable-diffusion-xl-base-1.0 unet/config.json"
+    )
 
 
 def _init_empty():
@@ -61,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     adapter = MSAdapter.from_original_checkpoint(args.checkpoint, unet, **overrides)
     adapter.save_pretrained(args.out)
     count = sum(p.numel() for p in adapter.parameters())
-    print(f"wrote {args.out} ({count / 1e6:.1f} M parameters, {len(adapter.config.layers)} "
-          "cross-attention layers)")
+    print(
+        f"wrote {args.out} ({count / 1e6:.1f} M parameters, {len(adapter.config.layers)} "
+        "cross-attention layers)"
+    )
     return 0

@@ -1,4 +1,4 @@
-"""`msdiffusion generate`: prompt + subjects (or request JSON files) → images, overlays, sidecars."""
+"""`msdiffusion generate`: prompt + subjects (or request files) → images, overlays, sidecars."""
 
 from __future__ import annotations
 
@@ -41,38 +41,76 @@ class _SubjectField(argparse.Action):
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Model selection flags shared by every command that loads the pipeline."""
     group = parser.add_argument_group("model")
-    group.add_argument("--preset", default="tiny", choices=["tiny", "sdxl"],
-                       help="component set: tiny (random weights, offline) or sdxl (released "
-                            "weights from the hub or the local cache) (default: tiny)")
+    group.add_argument(
+        "--preset",
+        default="tiny",
+        choices=["tiny", "sdxl"],
+        help="component set: tiny (random weights, offline) or sdxl (released "
+        "weights from the hub or the local cache) (default: tiny)",
+    )
     group.add_argument("--base", help="SDXL pipeline folder or hub id (overrides the preset)")
     group.add_argument("--image-encoder", help="CLIP ViT-bigG/14 vision model folder or hub id")
-    group.add_argument("--adapter", help="adapter: our folder, a released ms_adapter.bin, or a "
-                                         "hub repo id")
+    group.add_argument(
+        "--adapter", help="adapter: our folder, a released ms_adapter.bin, or a hub repo id"
+    )
     group.add_argument("--vae", help="VAE folder or hub id (e.g. an fp16-fix VAE)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    group.add_argument("--dtype", default="auto",
-                       help="auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16",
+    )
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("generate", help="generate images with subjects in boxes",
-                       description="Generate images in which each subject appears in its box.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "generate",
+        help="generate images with subjects in boxes",
+        description="Generate images in which each subject appears in its box.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--prompt", help="the prompt (or use --request)")
     p.add_argument("--negative-prompt", default="", help="negative prompt")
-    p.add_argument("--request", action="append", default=[], metavar="JSON",
-                   help="request file: one request, a list, {\"requests\": [...]}, or a sidecar "
-                        "(repeatable; replaces --prompt/--subject)")
+    p.add_argument(
+        "--request",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help='request file: one request, a list, {"requests": [...]}, or a sidecar '
+        "(repeatable; replaces --prompt/--subject)",
+    )
     s = p.add_argument_group("subjects")
-    s.add_argument("--subject", nargs="+", action=_SubjectAction, metavar="IMAGE",
-                   help="reference image(s) of a new subject (several = views of one subject)")
+    s.add_argument(
+        "--subject",
+        nargs="+",
+        action=_SubjectAction,
+        metavar="IMAGE",
+        help="reference image(s) of a new subject (several = views of one subject)",
+    )
     s.add_argument("--box", dest="subject_box", action=_SubjectField, metavar="X0,Y0,X1,Y1")
-    s.add_argument("--phrase", dest="subject_phrase", action=_SubjectField, metavar="WORD",
-                   help="the word(s) naming the subject in the prompt")
-    s.add_argument("--subject-scale", dest="subject_scale", type=float, action=_SubjectField,
-                   metavar="S", help="this subject's scale (default: --scale)")
-    s.add_argument("--mask", dest="subject_mask", action=_SubjectField, metavar="PNG",
-                   help="region mask (output aspect ratio; white = inside) instead of a box")
+    s.add_argument(
+        "--phrase",
+        dest="subject_phrase",
+        action=_SubjectField,
+        metavar="WORD",
+        help="the word(s) naming the subject in the prompt",
+    )
+    s.add_argument(
+        "--subject-scale",
+        dest="subject_scale",
+        type=float,
+        action=_SubjectField,
+        metavar="S",
+        help="this subject's scale (default: --scale)",
+    )
+    s.add_argument(
+        "--mask",
+        dest="subject_mask",
+        action=_SubjectField,
+        metavar="PNG",
+        help="region mask (output aspect ratio; white = inside) instead of a box",
+    )
     g = p.add_argument_group("generation")
     g.add_argument("--height", type=int, help="output height (default: the preset's, 1024/256)")
     g.add_argument("--width", type=int, help="output width (default: the preset's)")
@@ -81,12 +119,22 @@ def register(sub: Any) -> None:
     g.add_argument("--scale", type=float, default=0.6, help="image-branch scale γ (default: 0.6)")
     g.add_argument("--seed", type=int, default=0, help="seed of image 0; image k uses seed+k")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt (default: 1)")
-    g.add_argument("--mask-threshold", type=float,
-                   help="auto layout: threshold of the phrase attention maps (e.g. 0.5)")
-    g.add_argument("--start-step", type=int, default=5,
-                   help="auto layout: first step using the attention-map regions (default: 5)")
-    g.add_argument("--drop-grounding-tokens", action="store_true",
-                   help="start the resampler from its learned queries (no phrase/box embedding)")
+    g.add_argument(
+        "--mask-threshold",
+        type=float,
+        help="auto layout: threshold of the phrase attention maps (e.g. 0.5)",
+    )
+    g.add_argument(
+        "--start-step",
+        type=int,
+        default=5,
+        help="auto layout: first step using the attention-map regions (default: 5)",
+    )
+    g.add_argument(
+        "--drop-grounding-tokens",
+        action="store_true",
+        help="start the resampler from its learned queries (no phrase/box embedding)",
+    )
     g.add_argument("--batch-size", type=int, default=1, help="prompts per pipeline call")
     add_model_arguments(p)
     p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
@@ -98,8 +146,9 @@ def requests_from_args(args: argparse.Namespace) -> list:
 
     if args.request:
         if args.prompt or args.subjects:
-            raise InputError("--request", "replaces --prompt and --subject; give one or the other",
-                             args.request)
+            raise InputError(
+                "--request", "replaces --prompt and --subject; give one or the other", args.request
+            )
         return [r for path in args.request for r in read_requests(path)]
     if not args.prompt:
         raise InputError("--prompt", "is required (or --request FILE)", None)
@@ -107,22 +156,48 @@ def requests_from_args(args: argparse.Namespace) -> list:
     for i, subject in enumerate(args.subjects or [], start=1):
         if "phrase" not in subject:
             raise InputError(f"--subject #{i}", "needs a --phrase", subject["images"])
-        subjects.append({"images": subject["images"], "box": subject.get("box"),
-                         "phrase": subject["phrase"], "scale": subject.get("scale"),
-                         "mask": subject.get("mask")})
-    return [GenerationRequest.from_dict({
-        "prompt": args.prompt, "negative_prompt": args.negative_prompt, "subjects": subjects,
-        "height": args.height, "width": args.width, "num_inference_steps": args.steps,
-        "guidance_scale": args.guidance, "scale": args.scale, "seed": args.seed,
-        "num_images": args.num_images, "mask_threshold": args.mask_threshold,
-        "start_step": args.start_step, "drop_grounding_tokens": args.drop_grounding_tokens})]
+        subjects.append(
+            {
+                "images": subject["images"],
+                "box": subject.get("box"),
+                "phrase": subject["phrase"],
+                "scale": subject.get("scale"),
+                "mask": subject.get("mask"),
+            }
+        )
+    return [
+        GenerationRequest.from_dict(
+            {
+                "prompt": args.prompt,
+                "negative_prompt": args.negative_prompt,
+                "subjects": subjects,
+                "height": args.height,
+                "width": args.width,
+                "num_inference_steps": args.steps,
+                "guidance_scale": args.guidance,
+                "scale": args.scale,
+                "seed": args.seed,
+                "num_images": args.num_images,
+                "mask_threshold": args.mask_threshold,
+                "start_step": args.start_step,
+                "drop_grounding_tokens": args.drop_grounding_tokens,
+            }
+        )
+    ]
 
 
 def load_model(args: argparse.Namespace):
     from ..inference import load_pipeline
 
-    return load_pipeline(args.preset, base=args.base, image_encoder=args.image_encoder,
-                         adapter=args.adapter, vae=args.vae, device=args.device, dtype=args.dtype)
+    return load_pipeline(
+        args.preset,
+        base=args.base,
+        image_encoder=args.image_encoder,
+        adapter=args.adapter,
+        vae=args.vae,
+        device=args.device,
+        dtype=args.dtype,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,12 +209,14 @@ def run(args: argparse.Namespace) -> int:
         for name in ("height", "width"):
             value = getattr(request, name)
             if value is not None and value % model.pipe.vae_scale_factor:
-                raise InputError(f"--{name}", f"must be a multiple of "
-                                 f"{model.pipe.vae_scale_factor}", value)
+                raise InputError(
+                    f"--{name}", f"must be a multiple of {model.pipe.vae_scale_factor}", value
+                )
     results = generate(model, requests, batch_size=args.batch_size)
     for i, result in enumerate(results):
         stem = "image" if len(results) == 1 else f"request{i:03d}"
         for files in write_result(result, args.out, model.info, stem=stem):
-            print(f"wrote {files['image']}  (overlay {files['overlay']}, sidecar "
-                  f"{files['sidecar']})")
+            print(
+                f"wrote {files['image']}  (overlay {files['overlay']}, sidecar {files['sidecar']})"
+            )
     return 0

@@ -60,8 +60,11 @@ class MSAdapterConfig:
 
 def cross_attention_layers(unet: nn.Module) -> dict[str, Attention]:
     """The UNet's cross-attention modules by module name (found by introspection)."""
-    return {name: m for name, m in unet.named_modules()
-            if isinstance(m, Attention) and m.is_cross_attention}
+    return {
+        name: m
+        for name, m in unet.named_modules()
+        if isinstance(m, Attention) and m.is_cross_attention
+    }
 
 
 def _module_key(name: str) -> str:
@@ -80,22 +83,32 @@ class MSAdapter(nn.Module):
         self.config = config
         c = config
         self.resampler = GroundingResampler(
-            image_embed_dim=c.image_embed_dim, phrase_embed_dim=c.phrase_embed_dim,
-            dim=c.resampler_dim, depth=c.resampler_depth, heads=c.resampler_heads,
-            head_dim=c.resampler_head_dim, num_queries=c.num_queries,
-            out_dim=c.cross_attention_dim, fourier_freqs=c.fourier_freqs, ff_mult=c.ff_mult)
+            image_embed_dim=c.image_embed_dim,
+            phrase_embed_dim=c.phrase_embed_dim,
+            dim=c.resampler_dim,
+            depth=c.resampler_depth,
+            heads=c.resampler_heads,
+            head_dim=c.resampler_head_dim,
+            num_queries=c.num_queries,
+            out_dim=c.cross_attention_dim,
+            fourier_freqs=c.fourier_freqs,
+            ff_mult=c.ff_mult,
+        )
         # Kept for checkpoint compatibility: background cells' image output is zeroed, so these
         # tokens never reach the output (DESIGN §2.2).
         self.dummy_tokens = nn.Parameter(torch.zeros(1, c.num_dummy_tokens, c.cross_attention_dim))
-        self.projections = nn.ModuleDict({
-            _module_key(name): SubjectProjection(cross_dim, inner)
-            for name, (cross_dim, inner) in c.layers.items()})
+        self.projections = nn.ModuleDict(
+            {
+                _module_key(name): SubjectProjection(cross_dim, inner)
+                for name, (cross_dim, inner) in c.layers.items()
+            }
+        )
         self._installed: dict[int, dict[str, Any]] = {}  # id(unet) → its original processors
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def for_unet(cls, unet: nn.Module, **hparams: Any) -> MSAdapter:
-        """A new adapter for ``unet``; ``to_k_ip``/``to_v_ip`` start as copies of ``to_k``/``to_v``."""
+        """A new adapter for ``unet``; ``to_k_ip``/``to_v_ip`` start as ``to_k``/``to_v`` copies."""
         config = cls.config_for_unet(unet, **hparams)
         adapter = cls(config)
         with torch.no_grad():
@@ -107,8 +120,10 @@ class MSAdapter(nn.Module):
 
     @classmethod
     def config_for_unet(cls, unet: nn.Module, **hparams: Any) -> MSAdapterConfig:
-        layers = {name: [attn.to_k.in_features, attn.to_k.out_features]
-                  for name, attn in cross_attention_layers(unet).items()}
+        layers = {
+            name: [attn.to_k.in_features, attn.to_k.out_features]
+            for name, attn in cross_attention_layers(unet).items()
+        }
         if not layers:
             raise InputError("unet", "has no cross-attention layers", type(unet).__name__)
         cross_dims = {dims[0] for dims in layers.values()}
@@ -117,8 +132,9 @@ class MSAdapter(nn.Module):
         known = {f.name for f in fields(MSAdapterConfig)} - {"layers", "cross_attention_dim"}
         for key in hparams:
             if key not in known:
-                raise InputError(key, f"is not an adapter hyper-parameter ({sorted(known)})",
-                                 hparams[key])
+                raise InputError(
+                    key, f"is not an adapter hyper-parameter ({sorted(known)})", hparams[key]
+                )
         return MSAdapterConfig(**hparams, cross_attention_dim=cross_dims.pop(), layers=layers)
 
     def projection(self, layer: str) -> SubjectProjection:
@@ -144,8 +160,13 @@ class MSAdapter(nn.Module):
                 yield param
 
     # -- compute --------------------------------------------------------------------------------
-    def forward(self, image_embeds: torch.Tensor, phrase_embeds: torch.Tensor,
-                boxes: torch.Tensor, drop_grounding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        image_embeds: torch.Tensor,
+        phrase_embeds: torch.Tensor,
+        boxes: torch.Tensor,
+        drop_grounding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self.resampler(image_embeds, phrase_embeds, boxes, drop_grounding)
 
     # -- installation ---------------------------------------------------------------------------
@@ -158,21 +179,26 @@ class MSAdapter(nn.Module):
             raise CheckpointError(
                 "adapter does not match this UNet: "
                 + (f"layers missing from the UNet: {missing[:3]} " if missing else "")
-                + (f"UNet layers the adapter lacks: {extra[:3]}" if extra else ""))
+                + (f"UNet layers the adapter lacks: {extra[:3]}" if extra else "")
+            )
         for name, attn in layers.items():
             want = self.config.layers[name]
             have = [attn.to_k.in_features, attn.to_k.out_features]
             if want != have:
-                raise CheckpointError(f"adapter layer {name} expects [cross, inner] = {want}, "
-                                      f"the UNet has {have}")
+                raise CheckpointError(
+                    f"adapter layer {name} expects [cross, inner] = {want}, the UNet has {have}"
+                )
         if id(unet) in self._installed:
             return
         originals = dict(unet.attn_processors)
         processors: dict[str, Any] = {}
         for key in originals:
             layer = key.removesuffix(".processor")
-            processors[key] = (MSCrossAttnProcessor(layer, self.projection(layer))
-                               if layer in layers else MSSelfAttnProcessor())
+            processors[key] = (
+                MSCrossAttnProcessor(layer, self.projection(layer))
+                if layer in layers
+                else MSSelfAttnProcessor()
+            )
         unet.set_attn_processor(processors)
         self._installed[id(unet)] = originals
 
@@ -188,7 +214,7 @@ class MSAdapter(nn.Module):
 
     # -- our format -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` and ``adapter.safetensors`` atomically (a temp dir, then rename)."""
+        """Write ``config.json`` and ``adapter.safetensors`` atomically (temp dir, then rename)."""
         from .. import __version__
 
         directory = Path(directory)
@@ -197,8 +223,11 @@ class MSAdapter(nn.Module):
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_NAME),
-                      metadata={"format": FORMAT, "config": json.dumps(config)})
+            save_file(
+                state,
+                str(tmp / WEIGHTS_NAME),
+                metadata={"format": FORMAT, "config": json.dumps(config)},
+            )
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             if directory.exists():
                 old = directory.with_name(f".{directory.name}.old")
@@ -213,8 +242,9 @@ class MSAdapter(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str],
-                        torch_dtype: torch.dtype | None = None, **_: Any) -> MSAdapter:
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], torch_dtype: torch.dtype | None = None, **_: Any
+    ) -> MSAdapter:
         """Load an adapter written by ``save_pretrained`` (a folder, or its safetensors file)."""
         path = Path(directory)
         weights = path / WEIGHTS_NAME if path.is_dir() else path
@@ -243,16 +273,19 @@ class MSAdapter(nn.Module):
             if key not in state:
                 raise CheckpointError(f"checkpoint is missing key {key!r}")
             if tuple(state[key].shape) != tuple(value.shape):
-                raise CheckpointError(f"checkpoint key {key!r} has shape {tuple(state[key].shape)},"
-                                      f" expected {tuple(value.shape)}")
+                raise CheckpointError(
+                    f"checkpoint key {key!r} has shape {tuple(state[key].shape)},"
+                    f" expected {tuple(value.shape)}"
+                )
         extra = sorted(set(state) - set(own))
         if extra:
             raise CheckpointError(f"checkpoint has unexpected key {extra[0]!r}")
         self.load_state_dict(state, strict=True)
 
     @classmethod
-    def from_original_checkpoint(cls, path: str | os.PathLike[str], unet: nn.Module,
-                                 **overrides: Any) -> MSAdapter:
+    def from_original_checkpoint(
+        cls, path: str | os.PathLike[str], unet: nn.Module, **overrides: Any
+    ) -> MSAdapter:
         """Load the released ``ms_adapter.bin`` for ``unet`` (see ``msdiffusion.convert``)."""
         from ..convert import load_original_checkpoint
 

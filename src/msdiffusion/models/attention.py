@@ -35,10 +35,16 @@ class SubjectProjection(nn.Module):
 class MSSelfAttnProcessor(AttnProcessor2_0):
     """Scaled-dot-product attention that accepts (and ignores) the ``ms`` conditioning."""
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor,
-                 encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
-                 ms: MSConditioning | None = None, **kwargs) -> torch.Tensor:
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        ms: MSConditioning | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
@@ -54,10 +60,16 @@ class MSCrossAttnProcessor(nn.Module):
         self.layer = layer
         self.projection = projection
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor,
-                 encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
-                 ms: MSConditioning | None = None, **kwargs) -> torch.Tensor:
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        ms: MSConditioning | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -92,7 +104,7 @@ class MSCrossAttnProcessor(nn.Module):
             if ms.cond_start == 0 and ms.num_rows == batch:
                 out = out + image
             elif torch.is_grad_enabled():  # autograd may need SDPA's output as it was
-                out = torch.cat((out[: rows.start], out[rows] + image, out[rows.stop:]), dim=0)
+                out = torch.cat((out[: rows.start], out[rows] + image, out[rows.stop :]), dim=0)
             else:  # inference: no second full-size buffer
                 out[rows] += image
 
@@ -104,20 +116,22 @@ class MSCrossAttnProcessor(nn.Module):
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
-    def image_attention(self, q: torch.Tensor, k_text: torch.Tensor, ms: MSConditioning,
-                        seq_len: int) -> torch.Tensor:
+    def image_attention(
+        self, q: torch.Tensor, k_text: torch.Tensor, ms: MSConditioning, seq_len: int
+    ) -> torch.Tensor:
         """q (Bc, h, N, d) of the conditioned rows → image-branch output (Bc, h, N, d)."""
         grid = ms.grid(seq_len)
         regions = None
         if ms.auto_layout:
             # this layer's own text-attention probabilities over the prompt, for the phrase maps
-            probs = (q.float() @ k_text.float().transpose(-1, -2) * q.shape[-1] ** -0.5)
+            probs = q.float() @ k_text.float().transpose(-1, -2) * q.shape[-1] ** -0.5
             regions = ms.record_attention(self.layer, probs.softmax(-1))  # (Bc, S, N) or None
         if regions is None:
             mask, fg = ms.attention_mask(ms.box_regions(*grid), cache_key=("mask",) + grid)
         else:
             mask, fg = ms.attention_mask(regions)
-        k, v = ms.subject_kv(self.layer, self.projection.to_k_ip, self.projection.to_v_ip,
-                             q.shape[1])  # (Bc, h, S·Q, d)
+        k, v = ms.subject_kv(
+            self.layer, self.projection.to_k_ip, self.projection.to_v_ip, q.shape[1]
+        )  # (Bc, h, S·Q, d)
         out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
         return out * fg.to(out.dtype)  # background cells: exactly 0

@@ -8,7 +8,6 @@ Module names match the released checkpoint's ``image_proj`` keys one for one (se
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["GroundingResampler", "fourier_box_embedding"]
@@ -17,8 +16,8 @@ __all__ = ["GroundingResampler", "fourier_box_embedding"]
 def fourier_box_embedding(boxes: torch.Tensor, num_freqs: int = 8) -> torch.Tensor:
     """GLIGEN-style box embedding: ``(..., 4)`` → ``(..., num_freqs · 2 · 4)``.
 
-    Frequencies f_k = 100^(k / num_freqs). Flattened as [k][sin, cos][x0, y0, x1, y1] — the order the
-    released weights were trained with.
+    Frequencies f_k = 100^(k / num_freqs). Flattened as [k][sin, cos][x0, y0, x1, y1] — the order
+    the released weights were trained with.
     """
     k = torch.arange(num_freqs, device=boxes.device, dtype=torch.float32)
     freqs = 100.0 ** (k / num_freqs)  # (F,)
@@ -54,42 +53,66 @@ class PerceiverAttention(nn.Module):
 
 
 def feed_forward(dim: int, mult: int) -> nn.Sequential:
-    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=False), nn.GELU(),
-                         nn.Linear(dim * mult, dim, bias=False))
+    return nn.Sequential(
+        nn.LayerNorm(dim),
+        nn.Linear(dim, dim * mult, bias=False),
+        nn.GELU(),
+        nn.Linear(dim * mult, dim, bias=False),
+    )
 
 
 class GroundingResampler(nn.Module):
-    """Reference features ``(N, T, image_embed_dim)`` + grounding (phrase, box) → ``(N, Q, out_dim)``.
+    """Reference features ``(N, T, image_embed_dim)`` + grounding (phrase, box) → ``(N, Q, out)``.
 
     Released sizes: image_embed_dim 1664 (CLIP-G penultimate), phrase_embed_dim 768 (CLIP-L
     pooled), dim 1280, depth 4, 20 heads × 64, Q = 16, out_dim 2048 — about 119 M parameters.
     """
 
-    def __init__(self, *, image_embed_dim: int = 1664, phrase_embed_dim: int = 768,
-                 dim: int = 1280, depth: int = 4, heads: int = 20, head_dim: int = 64,
-                 num_queries: int = 16, out_dim: int = 2048, fourier_freqs: int = 8,
-                 ff_mult: int = 4):
+    def __init__(
+        self,
+        *,
+        image_embed_dim: int = 1664,
+        phrase_embed_dim: int = 768,
+        dim: int = 1280,
+        depth: int = 4,
+        heads: int = 20,
+        head_dim: int = 64,
+        num_queries: int = 16,
+        out_dim: int = 2048,
+        fourier_freqs: int = 8,
+        ff_mult: int = 4,
+    ):
         super().__init__()
         self.num_queries, self.dim, self.fourier_freqs = num_queries, dim, fourier_freqs
         grounding_dim = phrase_embed_dim + fourier_freqs * 2 * 4
         # learned queries, used instead of the grounded ones when grounding is dropped
         self.grounding_latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
-        self.latent_proj = nn.Sequential(nn.Linear(grounding_dim, image_embed_dim), nn.GELU(),
-                                         nn.Linear(image_embed_dim, num_queries * dim))
+        self.latent_proj = nn.Sequential(
+            nn.Linear(grounding_dim, image_embed_dim),
+            nn.GELU(),
+            nn.Linear(image_embed_dim, num_queries * dim),
+        )
         self.latent_norm = nn.LayerNorm(dim)
         self.proj_in = nn.Linear(image_embed_dim, dim)
         self.layers = nn.ModuleList(
             nn.ModuleList([PerceiverAttention(dim, heads, head_dim), feed_forward(dim, ff_mult)])
-            for _ in range(depth))
+            for _ in range(depth)
+        )
         self.attention_norm = nn.LayerNorm(dim)
         self.proj_out = nn.Linear(dim, out_dim)
         self.norm_out = nn.LayerNorm(out_dim)
 
-    def initial_queries(self, phrase_embeds: torch.Tensor, boxes: torch.Tensor,
-                        drop_grounding: torch.Tensor | None) -> torch.Tensor:
+    def initial_queries(
+        self, phrase_embeds: torch.Tensor, boxes: torch.Tensor, drop_grounding: torch.Tensor | None
+    ) -> torch.Tensor:
         """(N, D_phrase), (N, 4), (N,) bool → (N, Q, dim) starting queries."""
-        g = torch.cat((phrase_embeds, fourier_box_embedding(boxes, self.fourier_freqs)
-                       .to(phrase_embeds.dtype)), dim=-1)  # (N, D_phrase + 64)
+        g = torch.cat(
+            (
+                phrase_embeds,
+                fourier_box_embedding(boxes, self.fourier_freqs).to(phrase_embeds.dtype),
+            ),
+            dim=-1,
+        )  # (N, D_phrase + 64)
         grounded = self.latent_proj(g).unflatten(-1, (self.num_queries, self.dim))  # (N, Q, dim)
         grounded = self.latent_norm(grounded)
         if drop_grounding is None:
@@ -97,8 +120,13 @@ class GroundingResampler(nn.Module):
         learned = self.grounding_latents.to(grounded.dtype).expand_as(grounded)
         return torch.where(drop_grounding.view(-1, 1, 1).to(grounded.device), learned, grounded)
 
-    def forward(self, image_embeds: torch.Tensor, phrase_embeds: torch.Tensor,
-                boxes: torch.Tensor, drop_grounding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        image_embeds: torch.Tensor,
+        phrase_embeds: torch.Tensor,
+        boxes: torch.Tensor,
+        drop_grounding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """image_embeds (N, T, D_img), phrase_embeds (N, D_phrase), boxes (N, 4) in [0, 1],
         drop_grounding (N,) bool or None → tokens (N, Q, out_dim)."""
         latents = self.initial_queries(phrase_embeds, boxes, drop_grounding)  # (N, Q, dim)

@@ -32,7 +32,7 @@ ADAPTER_FOLDER = "adapter"
 
 @dataclass
 class MSDiffusionXLPipelineOutput(BaseOutput):
-    """images: list of PIL images, or an array/tensor (B, …) for ``output_type`` "np"/"pt"/"latent"."""
+    """images: PIL images, or an array/tensor (B, …) for ``output_type`` "np"/"pt"/"latent"."""
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
 
@@ -46,22 +46,50 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->adapter->unet->vae"
-    _optional_components = ["tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2",
-                            "image_encoder", "feature_extractor", "adapter", "controlnet"]
+    _optional_components = [
+        "tokenizer",
+        "tokenizer_2",
+        "text_encoder",
+        "text_encoder_2",
+        "image_encoder",
+        "feature_extractor",
+        "adapter",
+        "controlnet",
+    ]
 
-    def __init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
-                 image_encoder=None, feature_extractor=None, adapter: MSAdapter | None = None,
-                 controlnet=None, force_zeros_for_empty_prompt: bool = True,
-                 add_watermarker: bool | None = None):
-        super().__init__(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                         tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
-                         scheduler=scheduler, image_encoder=image_encoder,
-                         feature_extractor=feature_extractor,
-                         force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
-                         add_watermarker=add_watermarker)
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        text_encoder_2,
+        tokenizer,
+        tokenizer_2,
+        unet,
+        scheduler,
+        image_encoder=None,
+        feature_extractor=None,
+        adapter: MSAdapter | None = None,
+        controlnet=None,
+        force_zeros_for_empty_prompt: bool = True,
+        add_watermarker: bool | None = None,
+    ):
+        super().__init__(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
+        )
         self.register_modules(adapter=adapter, controlnet=controlnet)
         self.control_image_processor = VaeImageProcessor(
-            vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False)
+            vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False
+        )
         if adapter is not None:
             adapter.install(unet)
 
@@ -91,8 +119,9 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
             adapter.save_pretrained(Path(save_directory) / ADAPTER_FOLDER)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str],
-                        **kwargs: Any) -> MSDiffusionXLPipeline:
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any
+    ) -> MSDiffusionXLPipeline:
         """``StableDiffusionXLPipeline.from_pretrained`` plus the adapter: passed as
         ``adapter=``, or read from the folder's ``adapter/`` when present."""
         adapter = kwargs.pop("adapter", None)
@@ -102,17 +131,29 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
             adapter = MSAdapter.from_pretrained(folder)
         if adapter is not None:
             dtype = kwargs.get("torch_dtype")
-            pipe.attach_adapter(adapter.to(pipe.unet.device, dtype if isinstance(
-                dtype, torch.dtype) else pipe.unet.dtype))
+            pipe.attach_adapter(
+                adapter.to(
+                    pipe.unet.device, dtype if isinstance(dtype, torch.dtype) else pipe.unet.dtype
+                )
+            )
         return pipe
 
     # -- checks ---------------------------------------------------------------------------------
-    def _check_call(self, prompt: Any, height: int, width: int, scale: float,
-                    mask_threshold: float | None, start_step: int,
-                    num_images_per_prompt: int) -> list[str]:
+    def _check_call(
+        self,
+        prompt: Any,
+        height: int,
+        width: int,
+        scale: float,
+        mask_threshold: float | None,
+        start_step: int,
+        num_images_per_prompt: int,
+    ) -> list[str]:
         if isinstance(prompt, str):
             prompts = [prompt]
-        elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+        elif (
+            isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt)
+        ):
             prompts = list(prompt)
         else:
             raise InputError("prompt", "must be a string or a non-empty list of strings", prompt)
@@ -126,12 +167,20 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
         if not isinstance(start_step, int) or start_step < 0:
             raise InputError("start_step", "must be an integer >= 0", start_step)
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise InputError("num_images_per_prompt", "must be an integer >= 1",
-                             num_images_per_prompt)
+            raise InputError(
+                "num_images_per_prompt", "must be an integer >= 1", num_images_per_prompt
+            )
         return prompts
 
-    def _prepare_control_image(self, image: Any, height: int, width: int, rows: int,
-                               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    def _prepare_control_image(
+        self,
+        image: Any,
+        height: int,
+        width: int,
+        rows: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
         image = self.control_image_processor.preprocess(image, height=height, width=width)
         image = image.to(device=device, dtype=torch.float32)  # (n, 3, H, W)
         if image.shape[0] not in (1, rows):
@@ -192,19 +241,28 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
         # 0. Defaults and checks
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
-        prompts = self._check_call(prompt, height, width, scale, mask_threshold, start_step,
-                                   num_images_per_prompt)
+        prompts = self._check_call(
+            prompt, height, width, scale, mask_threshold, start_step, num_images_per_prompt
+        )
         batch_size = len(prompts)
         subject_lists = normalise_subject_lists(subjects, batch_size)
         if any(subject_lists) and self.adapter is None:
             raise InputError("subjects", "need an adapter (pipeline built without one)", None)
-        layouts = validate_layout(subject_lists, prompts, self.tokenizer, height, width,
-                                  float(scale), mask_threshold)
+        layouts = validate_layout(
+            subject_lists, prompts, self.tokenizer, height, width, float(scale), mask_threshold
+        )
         if self.controlnet is not None and control_image is None:
             raise InputError("control_image", "is required with a controlnet", None)
-        self.check_inputs(prompt, prompt_2, height, width, None, negative_prompt,
-                          negative_prompt_2,
-                          callback_on_step_end_tensor_inputs=list(callback_on_step_end_tensor_inputs))
+        self.check_inputs(
+            prompt,
+            prompt_2,
+            height,
+            width,
+            None,
+            negative_prompt,
+            negative_prompt_2,
+            callback_on_step_end_tensor_inputs=list(callback_on_step_end_tensor_inputs),
+        )
         original_size = original_size or (height, width)
         target_size = target_size or (height, width)
         self._guidance_scale = guidance_scale
@@ -219,42 +277,69 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
         # 1. Text
         lora_scale = (cross_attention_kwargs or {}).get("scale")
         prompt_embeds, negative_embeds, pooled, negative_pooled = self.encode_prompt(
-            prompt=prompts, prompt_2=prompt_2, device=device,
+            prompt=prompts,
+            prompt_2=prompt_2,
+            device=device,
             num_images_per_prompt=num_images_per_prompt,
             do_classifier_free_guidance=self.do_classifier_free_guidance,
-            negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
-            lora_scale=lora_scale)
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            lora_scale=lora_scale,
+        )
 
         # 2. Subjects → tokens, regions, scales (once per call; the unconditional half skips them)
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         ms = None
         if any(subject_lists):
             ms = build_conditioning(
-                layouts, adapter=self.adapter, image_encoder=self.image_encoder,
-                feature_extractor=self.feature_extractor, tokenizer=self.tokenizer,
-                text_encoder=self.text_encoder, latent_size=latent_size,
+                layouts,
+                adapter=self.adapter,
+                image_encoder=self.image_encoder,
+                feature_extractor=self.feature_extractor,
+                tokenizer=self.tokenizer,
+                text_encoder=self.text_encoder,
+                latent_size=latent_size,
                 num_images_per_prompt=num_images_per_prompt,
                 cond_start=rows if self.do_classifier_free_guidance else 0,
-                dtype=prompt_embeds.dtype, device=device,
-                drop_grounding_tokens=drop_grounding_tokens, mask_threshold=mask_threshold,
-                start_step=start_step)
+                dtype=prompt_embeds.dtype,
+                device=device,
+                drop_grounding_tokens=drop_grounding_tokens,
+                mask_threshold=mask_threshold,
+                start_step=start_step,
+            )
         unet_kwargs = dict(cross_attention_kwargs or {})
         if ms is not None:
             unet_kwargs["ms"] = ms
 
         # 3. Timesteps and initial latents
         timesteps, num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, device, timesteps, sigmas)
-        latents = self.prepare_latents(rows, self.unet.config.in_channels, height, width,
-                                       prompt_embeds.dtype, device, generator, latents)
+            self.scheduler, num_inference_steps, device, timesteps, sigmas
+        )
+        latents = self.prepare_latents(
+            rows,
+            self.unet.config.in_channels,
+            height,
+            width,
+            prompt_embeds.dtype,
+            device,
+            generator,
+            latents,
+        )
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 4. SDXL micro-conditioning; classifier-free guidance batches [unconditional; conditional]
-        projection_dim = (self.text_encoder_2.config.projection_dim if self.text_encoder_2
-                          is not None else int(pooled.shape[-1]))
-        add_time_ids = self._get_add_time_ids(original_size, crops_coords_top_left, target_size,
-                                              dtype=prompt_embeds.dtype,
-                                              text_encoder_projection_dim=projection_dim)
+        projection_dim = (
+            self.text_encoder_2.config.projection_dim
+            if self.text_encoder_2 is not None
+            else int(pooled.shape[-1])
+        )
+        add_time_ids = self._get_add_time_ids(
+            original_size,
+            crops_coords_top_left,
+            target_size,
+            dtype=prompt_embeds.dtype,
+            text_encoder_projection_dim=projection_dim,
+        )
         add_text_embeds = pooled
         if self.do_classifier_free_guidance:
             prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
@@ -265,8 +350,9 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
         added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
         control = None
         if self.controlnet is not None:
-            control = self._prepare_control_image(control_image, height, width, rows, device,
-                                                  prompt_embeds.dtype)
+            control = self._prepare_control_image(
+                control_image, height, width, rows, device, prompt_embeds.dtype
+            )
 
         # 5. Denoising loop
         self._num_timesteps = len(timesteps)
@@ -274,30 +360,48 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
             self.scheduler.set_begin_index(0)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
-                latent_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance \
-                    else latents
+                latent_input = (
+                    torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+                )
                 latent_input = self.scheduler.scale_model_input(latent_input, t)
                 residuals: dict[str, Any] = {}
                 if control is not None:  # plain text states: the ControlNet never sees subjects
                     down, mid = self.controlnet(
-                        latent_input, t, encoder_hidden_states=prompt_embeds,
-                        controlnet_cond=control, conditioning_scale=controlnet_conditioning_scale,
-                        added_cond_kwargs=added_cond_kwargs, return_dict=False)
-                    residuals = {"down_block_additional_residuals": down,
-                                 "mid_block_additional_residual": mid}
-                noise_pred = self.unet(latent_input, t, encoder_hidden_states=prompt_embeds,
-                                       cross_attention_kwargs=unet_kwargs or None,
-                                       added_cond_kwargs=added_cond_kwargs, return_dict=False,
-                                       **residuals)[0]
+                        latent_input,
+                        t,
+                        encoder_hidden_states=prompt_embeds,
+                        controlnet_cond=control,
+                        conditioning_scale=controlnet_conditioning_scale,
+                        added_cond_kwargs=added_cond_kwargs,
+                        return_dict=False,
+                    )
+                    residuals = {
+                        "down_block_additional_residuals": down,
+                        "mid_block_additional_residual": mid,
+                    }
+                noise_pred = self.unet(
+                    latent_input,
+                    t,
+                    encoder_hidden_states=prompt_embeds,
+                    cross_attention_kwargs=unet_kwargs or None,
+                    added_cond_kwargs=added_cond_kwargs,
+                    return_dict=False,
+                    **residuals,
+                )[0]
                 if self.do_classifier_free_guidance:
                     uncond, cond = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs,
-                                              return_dict=False)[0]
+                latents = self.scheduler.step(
+                    noise_pred, t, latents, **extra_step_kwargs, return_dict=False
+                )[0]
                 if callback_on_step_end is not None:
                     names = {"latents": latents, "prompt_embeds": prompt_embeds}
-                    update = callback_on_step_end(
-                        self, i, t, {k: names[k] for k in callback_on_step_end_tensor_inputs}) or {}
+                    update = (
+                        callback_on_step_end(
+                            self, i, t, {k: names[k] for k in callback_on_step_end_tensor_inputs}
+                        )
+                        or {}
+                    )
                     latents = update.pop("latents", latents)
                 progress_bar.update()
 
@@ -317,8 +421,10 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
             self.upcast_vae()
         latents = latents.to(next(iter(self.vae.post_quant_conv.parameters())).dtype)
         config = self.vae.config
-        if getattr(config, "latents_mean", None) is not None and \
-                getattr(config, "latents_std", None) is not None:
+        if (
+            getattr(config, "latents_mean", None) is not None
+            and getattr(config, "latents_std", None) is not None
+        ):
             mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(latents)
             std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(latents)
             latents = latents * std / config.scaling_factor + mean

@@ -28,16 +28,24 @@ class SubjectLayout:
     """One subject, checked against its prompt and output size."""
 
     subject: Subject
-    box: tuple[float, float, float, float]  # for the grounding embedding (the mask's bbox if no box)
+    box: tuple[
+        float, float, float, float
+    ]  # for the grounding embedding (the mask's bbox if no box)
     region_box: tuple[float, float, float, float]  # the attention region's box (zeros: none)
     mask: np.ndarray | None
     span: tuple[int, int]  # phrase token span in the prompt, (0, 0) when not found
     scale: float
 
 
-def validate_layout(subjects: list[list[Subject]], prompts: list[str], tokenizer: Any,
-                    height: int, width: int, scale: float,
-                    mask_threshold: float | None) -> list[list[SubjectLayout]]:
+def validate_layout(
+    subjects: list[list[Subject]],
+    prompts: list[str],
+    tokenizer: Any,
+    height: int,
+    width: int,
+    scale: float,
+    mask_threshold: float | None,
+) -> list[list[SubjectLayout]]:
     """Check every subject against its prompt and the output size; raise ``InputError`` early."""
     layouts: list[list[SubjectLayout]] = []
     for i, (group, prompt) in enumerate(zip(subjects, prompts)):
@@ -48,23 +56,39 @@ def validate_layout(subjects: list[list[Subject]], prompts: list[str], tokenizer
             if mask is not None:
                 mh, mw = mask.shape
                 if abs(mh * width - mw * height) > max(height, width, mh, mw):
-                    raise InputError(f"{where}.mask", f"must have the output's aspect ratio "
-                                     f"(width x height {width}x{height})", f"{mw}x{mh}")
+                    raise InputError(
+                        f"{where}.mask",
+                        f"must have the output's aspect ratio (width x height {width}x{height})",
+                        f"{mw}x{mh}",
+                    )
             if subject.box is None and mask is None and mask_threshold is None:
-                raise InputError(f"{where}.box", "needs a box or a mask (or auto layout: "
-                                 "mask_threshold)", None)
+                raise InputError(
+                    f"{where}.box", "needs a box or a mask (or auto layout: mask_threshold)", None
+                )
             span = phrase_token_span(tokenizer, prompt, subject.phrase)
             if span is None:
                 if mask_threshold is not None:
-                    raise InputError(f"{where}.phrase", f"must appear in the prompt {prompt!r} "
-                                     "for auto layout", subject.phrase)
-                logger.warning("%s.phrase %r is not in the prompt %r", where, subject.phrase,
-                               prompt)
+                    raise InputError(
+                        f"{where}.phrase",
+                        f"must appear in the prompt {prompt!r} for auto layout",
+                        subject.phrase,
+                    )
+                logger.warning(
+                    "%s.phrase %r is not in the prompt %r", where, subject.phrase, prompt
+                )
                 span = (0, 0)
             bbox = subject.box or (mask_bbox(mask) if mask is not None else (0.0, 0.0, 0.0, 0.0))
             region = subject.box or (0.0, 0.0, 0.0, 0.0)
-            row.append(SubjectLayout(subject, bbox, region, mask, span,
-                                     scale if subject.scale is None else subject.scale))
+            row.append(
+                SubjectLayout(
+                    subject,
+                    bbox,
+                    region,
+                    mask,
+                    span,
+                    scale if subject.scale is None else subject.scale,
+                )
+            )
         layouts.append(row)
     return layouts
 
@@ -77,13 +101,23 @@ def _masks_to_grid(mask: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_max_pool2d(tensor, size)[0, 0] > 0.5
 
 
-def build_conditioning(layouts: list[list[SubjectLayout]], *, adapter: torch.nn.Module,
-                       image_encoder: torch.nn.Module, feature_extractor: Any, tokenizer: Any,
-                       text_encoder: torch.nn.Module, latent_size: tuple[int, int],
-                       num_images_per_prompt: int, cond_start: int, dtype: torch.dtype,
-                       device: torch.device, drop_grounding_tokens: bool = False,
-                       mask_threshold: float | None = None,
-                       start_step: int = 0) -> MSConditioning | None:
+def build_conditioning(
+    layouts: list[list[SubjectLayout]],
+    *,
+    adapter: torch.nn.Module,
+    image_encoder: torch.nn.Module,
+    feature_extractor: Any,
+    tokenizer: Any,
+    text_encoder: torch.nn.Module,
+    latent_size: tuple[int, int],
+    num_images_per_prompt: int,
+    cond_start: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    drop_grounding_tokens: bool = False,
+    mask_threshold: float | None = None,
+    start_step: int = 0,
+) -> MSConditioning | None:
     """Encode and pad the subjects of a batch; None when no subject has a non-zero scale."""
     batch = len(layouts)
     num_subjects = max((len(row) for row in layouts), default=0)
@@ -111,10 +145,12 @@ def build_conditioning(layouts: list[list[SubjectLayout]], *, adapter: torch.nn.
     param = next(adapter.parameters())
     drop = torch.full((len(refs),), drop_grounding_tokens, device=param.device)
     with torch.no_grad():
-        tokens = adapter(image_embeds.to(param.device, param.dtype),
-                         phrase_embeds[phrase_idx.to(phrase_embeds.device)].to(param.device,
-                                                                               param.dtype),
-                         boxes.to(param.device, param.dtype), drop)  # (R, Q, C)
+        tokens = adapter(
+            image_embeds.to(param.device, param.dtype),
+            phrase_embeds[phrase_idx.to(phrase_embeds.device)].to(param.device, param.dtype),
+            boxes.to(param.device, param.dtype),
+            drop,
+        )  # (R, Q, C)
     tokens = tokens.to(device, torch.float32)
     per_subject = torch.zeros(len(slots), *tokens.shape[1:], device=device)
     per_subject.index_add_(0, owner_t, tokens)
@@ -143,9 +179,14 @@ def build_conditioning(layouts: list[list[SubjectLayout]], *, adapter: torch.nn.
 
     any_mask = bool(has_mask.any())
     return MSConditioning(
-        tokens=rows(padded).to(dtype), boxes=rows(region_boxes), scales=rows(scales).to(dtype),
-        latent_size=latent_size, cond_start=cond_start,
+        tokens=rows(padded).to(dtype),
+        boxes=rows(region_boxes),
+        scales=rows(scales).to(dtype),
+        latent_size=latent_size,
+        cond_start=cond_start,
         region_masks=rows(masks) if any_mask else None,
         has_mask=rows(has_mask) if any_mask else None,
         phrase_spans=rows(spans) if mask_threshold is not None else None,
-        mask_threshold=mask_threshold, start_step=start_step)
+        mask_threshold=mask_threshold,
+        start_step=start_step,
+    )

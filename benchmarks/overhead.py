@@ -22,127 +22,16 @@ import time
 import torch
 from PIL import Image
 
-SIZES = {
-    # name: (unet kwargs, text hidden sizes (encoder 1, encoder 2), text layers, vision kwargs)
-    "mid": (
-        dict(
-            block_out_channels=(160, 320, 640),
-            transformer_layers_per_block=(0, 1, 2),
-            attention_head_dim=(5, 5, 10),
-            cross_attention_dim=1024,
-        ),
-        (384, 640),
-        2,
-        dict(
-            hidden_size=640,
-            intermediate_size=1280,
-            num_hidden_layers=4,
-            num_attention_heads=10,
-            image_size=224,
-            patch_size=14,
-        ),
-    ),
-    "full": (
-        dict(
-            block_out_channels=(320, 640, 1280),
-            transformer_layers_per_block=(1, 2, 10),
-            attention_head_dim=(5, 10, 20),
-            cross_attention_dim=2048,
-        ),
-        (768, 1280),
-        None,
-        dict(
-            hidden_size=1664,
-            intermediate_size=8192,
-            num_hidden_layers=48,
-            num_attention_heads=16,
-            image_size=224,
-            patch_size=14,
-        ),
-    ),
-}
-
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def build(size: str, seed: int = 0) -> dict:
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
-
-    from msdiffusion.presets import char_tokenizer
-
-    unet_kw, (h1, h2), text_layers, vision_kw = SIZES[size]
-    torch.manual_seed(seed)
-    tok = char_tokenizer()
-
-    def text(hidden, layers, cls):
-        heads = hidden // 64
-        return cls(
-            CLIPTextConfig(
-                hidden_size=hidden,
-                intermediate_size=4 * hidden,
-                num_hidden_layers=layers or (12 if hidden == 768 else 32),
-                num_attention_heads=heads,
-                vocab_size=len(tok),
-                projection_dim=h2,
-                bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-            )
-        )
-
-    down = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
-    up = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
-    unet = UNet2DConditionModel(
-        sample_size=128,
-        down_block_types=down,
-        up_block_types=up,
-        layers_per_block=2,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=6 * 256 + h2,
-        **unet_kw,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 32, 64, 64),
-        latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-    )
-    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(projection_dim=1280, **vision_kw))
-    side = vision_kw["image_size"]
-    return dict(
-        vae=vae,
-        text_encoder=text(h1, text_layers, CLIPTextModel),
-        text_encoder_2=text(h2, text_layers, CLIPTextModelWithProjection),
-        tokenizer=tok,
-        tokenizer_2=tok,
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(
-            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
-        ),
-        image_encoder=vision,
-        feature_extractor=CLIPImageProcessorPil(
-            size={"shortest_edge": side}, crop_size={"height": side, "width": side}
-        ),
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="mid")
+    parser.add_argument("--size", choices=["tiny", "mid", "full"], default="mid",
+                        help="architecture (msdiffusion.presets.ARCHITECTURES)")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
@@ -153,16 +42,11 @@ def main() -> None:
     from diffusers import StableDiffusionXLPipeline
 
     from msdiffusion import MSAdapter, MSDiffusionXLPipeline, Subject
+    from msdiffusion.presets import adapter_kwargs, random_components
 
     dtype = getattr(torch, args.dtype)
-    components = build(args.size)
-    hp = dict(
-        image_embed_dim=components["image_encoder"].config.hidden_size,
-        phrase_embed_dim=components["text_encoder"].config.hidden_size,
-    )
-    if args.size == "mid":
-        hp.update(resampler_dim=640, resampler_heads=10)
-    adapter = MSAdapter.for_unet(components["unet"], **hp)
+    components = random_components(args.size)
+    adapter = MSAdapter.for_unet(components["unet"], **adapter_kwargs(args.size))
     plain = StableDiffusionXLPipeline(**components).to(args.device, dtype)
     ours = MSDiffusionXLPipeline(
         **{**components, "unet": copy.deepcopy(components["unet"])}, adapter=adapter

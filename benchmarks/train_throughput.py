@@ -15,7 +15,7 @@ the released processors' extra cost, DESIGN §5, comes on top for the original a
 benchmarks/overhead.py). The recipes alternate for ``--rounds`` rounds; medians over all timed
 steps. Weights are random (speed does not depend on their values); ``--size
 full`` is SDXL-shaped (UNet 2.6 B, CLIP-L + bigG text, CLIP-bigG vision), for a GPU; ``mid`` is
-the scaled-down stack of benchmarks/overhead.py; ``tiny`` the test preset. Prints JSON.
+the scaled-down stack of msdiffusion.presets.ARCHITECTURES; ``tiny`` the test preset. Prints JSON.
 """
 
 from __future__ import annotations
@@ -24,29 +24,17 @@ import argparse
 import contextlib
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 
 def components_for(size: str) -> tuple[dict, dict]:
-    """(components, adapter hyper-parameters) of a named size, random weights."""
-    from msdiffusion.presets import tiny_adapter_kwargs, tiny_components
+    """(components, adapter hyper-parameters) of a named architecture, random weights."""
+    from msdiffusion.presets import adapter_kwargs, random_components
 
-    if size == "tiny":
-        return tiny_components(), tiny_adapter_kwargs()
-    from overhead import build  # the SDXL-shaped stacks of the inference benchmark
-
-    components = build(size)
-    hp = dict(image_embed_dim=components["image_encoder"].config.hidden_size,
-              phrase_embed_dim=components["text_encoder"].config.hidden_size)
-    if size == "mid":
-        hp.update(resampler_dim=640, resampler_heads=10)
-    return components, hp
+    return random_components(size), adapter_kwargs(size)
 
 
 def live_batch(batch_size: int, counts: list[int], slots: int, res: int, side: int) -> dict:

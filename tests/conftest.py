@@ -35,3 +35,24 @@ def make_adapter():
             return MSAdapter.for_unet(unet, **tiny_adapter_kwargs())
 
     return make
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they only
+    contend. Modules opt in with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """The shared benchmark data when this checkout has it, else a stand-in tree with the real
+    layouts and counts (a user's fresh clone)."""
+    if (SHARED_DATA / "msbench").is_dir() and (SHARED_DATA / "dreambench").is_dir():
+        return SHARED_DATA
+    from msdiffusion.evaluation.standin import write_standin
+
+    return write_standin(tmp_path_factory.mktemp("standin"))

@@ -6,16 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from test_data_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
+from test_data_helpers import (
     STANDARD_CAPTION,
     ColourDetector,
     Shape,
     Shot,
     make_video,
     settings_for_tests,
-    single_thread,
     standard_shots,
-    tiny_model_dirs,
     tiny_models_config,
 )
 
@@ -24,6 +22,8 @@ from msdiffusion.data.build import build_dataset
 from msdiffusion.data.config import DataConfig
 from msdiffusion.data.models import Models, load_models
 from msdiffusion.errors import InputError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from msdiffusion.data.boxes import Detection  # noqa: E402
@@ -34,16 +32,6 @@ from msdiffusion.data.synthetic import (  # noqa: E402,F401  (re-exported for th
     make_video,
     standard_shots,
 )
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models on a shared 2-core machine run ~10× faster on one thread (no OpenMP
-    contention); import this fixture into a test module to apply it there."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class ColourDetector:

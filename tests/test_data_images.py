@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_data_helpers import (  # noqa: F401  (single_thread: an autouse fixture)
+from test_data_helpers import (
     COLOURS,
     ColourDetector,
     settings_for_tests,
-    single_thread,
     tiny_model_dirs,
 )
 
@@ -21,6 +20,8 @@ from msdiffusion.data.config import DataConfig
 from msdiffusion.data.media import BadInput, load_rgb
 from msdiffusion.data.models import Models, load_models
 from msdiffusion.data.stats import Stats
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _load(path: Path, **kw) -> tuple[Image.Image, Stats]:

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_data_helpers import single_thread, tiny_model_dirs  # noqa: F401  (autouse fixture)
+from test_data_helpers import tiny_model_dirs
 
 from msdiffusion.data.config import ModelsConfig, ModelSpec
 from msdiffusion.data.detectors import GroundingDinoDetector
 from msdiffusion.data.models import load_models, load_one
 from msdiffusion.errors import InputError, ModelNotAvailableError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 IMAGES = [Image.new("RGB", (160, 90), (200, 30, 30)), Image.new("RGB", (90, 120), (20, 40, 200))]
 

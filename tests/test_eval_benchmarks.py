@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +21,6 @@ from msdiffusion.evaluation.benchmarks import (
 from msdiffusion.evaluation.standin import write_standin
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # (combinations, samples) per combination type, computed by hand from the paper's categories:
 # living 10, object 10, scene 4, upwearing 5, midwearing 6, downwearing 3, wholewearing 2.
@@ -34,13 +32,6 @@ MSBENCH_EXPECTED = {
     "object_object_object": (120, 720), "living_object_scene": (400, 400),
     "upwearing_midwearing_downwearing": (90, 540),
 }
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    if (SHARED / "msbench").is_dir() and (SHARED / "dreambench").is_dir():
-        return SHARED
-    return write_standin(tmp_path_factory.mktemp("standin"))
 
 
 @pytest.fixture(scope="module")

@@ -10,39 +10,27 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from msdiffusion.errors import InputError
 from msdiffusion.evaluation.benchmarks import load_benchmark
 from msdiffusion.evaluation.generate import GenerationConfig, run_generation
 from msdiffusion.evaluation.runs import RunFolder
-from msdiffusion.evaluation.standin import write_standin
 from msdiffusion.inference import load_pipeline
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 TINY = dict(steps=1, height=64, width=64)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _reset_accelerate_state():
     yield
-    torch.set_num_threads(threads)
     from accelerate.state import PartialState
 
     PartialState._reset_state()  # leave no process state behind for other test files
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    if (SHARED / "msbench").is_dir() and (SHARED / "dreambench").is_dir():
-        return SHARED
-    return write_standin(tmp_path_factory.mktemp("standin"))
 
 
 def test_generate_index_resume_and_truncated_file(tmp_path, data_root):

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from msdiffusion.cli import main
@@ -19,27 +18,11 @@ from msdiffusion.evaluation.features import DinoEmbedder
 from msdiffusion.evaluation.metrics import box_to_pixels, product_score
 from msdiffusion.evaluation.report import compare_runs
 from msdiffusion.evaluation.scoring import ScoringConfig, resolve_run, score_run
-from msdiffusion.evaluation.standin import write_standin
 from msdiffusion.evaluation.tiny import write_tiny_scorers
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    if (SHARED / "msbench").is_dir() and (SHARED / "dreambench").is_dir():
-        return SHARED
-    return write_standin(tmp_path_factory.mktemp("standin"))
 
 
 @pytest.fixture(scope="module")

@@ -20,20 +20,13 @@ from msdiffusion.training.encoders import FrozenEncoders
 from msdiffusion.training.model import AdapterUNet
 from msdiffusion.training.trainer import Trainer, TrainingDiverged, train
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "subjects"
 
 
 class Killed(BaseException):
     """Stands for the process dying mid-run (nothing may catch it)."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny models gain nothing from intra-op threads; on a shared CPU they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -125,6 +125,12 @@ def main() -> None:
     }
     if args.device.startswith("cuda"):
         result["card"] = torch.cuda.get_device_name()
+        peaks = {}
+        for label in labels:  # peak GPU memory of one step (weights included)
+            torch.cuda.reset_peak_memory_stats()
+            run(label)
+            peaks[label] = round(torch.cuda.max_memory_allocated() / 2**20)
+        result["peak_memory_mib"] = peaks
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as f:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_path
 from .errors import CheckpointError
 from .models.adapter import MSAdapter, cross_attention_layers
 
@@ -160,7 +161,6 @@ def save_original_checkpoint(
         else:
             data[section][key] = tensor
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
     return path

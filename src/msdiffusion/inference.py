@@ -5,7 +5,6 @@ paths, run ``GenerationRequest``s (batched), and write images, overlays and side
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .atomic import atomic_save_image, atomic_write_json
 from .encoding import load_image
 from .errors import InputError, ModelNotAvailableError
 from .layout import Subject, mask_to_array
@@ -372,12 +372,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _atomic_save(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def _persist_images(request: GenerationRequest, out_dir: Path) -> GenerationRequest:
     """In-memory reference images/masks → PNGs under ``out_dir/references`` (for the sidecar)."""
     refs = out_dir / "references"
@@ -389,7 +383,7 @@ def _persist_images(request: GenerationRequest, out_dir: Path) -> GenerationRequ
         path = refs / f"{digest}.png"
         if not path.exists():
             refs.mkdir(parents=True, exist_ok=True)
-            _atomic_save(image, path)
+            atomic_save_image(image, path)
         return str(path)
 
     subjects = [
@@ -418,8 +412,8 @@ def write_result(
     for k, (image, seed) in enumerate(zip(result.images, result.seeds)):
         name = f"{stem}_{k}"
         image_path, overlay_path = out / f"{name}.png", out / f"{name}_overlay.png"
-        _atomic_save(image, image_path)
-        _atomic_save(draw_overlay(image, request), overlay_path)
+        atomic_save_image(image, image_path)
+        atomic_save_image(draw_overlay(image, request), overlay_path)
         single = replace(request, seed=seed, num_images=1, height=image.height, width=image.width)
         sidecar = {
             "request": single.to_dict(base_dir=out),
@@ -430,9 +424,7 @@ def write_result(
             "versions": _versions(),
         }
         sidecar_path = out / f"{name}.json"
-        tmp = sidecar_path.with_name(f".{sidecar_path.name}.tmp")
-        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
-        os.replace(tmp, sidecar_path)
+        atomic_write_json(sidecar_path, sidecar)
         written.append(
             {"image": str(image_path), "overlay": str(overlay_path), "sidecar": str(sidecar_path)}
         )

@@ -17,16 +17,11 @@ in progress.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from PIL import Image
-
+from ..atomic import atomic_open, atomic_save_image, atomic_write_text
 from .config import DataConfig
 from .samples import BuiltSample
 from .stats import Stats
@@ -35,45 +30,6 @@ __all__ = ["DatasetWriter", "atomic_open", "atomic_write_text", "atomic_save_ima
            "MANIFEST_NAME"]
 
 MANIFEST_NAME = "manifest.jsonl"
-
-
-def _temp_name(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-@contextmanager
-def atomic_open(path: Path) -> Iterator[TextIO]:
-    """A text file that appears at ``path`` only when the block ends without an error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    with atomic_open(path) as handle:
-        handle.write(text)
-
-
-def atomic_save_image(image: Image.Image, path: Path, **params: Any) -> None:
-    """Save ``image`` to ``path`` (format from the suffix) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}[path.suffix.lower()]
-    try:
-        image.save(tmp, format=fmt, **params)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _box(box: tuple[float, ...] | None) -> list[float] | None:

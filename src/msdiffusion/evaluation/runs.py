@@ -19,13 +19,12 @@ WebP RIFF size), so a file cut short by a full disk or a copy is redone, never s
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..errors import InputError
 from .benchmarks import IMAGE_EXTENSIONS
 
@@ -52,29 +51,6 @@ _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 # ----------------------------------------------------------------------------------------------
 # Atomic writes
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
+from ..atomic import atomic_path
 from ..errors import InputError
 from .checkpoint import write_json_atomic
 from .config import DropoutConfig, TrainConfig
@@ -147,11 +148,11 @@ def build_cache(config: TrainConfig, records: Sequence[Record], root: Path, enco
                     kept.append([batch["id"][j], key, int(entry["boxes"].shape[0])])
             bar.update(len(bad) + (0 if batch is None else len(batch["id"])))
         meta = {"fingerprint": fp_text, "records": json.dumps(kept), "skipped": json.dumps(skipped)}
-        _save_atomic(tensors, path, meta)
+        _save_tensors(tensors, path, meta)
     bar.close()
     if rank == 0:
         null = {k: v.to("cpu", dtype).contiguous() for k, v in encoders.null_embeddings().items()}
-        _save_atomic(null, out / NULL_NAME, {"fingerprint": fp_text})
+        _save_tensors(null, out / NULL_NAME, {"fingerprint": fp_text})
     barrier()
     if rank != 0:
         return {}
@@ -233,12 +234,6 @@ def _shard_matches(path: Path, fp_text: str) -> bool:
         return False
 
 
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
 # ---- reading -----------------------------------------------------------------------------------
 
 class CachedDataset(Dataset):
@@ -296,3 +291,8 @@ class CachedDataset(Dataset):
         sample.update(id=record_id, drop_grounding=dropouts.grounding, dropouts=dropouts,
                       skipped=[])
         return sample
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)

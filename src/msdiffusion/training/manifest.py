@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_open
 from ..errors import InputError
 from ..layout import Box, find_phrase, validate_box
 
@@ -346,17 +345,10 @@ def scan_manifest(path: str | Path, *, check_files: bool = True, open_images: bo
 def write_manifest(records: Iterable[Record | dict[str, Any]], path: str | Path) -> Path:
     """Write records as JSONL atomically (a temp file, then ``os.replace``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for record in records:
-                obj = record.to_json() if isinstance(record, Record) else record
-                handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:
+        for record in records:
+            obj = record.to_json() if isinstance(record, Record) else record
+            handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
     return path
 
 

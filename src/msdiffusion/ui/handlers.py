@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 import secrets
 import shutil
@@ -21,6 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..atomic import atomic_path
 from ..errors import InputError, MSDiffusionError
 
 if TYPE_CHECKING:
@@ -356,9 +356,8 @@ def copy_files(paths: Iterable[str], directory: str | Path) -> list[str]:
         digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
         target = directory / f"{source.stem[:40]}-{digest}{source.suffix.lower()}"
         if not target.exists():
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
         copies.append(str(target))
     return copies
 

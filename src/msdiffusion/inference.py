@@ -172,7 +172,7 @@ def load_pipeline(
             adapter=adapter or "tiny (random weights, seed 0)",
         )
     else:
-        from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
+        from transformers import CLIPVisionModelWithProjection
 
         base = base or spec.base
         encoder_source = image_encoder or spec.image_encoder
@@ -190,10 +190,6 @@ def load_pipeline(
                 f"'{spec.image_encoder_subfolder}/*'` and pass --image-encoder "
                 f"PATH/{spec.image_encoder_subfolder}",
             ) from None
-        side = encoder.config.image_size  # CLIP preprocessing at the encoder's own resolution
-        processor = CLIPImageProcessorPil(
-            size={"shortest_edge": side}, crop_size={"height": side, "width": side}
-        )
         extra: dict[str, Any] = {}
         if vae is not None:
             from diffusers import AutoencoderKL
@@ -206,7 +202,6 @@ def load_pipeline(
             pipe = MSDiffusionXLPipeline.from_pretrained(
                 base,
                 image_encoder=encoder,
-                feature_extractor=processor,
                 adapter=None,
                 controlnet=None,
                 torch_dtype=torch_dtype,

@@ -73,6 +73,14 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: bool | None = None,
     ):
+        if feature_extractor is None and image_encoder is not None:
+            # the image encoder's folder usually has no preprocessor config: CLIP's defaults
+            from transformers import CLIPImageProcessorPil
+
+            side = image_encoder.config.image_size
+            feature_extractor = CLIPImageProcessorPil(
+                size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+            )
         super().__init__(
             vae=vae,
             text_encoder=text_encoder,

@@ -240,7 +240,7 @@ def run_generation(benchmark: Benchmark, out: str | Path, config: GenerationConf
 
 
 def _write_summary(run: RunFolder, plan: list[ImageRecord], processes: int) -> None:
-    """``generation.json``: totals over the processes of this session, and completeness."""
+    """``generation.json``: totals over the processes of this invocation, and completeness."""
     parts = []
     for i in range(processes):
         try:

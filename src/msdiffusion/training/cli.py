@@ -118,10 +118,17 @@ def _log_to_console() -> None:
                         level=logging.INFO)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+def _printed(args: argparse.Namespace, config) -> bool:
+    """``--print-config``: show the resolved config instead of running."""
     if getattr(args, "print_config", False):
         print(json.dumps(config.to_dict(), indent=2))
+        return True
+    return False
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if _printed(args, config):
         return 0
     from .trainer import train
 
@@ -139,8 +146,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_cache(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    if getattr(args, "print_config", False):
-        print(json.dumps(config.to_dict(), indent=2))
+    if _printed(args, config):
         return 0
     from .cache import build_cache_for_config
 

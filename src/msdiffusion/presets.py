@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,13 @@ TINY_TEXT_DIM = 32
 TINY_IMAGE_DIM = 32
 
 
-def char_tokenizer(directory: str | Path | None = None):
-    """A character-level CLIP tokenizer (byte-level alphabet, no merges) written to ``directory``.
+def char_tokenizer(directory: str | Path | None = None, words: Sequence[str] = ()):
+    """A CLIP BPE tokenizer written to ``directory``: the byte-level alphabet, plus merges that make
+    each of ``words`` one token (a small world's vocabulary); everything else is split into
+    characters.
 
-    Every printable byte is a token, so any prompt tokenises, and offsets map tokens back to
-    characters exactly as with the real CLIP BPE.
+    Any prompt tokenises, and offsets map tokens back to characters exactly as with the real CLIP
+    BPE.
     """
     from transformers import CLIPTokenizer
 
@@ -77,10 +80,23 @@ def char_tokenizer(directory: str | Path | None = None):
     alphabet = [chr(c) for c in chars]
     vocab = {c: i for i, c in enumerate(alphabet)}
     vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
+    merges: list[str] = []
+    # Longer words first: their merges take precedence, so "and" never splits "sand".
+    for word in sorted(dict.fromkeys(w.lower() for w in words if len(w) > 1), key=len,
+                       reverse=True):
+        # left to right: "b a" → "ba", "ba l" → "bal", "bal l</w>" → "ball</w>"
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            rule = f"{merged} {piece}"
+            merged += piece
+            if rule not in merges:
+                merges.append(rule)
+            vocab.setdefault(merged, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
     tokenizer = CLIPTokenizer(
         str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77
     )
@@ -103,6 +119,13 @@ class Architecture:
     vae_layers: int
     time_embed_dim: int
     adapter: dict[str, int] = field(default_factory=dict)  # MSAdapter overrides
+    down_blocks: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    up_blocks: tuple[str, ...] = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    words: tuple[str, ...] = ()  # whole-word tokens of the tokenizers (else characters)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae_channels) - 1)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -136,6 +159,22 @@ ARCHITECTURES: dict[str, Architecture] = {
                     num_attention_heads=16, image_size=224, patch_size=14,
                     projection_dim=1280),
         vae_channels=(128, 256, 512, 512), vae_groups=32, vae_layers=2, time_embed_dim=256),
+    # The toy world's base (msdiffusion.toyworld): 64² images, a 4× VAE, cross-attention on the
+    # 16² and 8² grids, word tokens; trained by `msdiffusion.toyworld.base`.
+    "toy": Architecture(
+        unet=dict(block_out_channels=(64, 128), layers_per_block=1, attention_head_dim=(4, 8),
+                  transformer_layers_per_block=(1, 1), norm_num_groups=16, sample_size=16),
+        down_blocks=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_blocks=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        text_hidden=(64, 64), text_layers=(2, 2), text_heads=(4, 4),
+        vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                    num_attention_heads=4, image_size=64, patch_size=8, projection_dim=64),
+        vae_channels=(16, 32, 64), vae_groups=8, vae_layers=1, time_embed_dim=8,
+        adapter=dict(resampler_dim=128, resampler_depth=2, resampler_heads=4,
+                     resampler_head_dim=32),
+        words=("a", "and", "on", "ball", "star", "ring", "vase", "kite", "tent", "cross", "moon",
+               "sand", "grass", "sky", "snow", "stone", "red", "orange", "yellow", "blue",
+               "purple", "pink", "black", "teal", "stripes", "checks", "dots", "with")),
 }
 
 
@@ -155,7 +194,7 @@ def random_components(architecture: str = "tiny", seed: int = 0) -> dict[str, An
     h1, h2 = arch.text_hidden
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        tokenizer = char_tokenizer()
+        tokenizer = char_tokenizer(words=arch.words)
 
         def text_config(i: int) -> CLIPTextConfig:
             hidden = arch.text_hidden[i]
@@ -170,17 +209,16 @@ def random_components(architecture: str = "tiny", seed: int = 0) -> dict[str, An
         text_encoder_2 = CLIPTextModelWithProjection(text_config(1))
         unet = UNet2DConditionModel(
             in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            down_block_types=arch.down_blocks, up_block_types=arch.up_blocks,
             cross_attention_dim=h1 + h2, use_linear_projection=True,
             addition_embed_type="text_time", addition_time_embed_dim=arch.time_embed_dim,
             projection_class_embeddings_input_dim=6 * arch.time_embed_dim + h2, **arch.unet)
         vae = AutoencoderKL(
             in_channels=3, out_channels=3, block_out_channels=arch.vae_channels,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * len(arch.vae_channels),
+            up_block_types=("UpDecoderBlock2D",) * len(arch.vae_channels), latent_channels=4,
             norm_num_groups=arch.vae_groups, layers_per_block=arch.vae_layers,
-            sample_size=arch.unet["sample_size"] * 8)
+            sample_size=arch.unet["sample_size"] * arch.vae_scale_factor)
         image_encoder = CLIPVisionModelWithProjection(
             CLIPVisionConfig(hidden_act="gelu", **arch.vision))
     side = arch.vision["image_size"]
@@ -191,7 +229,7 @@ def random_components(architecture: str = "tiny", seed: int = 0) -> dict[str, An
         timestep_spacing="leading", steps_offset=1)
     return dict(vae=vae.eval(), text_encoder=text_encoder.eval(),
                 text_encoder_2=text_encoder_2.eval(), tokenizer=tokenizer,
-                tokenizer_2=char_tokenizer(), unet=unet.eval(), scheduler=scheduler,
+                tokenizer_2=char_tokenizer(words=arch.words), unet=unet.eval(), scheduler=scheduler,
                 image_encoder=image_encoder.eval(), feature_extractor=feature_extractor)
 
 

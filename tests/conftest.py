@@ -55,4 +55,4 @@ def data_root(tmp_path_factory) -> Path:
         return SHARED_DATA
     from msdiffusion.evaluation.standin import write_standin
 
-    return write_standin(tmp_path_factory.mktemp("standin"))
+    return write_standin(tmp_path_factory.mktemp("standin"), benchmarks=("msbench", "dreambench"))

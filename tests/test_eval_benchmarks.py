@@ -133,7 +133,7 @@ def test_select_limit_covers_every_group_round_robin(msbench):
 
 
 def test_standin_has_the_real_counts(tmp_path):
-    root = write_standin(tmp_path)
+    root = write_standin(tmp_path, benchmarks=("msbench", "dreambench"))
     assert _counts(load_benchmark("MS-Bench", root))["total"] == (1148, 4488)
     assert _counts(load_benchmark("dreambooth", root / "dreambench"))["total"] == (30, 750)
     complete = write_standin(tmp_path / "full", benchmarks=("msbench",), missing=())

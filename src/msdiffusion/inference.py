@@ -133,6 +133,16 @@ def load_adapter(source: str, unet: torch.nn.Module, filename: str | None = None
     return MSAdapter.from_original_checkpoint(local, unet)
 
 
+def _check_toy_weights() -> None:
+    from .presets import TOY_MODEL
+
+    missing = [p for p in ("base", "image_encoder", "adapter") if not (TOY_MODEL / p).is_dir()]
+    if missing:
+        raise ModelNotAvailableError(
+            f"the toy preset's weights are missing from {TOY_MODEL} ({', '.join(missing)}); "
+            "`make learn` trains them (docs/learning.md)")
+
+
 def load_pipeline(
     preset: str = "tiny",
     *,
@@ -143,7 +153,8 @@ def load_pipeline(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> LoadedModel:
-    """Build the pipeline of ``preset`` ("tiny" or "sdxl"); any component may be a local path."""
+    """Build the pipeline of ``preset`` ("tiny", "toy" or "sdxl"); any component may be a local
+    path."""
     from .models.adapter import MSAdapter
     from .pipelines.pipeline_msdiffusion_xl import MSDiffusionXLPipeline
 
@@ -176,7 +187,9 @@ def load_pipeline(
 
         base = base or spec.base
         encoder_source = image_encoder or spec.image_encoder
-        subfolder = "" if image_encoder else spec.image_encoder_subfolder
+        subfolder = "" if image_encoder else (spec.image_encoder_subfolder or "")
+        if preset == "toy" and not (base and image_encoder and adapter):
+            _check_toy_weights()
         try:
             encoder = CLIPVisionModelWithProjection.from_pretrained(
                 encoder_source, subfolder=subfolder, torch_dtype=torch_dtype
@@ -220,7 +233,7 @@ def load_pipeline(
         pipe.attach_adapter(ms_adapter.to(torch_dtype))
         info.update(
             base=base,
-            image_encoder=encoder_source if image_encoder else f"{encoder_source}/{subfolder}",
+            image_encoder=encoder_source if not subfolder else f"{encoder_source}/{subfolder}",
             adapter=adapter or f"{spec.adapter}/{spec.adapter_filename}",
             vae=vae,
         )

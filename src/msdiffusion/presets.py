@@ -1,7 +1,9 @@
 """Named component sets.
 
 ``tiny``: SDXL-shaped components with random weights built from configs — offline, a 256² image in
-seconds on a CPU; what the demo and the tests run on. ``sdxl``: the released model — SDXL base 1.0,
+seconds on a CPU; what the tests run on. ``toy``: a small SDXL-shaped base and adapter trained on
+the toy world (``msdiffusion.toyworld``), shipped with the package — real pictures, offline, on a
+CPU; what the demo runs on. ``sdxl``: the released model — SDXL base 1.0,
 the CLIP ViT-bigG/14 image encoder of IP-Adapter and the MS-Diffusion adapter — by hub id, or any
 of them by local path.
 """
@@ -34,10 +36,24 @@ class Preset:
     vae: str | None = None
     default_size: int = 1024
     notes: dict[str, Any] = field(default_factory=dict)
+    architecture: str | None = None  # ARCHITECTURES entry whose adapter sizes new adapters get
 
+
+# The toy world's trained base and adapter (`make learn` writes them; a few MB, shipped).
+TOY_MODEL = Path(__file__).resolve().parent / "toyworld" / "model"
 
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset("tiny", None, None, None, None, None, default_size=256),
+    "tiny": Preset("tiny", None, None, None, None, None, default_size=256, architecture="tiny"),
+    "toy": Preset(
+        "toy",
+        base=str(TOY_MODEL / "base"),
+        image_encoder=str(TOY_MODEL / "image_encoder"),
+        image_encoder_subfolder=None,
+        adapter=str(TOY_MODEL / "adapter"),
+        adapter_filename=None,
+        default_size=64,
+        architecture="toy",
+    ),
     "sdxl": Preset(
         "sdxl",
         base="stabilityai/stable-diffusion-xl-base-1.0",

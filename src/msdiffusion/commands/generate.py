@@ -44,9 +44,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--preset",
         default="tiny",
-        choices=["tiny", "sdxl"],
-        help="component set: tiny (random weights, offline) or sdxl (released "
-        "weights from the hub or the local cache) (default: tiny)",
+        choices=["tiny", "toy", "sdxl"],
+        help="component set: tiny (random weights, offline), toy (trained on the toy world, "
+        "shipped, offline) or sdxl (released weights from the hub or the local cache) "
+        "(default: tiny)",
     )
     group.add_argument("--base", help="SDXL pipeline folder or hub id (overrides the preset)")
     group.add_argument("--image-encoder", help="CLIP ViT-bigG/14 vision model folder or hub id")

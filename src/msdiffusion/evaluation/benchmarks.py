@@ -16,6 +16,9 @@ order, so a sample's id and position never depend on what is on disk.
   dropped); cats and dogs get the live-subject prompts. The conditioning reference is the first
   image by file name (``00.jpg``); scoring compares with all of the subject's images (the DreamBooth
   protocol) unless ``references="first"``. Default box: :data:`DREAMBENCH_DEFAULT_BOX`.
+- **toy**: the toy world's benchmark (``msdiffusion.toyworld.bench``), ``toy/spec.json`` + its
+  references as ``msdiffusion eval standin`` writes them: held-out identities in 1-, 2- and
+  3-subject prompts with preset boxes, scored with the world's exact metrics.
 """
 
 from __future__ import annotations
@@ -43,11 +46,12 @@ __all__ = [
     "canonical_name",
     "load_benchmark",
     "load_msbench_spec",
+    "load_toy_spec",
     "parse_dreambench_prompts",
 ]
 
 Box = tuple[float, float, float, float]
-BENCHMARKS = ("msbench", "dreambench")
+BENCHMARKS = ("msbench", "dreambench", "toy")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 DREAMBENCH_DEFAULT_BOX: Box = (0.25, 0.25, 0.75, 0.75)  # centred, half the width and height
 DREAMBENCH_SUBJECTS, DREAMBENCH_PROMPTS = 30, 25
@@ -396,9 +400,44 @@ def _load_dreambench(data_dir: str | Path, box: Sequence[float] | None,
                     "scoring_references": references})
 
 
+def load_toy_spec(data_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The toy benchmark's folder and its ``spec.json`` (validated format)."""
+    root = _resolve_data_dir(data_dir, "toy", ["spec.json"])
+    path = root / "spec.json"
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError("data", f"toy/spec.json is unreadable ({err.__class__.__name__}); "
+                         "write it again with `msdiffusion eval standin DIR`", str(path)) from None
+    if not isinstance(spec, dict) or spec.get("format") != "msdiffusion-toy-benchmark":
+        raise InputError("data", "is not a toy benchmark spec (format "
+                         "msdiffusion-toy-benchmark)", str(path))
+    return root, spec
+
+
+def _load_toy(data_dir: str | Path) -> Benchmark:
+    root, spec = load_toy_spec(data_dir)
+    samples = []
+    for entry in spec["samples"]:
+        subjects = tuple(BenchSubject(name=s["name"], phrase=s["phrase"], box=tuple(s["box"]),
+                                      image=s["image"], references=(s["image"],))
+                         for s in entry["subjects"])
+        samples.append(BenchSample(id=entry["sample_id"], group=entry["group"],
+                                   combination=entry["combination"], prompt=entry["prompt"],
+                                   subjects=subjects))
+    needed = sorted({s.image for x in samples for s in x.subjects}
+                    | {d["image"] for e in spec["samples"] for d in e["distractors"]})
+    missing = [p for p in needed if not (root / p).is_file()]
+    digest = hashlib.sha256((root / "spec.json").read_bytes()).hexdigest()
+    return Benchmark("toy", root, samples, missing, options={},
+                     definition={"spec": str(root / "spec.json"), "spec_sha256": digest,
+                                 "world_seed": spec.get("world_seed"),
+                                 "candidates": spec.get("candidates")})
+
+
 def load_benchmark(name: str, data_dir: str | Path, *, spec: str | Path | None = None,
                    box: Sequence[float] | None = None, references: str = "all") -> Benchmark:
-    """Enumerate benchmark ``name`` ("msbench" | "dreambench") over the images in ``data_dir``.
+    """Enumerate benchmark ``name`` ("msbench" | "dreambench" | "toy") over ``data_dir``.
 
     ``spec`` replaces the packaged MS-Bench definition; ``box`` and ``references`` are DreamBench's
     subject box and scoring references ("all" of the subject's images, or the "first").
@@ -411,6 +450,11 @@ def load_benchmark(name: str, data_dir: str | Path, *, spec: str | Path | None =
         return _load_msbench(data_dir, spec)
     if spec is not None:
         raise InputError("spec", "is an MS-Bench option", spec)
+    if key == "toy":
+        if box is not None:
+            raise InputError("box", "toy boxes are part of the benchmark; --box is for "
+                             "dreambench", box)
+        return _load_toy(data_dir)
     return _load_dreambench(data_dir, box, references)
 
 

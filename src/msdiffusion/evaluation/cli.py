@@ -45,10 +45,10 @@ def _groups(text: str) -> list[str]:
 def _add_benchmark_options(p: argparse.ArgumentParser, *, positional: bool,
                            scoring: bool = True) -> None:
     if positional:
-        p.add_argument("benchmark", metavar="BENCH", help="msbench | dreambench")
+        p.add_argument("benchmark", metavar="BENCH", help="msbench | dreambench | toy")
         p.add_argument("--data", required=True, metavar="DIR",
                        help="benchmark images: the benchmark folder or a parent holding "
-                            "msbench/ or dreambench/")
+                            "msbench/, dreambench/ or toy/")
     p.add_argument("--spec", metavar="JSON", help="MS-Bench definition (default: the packaged one)")
     p.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1",
                    help="DreamBench subject box (default 0.25,0.25,0.75,0.75)")
@@ -81,8 +81,13 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("standin", help="write placeholder MS-Bench/DreamBench data (the real "
-                       "layouts and counts) to try the harness offline")
+                       "layouts and counts) and the toy benchmark, to try the harness offline",
+                       description="Write placeholder MS-Bench/DreamBench data (the real folder "
+                       "layouts and sample counts, placeholder pictures) and the toy benchmark "
+                       "(generated from the toy world, so real) under DIR.")
     p.add_argument("out", metavar="DIR")
+    p.add_argument("--benchmarks", type=_groups, default=["msbench", "dreambench", "toy"],
+                   metavar="LIST", help="comma-separated (default msbench,dreambench,toy)")
     p.set_defaults(func=_cmd_standin)
 
     p = sub.add_parser("generate", help="generate a benchmark's images into a run folder "
@@ -95,7 +100,9 @@ def register(subparsers: Any) -> None:
                    help="at most N samples, round-robin over the groups")
     p.add_argument("--groups", type=_groups, help="comma-separated groups (combination types)")
     m = p.add_argument_group("model")
-    m.add_argument("--preset", default="tiny", help="tiny (random weights, CPU) | sdxl (released)")
+    m.add_argument("--preset", default="tiny",
+                   help="tiny (random weights, CPU) | toy (the toy world's model) | sdxl "
+                        "(released)")
     m.add_argument("--base", help="SDXL folder or hub id")
     m.add_argument("--image-encoder", help="CLIP image encoder folder or hub id")
     m.add_argument("--adapter", help="adapter folder, ms_adapter.bin, or hub id")
@@ -115,6 +122,13 @@ def register(subparsers: Any) -> None:
                         "image index)")
     g.add_argument("--batch-size", type=int, metavar="N", default=1,
                    help="prompts per pipeline call")
+    g.add_argument("--region", choices=("box", "image"), default="box",
+                   help="attention regions: box (the method, default) or image (every subject "
+                        "everywhere, boxes only in the grounding tokens: the ablation for "
+                        "adapters trained with model.region=image)")
+    g.add_argument("--drop-grounding-tokens", action="store_true",
+                   help="resampler from its learned queries, without phrase and box (for "
+                        "adapters trained with dropout.grounding=1)")
     p.add_argument("--overlays", action="store_true", help="also write layout overlays")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_generate)
@@ -193,9 +207,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_standin(args: argparse.Namespace) -> int:
     from .standin import write_standin
 
-    root = write_standin(args.out)
-    print(f"wrote stand-in data to {root}/msbench and {root}/dreambench (placeholder images: "
-          "scores on them mean nothing; docs/evaluation.md says how to get the real data)")
+    root = write_standin(args.out, benchmarks=args.benchmarks)
+    if {"msbench", "dreambench"} & set(args.benchmarks):
+        print(f"wrote stand-in data to {root} (msbench/, dreambench/: placeholder images — "
+              "scores on them mean nothing; docs/evaluation.md says how to get the real data)")
+    if "toy" in args.benchmarks:
+        print(f"wrote the toy benchmark to {root}/toy (generated: the real thing)")
     return 0
 
 
@@ -211,7 +228,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         adapter=args.adapter, dtype=args.dtype, steps=args.steps,
         guidance_scale=args.guidance_scale, scale=args.scale, height=args.height,
         width=args.width, negative_prompt=args.negative_prompt, seed=args.seed,
-        images_per_sample=args.images_per_sample)
+        images_per_sample=args.images_per_sample, region=args.region,
+        drop_grounding_tokens=args.drop_grounding_tokens)
     stats = run_generation(bench, args.out, config, samples=samples, batch_size=args.batch_size,
                            overlays=args.overlays, device=args.device,
                            progress=not args.no_progress)

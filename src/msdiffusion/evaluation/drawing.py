@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .metrics import box_to_pixels
 
-__all__ = ["PALETTE", "bar_chart", "draw_boxes", "sample_grid"]
+__all__ = ["PALETTE", "bar_chart", "line_chart", "draw_boxes", "sample_grid"]
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (128, 128, 0)]
@@ -88,6 +88,57 @@ def bar_chart(title: str, categories: Sequence[str], series: dict[str, Sequence[
             d.text((x_of(max(v, 0.0)) + 4, by + 1), value_format.format(v), fill=_INK,
                    font=f_small)
     d.line([(x_of(0.0), top - 4), (x_of(0.0), height - 30)], fill=_INK)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _save_png(im, path)
+
+
+def line_chart(title: str, series: dict[str, Sequence[tuple[float, float]]], path: str | Path,
+               *, x_label: str = "step", y_label: str = "", subtitle: str = "",
+               size: tuple[int, int] = (640, 320)) -> None:
+    """Lines of (x, y) points, one per series, with a labelled zero-based x axis and y ticks."""
+    f_small, f_title = _font(12), _font(16)
+    width, height = size
+    pad, left, bottom = 16, 64, 40
+    top = pad + 26 + (18 if subtitle else 0) + (20 if len(series) > 1 else 0)
+    im = Image.new("RGB", (width, height), _BG)
+    d = ImageDraw.Draw(im)
+    d.text((pad, pad), title, fill=_INK, font=f_title)
+    if subtitle:
+        d.text((pad, pad + 24), subtitle, fill=(90, 90, 90), font=f_small)
+    points = [p for line in series.values() for p in line]
+    xs, ys = [p[0] for p in points] or [0.0, 1.0], [p[1] for p in points] or [0.0, 1.0]
+    x_lo, x_hi = min(0.0, min(xs)), max(xs) if max(xs) > min(0.0, min(xs)) else 1.0
+    y_lo, y_hi = min(ys), max(ys)
+    if y_hi <= y_lo:
+        y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
+    y_lo, y_hi = y_lo - 0.05 * (y_hi - y_lo), y_hi + 0.05 * (y_hi - y_lo)
+    plot_w, plot_h = width - left - pad, height - top - bottom
+
+    def at(x: float, y: float) -> tuple[int, int]:
+        return (int(left + (x - x_lo) / (x_hi - x_lo) * plot_w),
+                int(top + (1 - (y - y_lo) / (y_hi - y_lo)) * plot_h))
+
+    for t in range(5):  # grid and ticks
+        y = y_lo + (y_hi - y_lo) * t / 4
+        _, py = at(x_lo, y)
+        d.line([(left, py), (left + plot_w, py)], fill=_GRID)
+        d.text((pad, py - 7), f"{y:.3g}", fill=(90, 90, 90), font=f_small)
+        x = x_lo + (x_hi - x_lo) * t / 4
+        px, _ = at(x, y_lo)
+        d.text((px - 10, top + plot_h + 4), f"{x:.0f}", fill=(90, 90, 90), font=f_small)
+    d.line([(left, top), (left, top + plot_h), (left + plot_w, top + plot_h)], fill=_INK)
+    d.text((left + plot_w // 2 - 10, height - 18), x_label, fill=_INK, font=f_small)
+    if y_label:
+        d.text((left + 4, top - 16), y_label, fill=_INK, font=f_small)
+    lx = left
+    for k, (name, line) in enumerate(series.items()):
+        color = PALETTE[k % len(PALETTE)]
+        if len(line) > 1:
+            d.line([at(x, y) for x, y in line], fill=color, width=2)
+        if len(series) > 1:
+            d.rectangle([lx, top - 34, lx + 10, top - 24], fill=color)
+            d.text((lx + 14, top - 36), name, fill=_INK, font=f_small)
+            lx += 28 + _text_width(d, name, f_small)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     _save_png(im, path)
 

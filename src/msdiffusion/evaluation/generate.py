@@ -54,8 +54,17 @@ class GenerationConfig:
     negative_prompt: str = ""
     seed: int = 0
     images_per_sample: int = 5
+    # "box": each subject attends in its box (the method); "image": every subject's attention
+    # region is the whole image while its box still goes to the grounding tokens — the ablation
+    # "without masked attention", for adapters trained with model.region = "image".
+    region: str = "box"
+    # Start the resampler from its learned queries (no phrase/box embedding): for adapters
+    # trained with dropout.grounding = 1 (the ablation "without grounding tokens").
+    drop_grounding_tokens: bool = False
 
     def __post_init__(self) -> None:
+        if self.region not in ("box", "image"):
+            raise InputError("region", "must be box or image", self.region)
         if not 1 <= self.images_per_sample <= MAX_IMAGES_PER_SAMPLE:
             raise InputError("images_per_sample", f"must be in 1..{MAX_IMAGES_PER_SAMPLE}",
                              self.images_per_sample)
@@ -90,13 +99,20 @@ def build_request(sample: BenchSample, benchmark: Benchmark, config: GenerationC
     """The inference request of one image of ``sample`` (absolute reference paths)."""
     from ..inference import GenerationRequest, SubjectSpec
 
+    mask = None
+    if config.region == "image":
+        from PIL import Image
+
+        side_h = config.height or config.width or 1
+        side_w = config.width or config.height or 1
+        mask = Image.new("L", (side_w, side_h), 255)  # the whole image, the output's aspect
     subjects = [SubjectSpec(images=[str(benchmark.path(s.image))], box=tuple(s.box),
-                            phrase=s.phrase) for s in sample.subjects]
+                            phrase=s.phrase, mask=mask) for s in sample.subjects]
     return GenerationRequest(prompt=sample.prompt, subjects=subjects,
                              negative_prompt=config.negative_prompt, height=config.height,
                              width=config.width, num_inference_steps=config.steps,
                              guidance_scale=config.guidance_scale, scale=config.scale, seed=seed,
-                             num_images=1)
+                             num_images=1, drop_grounding_tokens=config.drop_grounding_tokens)
 
 
 def _check_resume(meta: dict[str, Any], benchmark: Benchmark, config: GenerationConfig,

@@ -36,12 +36,19 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "dino_det": ("DINO det", ("dino", "detector"), "crop at the detected box vs reference"),
     "m_dino_det": ("M-DINO det", ("dino", "detector"), "product over subjects of DINO det"),
     "layout_iou": ("IoU", ("detector",), "detected box vs requested box"),
+    "toy_identity": ("Identity", ("toy",), "box content retrieved among the sample's and "
+                     "distractor references (1 = right, chance = 1/candidates)"),
+    "toy_identity_all": ("Identity (all)", ("toy",), "every subject of the image right at once "
+                         "(product of the subjects' identity scores)"),
+    "toy_layout": ("Layout", ("toy",), "share of each subject's pixels inside its box"),
+    "toy_background": ("Background", ("toy",), "the prompt's background outside the boxes"),
 }
 # What a benchmark's headline table shows first (the report has them all).
 HEADLINE = {
     "msbench": ("clip_t", "clip_i_det", "dino_det", "m_dino_det", "clip_i_box", "dino_box",
                 "m_dino_box", "layout_iou"),
     "dreambench": ("clip_t", "clip_i", "dino", "layout_iou"),
+    "toy": ("toy_identity", "toy_identity_all", "toy_layout", "toy_background"),
 }
 
 

@@ -10,6 +10,9 @@ Per image (subject scores averaged over the sample's subjects):
 - ``m_dino_box`` / ``m_dino_det``: the product of the subjects' DINO scores (clamped at 0);
 - ``layout_iou``: IoU of the detected box with the requested one.
 
+The toy benchmark is scored instead with the toy world's exact pixel metrics
+(:mod:`msdiffusion.evaluation.toy`): no model is loaded.
+
 When several subjects share a phrase (two dogs), the detector's top distinct boxes for it are
 matched to the requested boxes by maximal total IoU. Images that are missing, truncated or
 unreadable, and images of samples whose references are missing, are skipped and counted — the
@@ -265,17 +268,32 @@ def score_run(inputs: RunInputs, config: ScoringConfig, *, progress: bool = True
         else:
             todo.append((r, path))
 
-    models = models or _Models(config)
-    cache = ReferenceCache(config.cache_dir or run.root / "cache")
-    ref_paths = sorted({r for rec, _ in todo for sub in bench.get(rec.sample_id).subjects
-                        for r in sub.references})
-    refs: dict[str, dict[str, torch.Tensor]] = {}
-    for name, extractor in (("clip", models.clip), ("dino", models.dino)):
-        got = cache.embed(extractor, [bench.path(p) for p in ref_paths], _load_reference)
-        refs[name] = {p: got[bench.path(p)] for p in ref_paths}
-    prompts = sorted({bench.get(rec.sample_id).prompt for rec, _ in todo})
-    prompt_feats = (dict(zip(prompts, models.clip.embed_texts(prompts), strict=True))
-                    if prompts else {})
+    if bench.name == "toy":  # exact pixel metrics: no scoring models, no reference features
+        from .toy import ToyScorer
+
+        toy = ToyScorer(bench)
+        model_info = toy.info
+
+        def score_chunk(samples: list[BenchSample], images: list[Image.Image]
+                        ) -> list[dict[str, Any]]:
+            return toy.score(samples, images)
+    else:
+        models = models or _Models(config)
+        model_info = models.info()
+        cache = ReferenceCache(config.cache_dir or run.root / "cache")
+        ref_paths = sorted({r for rec, _ in todo for sub in bench.get(rec.sample_id).subjects
+                            for r in sub.references})
+        refs: dict[str, dict[str, torch.Tensor]] = {}
+        for name, extractor in (("clip", models.clip), ("dino", models.dino)):
+            got = cache.embed(extractor, [bench.path(p) for p in ref_paths], _load_reference)
+            refs[name] = {p: got[bench.path(p)] for p in ref_paths}
+        prompts = sorted({bench.get(rec.sample_id).prompt for rec, _ in todo})
+        prompt_feats = (dict(zip(prompts, models.clip.embed_texts(prompts), strict=True))
+                        if prompts else {})
+
+        def score_chunk(samples: list[BenchSample], images: list[Image.Image]
+                        ) -> list[dict[str, Any]]:
+            return score_images(models, samples, images, refs, prompt_feats)
 
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(todo), disable=not progress, desc="score", unit="img")
@@ -290,8 +308,8 @@ def score_run(inputs: RunInputs, config: ScoringConfig, *, progress: bool = True
             good = [(rec, im) for rec, im in pairs if im is not None]
             skipped["corrupt"] += [rec.image for rec, im in pairs if im is None]
             if good:
-                part = score_images(models, [bench.get(rec.sample_id) for rec, _ in good],
-                                    [im for _, im in good], refs, prompt_feats)
+                part = score_chunk([bench.get(rec.sample_id) for rec, _ in good],
+                                   [im for _, im in good])
                 for (rec, _), row in zip(good, part, strict=True):
                     rows.append({**row, "index": rec.index, "image": rec.image,
                                  "seed": rec.seed})
@@ -299,7 +317,7 @@ def score_run(inputs: RunInputs, config: ScoringConfig, *, progress: bool = True
     bar.close()
     atomic_write_text(run.root / "scores.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    report = build_report(inputs, rows, skipped, models.info(), asdict(config),
+    report = build_report(inputs, rows, skipped, model_info, asdict(config),
                           percent=config.percent, clip_t_weight=config.clip_t_weight)
     write_report(run.root, report, rows, inputs)
     return report

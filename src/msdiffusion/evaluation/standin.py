@@ -61,10 +61,16 @@ def _write_dreambench(root: Path) -> None:
     (root / "prompts_and_classes.txt").write_text("\n".join(text), encoding="utf-8")
 
 
-def write_standin(root: str | Path, *, benchmarks: Sequence[str] = ("msbench", "dreambench"),
+def write_standin(root: str | Path, *,
+                  benchmarks: Sequence[str] = ("msbench", "dreambench", "toy"),
                   missing: Sequence[str] = ("living/cat1.jpg",)) -> Path:
-    """Write stand-in data under ``root`` (``root/msbench``, ``root/dreambench``); returns root."""
+    """Write stand-in data under ``root`` (``root/msbench``, ``root/dreambench``) and the toy
+    benchmark (``root/toy``: the real thing — the toy world is generated); returns root."""
     root = Path(root)
+    if "toy" in benchmarks:
+        from ..toyworld.bench import write_toy_benchmark
+
+        write_toy_benchmark(root)
     if "msbench" in benchmarks:
         _write_msbench(root / "msbench", missing)
     if "dreambench" in benchmarks:

@@ -33,14 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..encoding import prepare_reference
 from ..presets import random_components
 from .world import IMAGE_SIZE, render, sample_reference, sample_scene
 
-__all__ = ["BaseSettings", "train_base", "render_scenes", "reference_crop", "time_ids"]
+__all__ = ["BaseSettings", "train_base", "render_scenes", "time_ids"]
 
 TIME_IDS = (IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE)  # SDXL micro-conditioning
 
@@ -72,16 +71,7 @@ def time_ids(batch: int) -> torch.Tensor:
     return torch.tensor([TIME_IDS], dtype=torch.float32).repeat(batch, 1)  # (B, 6)
 
 
-def reference_crop(image: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
-    """The subject's box of a frame, in whole pixels (floor/ceil, as the training crop)."""
-    w, h = image.size
-    x0, y0, x1, y1 = box
-    return image.crop((math.floor(x0 * w), math.floor(y0 * h), math.ceil(x1 * w),
-                       math.ceil(y1 * h)))
-
-
-def render_scenes(seed: int, count: int, *, progress: bool = True
-                  ) -> tuple[np.ndarray, list[str]]:
+def render_scenes(seed: int, count: int, *, progress: bool = True) -> tuple[np.ndarray, list[str]]:
     """Training scenes 0..count-1: ``(N, 64, 64, 3)`` uint8 and their captions."""
     pixels = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     captions = []
@@ -104,6 +94,7 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
     return factor
 
 
@@ -124,8 +115,10 @@ class _Log:
 
 # ---- phase 1: VAE -----------------------------------------------------------------------------
 
-def train_vae(vae: Any, pixels: np.ndarray, settings: BaseSettings, log: _Log,
-              progress: bool = True) -> Any:
+
+def train_vae(
+    vae: Any, pixels: np.ndarray, settings: BaseSettings, log: _Log, progress: bool = True
+) -> Any:
     vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(100, settings.vae_steps))
@@ -149,32 +142,40 @@ def train_vae(vae: Any, pixels: np.ndarray, settings: BaseSettings, log: _Log,
     vae.eval().requires_grad_(False)
     with torch.no_grad():  # SDXL's convention: scaled latents have unit variance
         sample = _to_tensor(pixels[:512])
-        std = torch.cat([vae.encode(sample[i:i + 64]).latent_dist.mean
-                         for i in range(0, len(sample), 64)]).std().item()
+        std = (
+            torch.cat(
+                [vae.encode(sample[i : i + 64]).latent_dist.mean for i in range(0, len(sample), 64)]
+            )
+            .std()
+            .item()
+        )
     vae.register_to_config(scaling_factor=1.0 / std)
     return vae
 
 
 # ---- phase 2: image encoder -------------------------------------------------------------------
 
-def _reference_views(settings: BaseSettings, feature_extractor: Any, progress: bool
-                     ) -> torch.Tensor:
+
+def _reference_views(
+    settings: BaseSettings, feature_extractor: Any, progress: bool
+) -> torch.Tensor:
     """``(identities, views, 3, s, s)`` preprocessed reference crops of training subjects."""
     views = []
-    for i in tqdm(range(settings.encoder_identities), desc="rendering references",
-                  disable=not progress):
+    for i in tqdm(
+        range(settings.encoder_identities), desc="rendering references", disable=not progress
+    ):
         subject = sample_scene(settings.seed, "train", 10**7 + i, count=1).subjects[0]
         crops = []
         for k in range(settings.encoder_views):
             ref = sample_reference(subject, settings.seed, 10**7 + i * 16 + k)
-            image, _ = render(ref.scene)
-            crops.append(prepare_reference(reference_crop(image, ref.box)))
+            crops.append(prepare_reference(ref.crop()))
         views.append(feature_extractor(images=crops, return_tensors="pt").pixel_values)
     return torch.stack(views)
 
 
-def train_image_encoder(encoder: Any, feature_extractor: Any, settings: BaseSettings, log: _Log,
-                        progress: bool = True) -> Any:
+def train_image_encoder(
+    encoder: Any, feature_extractor: Any, settings: BaseSettings, log: _Log, progress: bool = True
+) -> Any:
     views = _reference_views(settings, feature_extractor, progress)  # (I, V, 3, s, s)
     encoder.train().requires_grad_(True)
     opt = torch.optim.AdamW(encoder.parameters(), lr=settings.encoder_lr, weight_decay=0.01)
@@ -205,8 +206,10 @@ def train_image_encoder(encoder: Any, feature_extractor: Any, settings: BaseSett
 
 # ---- phase 3: UNet + text encoders ------------------------------------------------------------
 
-def _encode_text(components: dict[str, Any], ids: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+
+def _encode_text(
+    components: dict[str, Any], ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (B, 77) → SDXL prompt embeds (B, 77, C) and pooled embeds (B, D_pool)."""
     out_1 = components["text_encoder"](ids, output_hidden_states=True)
     out_2 = components["text_encoder_2"](ids, output_hidden_states=True)
@@ -215,12 +218,23 @@ def _encode_text(components: dict[str, Any], ids: torch.Tensor
 
 
 def _tokens(tokenizer: Any, captions: list[str]) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids  # (N, 77)
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids  # (N, 77)
 
 
-def train_unet(components: dict[str, Any], pixels: np.ndarray, captions: list[str],
-               settings: BaseSettings, log: _Log, progress: bool = True) -> torch.nn.Module:
+def train_unet(
+    components: dict[str, Any],
+    pixels: np.ndarray,
+    captions: list[str],
+    settings: BaseSettings,
+    log: _Log,
+    progress: bool = True,
+) -> torch.nn.Module:
     """Trains the UNet and both text encoders in place; returns the EMA UNet."""
     from diffusers import DDPMScheduler
 
@@ -228,9 +242,14 @@ def train_unet(components: dict[str, Any], pixels: np.ndarray, captions: list[st
     tokenizer = components["tokenizer"]
     assert tokenizer.get_vocab() == components["tokenizer_2"].get_vocab()  # one id space
     with torch.no_grad():
-        moments = torch.cat([vae.encode(_to_tensor(pixels[i:i + 64])).latent_dist.parameters
-                             for i in tqdm(range(0, len(pixels), 64), desc="caching latents",
-                                           disable=not progress)])  # (N, 8, h, w)
+        moments = torch.cat(
+            [
+                vae.encode(_to_tensor(pixels[i : i + 64])).latent_dist.parameters
+                for i in tqdm(
+                    range(0, len(pixels), 64), desc="caching latents", disable=not progress
+                )
+            ]
+        )  # (N, 8, h, w)
     ids = _tokens(tokenizer, captions)  # (N, 77)
     empty = _tokens(tokenizer, [""])  # (1, 77)
     scheduler = DDPMScheduler.from_config(components["scheduler"].config)
@@ -240,12 +259,16 @@ def train_unet(components: dict[str, Any], pixels: np.ndarray, captions: list[st
     for module in [unet, *text]:
         module.train().requires_grad_(True)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    opt = torch.optim.AdamW([
-        {"params": list(unet.parameters()), "lr": settings.unet_lr},
-        {"params": [p for m in text for p in m.parameters()], "lr": settings.text_lr},
-    ], weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        [
+            {"params": list(unet.parameters()), "lr": settings.unet_lr},
+            {"params": [p for m in text for p in m.parameters()], "lr": settings.text_lr},
+        ],
+        weight_decay=0.01,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _lr_lambda(settings.warmup_steps, settings.unet_steps))
+        opt, _lr_lambda(settings.warmup_steps, settings.unet_steps)
+    )
     gen = torch.Generator().manual_seed(settings.seed)
     scale = vae.config.scaling_factor
     bar = tqdm(range(settings.unet_steps), desc="UNet", disable=not progress)
@@ -260,9 +283,12 @@ def train_unet(components: dict[str, Any], pixels: np.ndarray, captions: list[st
         t = torch.randint(0, len(alphas), (len(idx),), generator=gen)
         noisy = scheduler.add_noise(latents, noise, t)
         states, pooled = _encode_text(components, batch_ids)
-        pred = unet(noisy, t, encoder_hidden_states=states,
-                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids(len(idx))}
-                    ).sample
+        pred = unet(
+            noisy,
+            t,
+            encoder_hidden_states=states,
+            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids(len(idx))},
+        ).sample
         weight = torch.clamp(snr[t], max=settings.min_snr_gamma) / snr[t]  # min-SNR (ε target)
         loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
@@ -284,13 +310,24 @@ def train_unet(components: dict[str, Any], pixels: np.ndarray, captions: list[st
 
 # ---- all phases -------------------------------------------------------------------------------
 
+
 def save_base(components: dict[str, Any], out: Path, dtype: torch.dtype = torch.float16) -> None:
     """``out/base`` (an SDXL pipeline folder) and ``out/image_encoder`` (CLIP vision), weights in
     ``dtype`` (fp16 keeps the shipped files small; load them in any dtype)."""
     from diffusers import StableDiffusionXLPipeline
 
-    parts = {k: components[k] for k in ("vae", "text_encoder", "text_encoder_2", "tokenizer",
-                                         "tokenizer_2", "unet", "scheduler")}
+    parts = {
+        k: components[k]
+        for k in (
+            "vae",
+            "text_encoder",
+            "text_encoder_2",
+            "tokenizer",
+            "tokenizer_2",
+            "unet",
+            "scheduler",
+        )
+    }
     # dropped captions were trained as "" (not zeros): the unconditional branch encodes ""
     pipe = StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=False)
     pipe.to(dtype=dtype)
@@ -302,8 +339,9 @@ def save_base(components: dict[str, Any], out: Path, dtype: torch.dtype = torch.
     components["feature_extractor"].save_pretrained(out / "image_encoder")
 
 
-def train_base(out_dir: str | Path, settings: BaseSettings | None = None, *,
-               progress: bool = True) -> Path:
+def train_base(
+    out_dir: str | Path, settings: BaseSettings | None = None, *, progress: bool = True
+) -> Path:
     """Run the three phases and write ``out_dir/{base,image_encoder}``, ``base_log.jsonl`` and
     ``base_settings.json``. Returns ``out_dir``."""
     settings = settings or BaseSettings()
@@ -318,8 +356,9 @@ def train_base(out_dir: str | Path, settings: BaseSettings | None = None, *,
     components = random_components("toy", seed=settings.seed)
     pixels, captions = render_scenes(settings.seed, settings.scenes, progress=progress)
     train_vae(components["vae"], pixels, settings, log, progress)
-    train_image_encoder(components["image_encoder"], components["feature_extractor"], settings,
-                        log, progress)
+    train_image_encoder(
+        components["image_encoder"], components["feature_extractor"], settings, log, progress
+    )
     components["unet"] = train_unet(components, pixels, captions, settings, log, progress)
     save_base(components, out)
     (out / "base_settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")

@@ -1,11 +1,11 @@
 """The toy world: scenes of patterned silhouettes, deterministic from a seed.
 
-A *subject* is a silhouette class named by a phrase ("ball", "star", …) with an *identity* the phrase
-does not tell: a body colour, a second colour and a pattern (stripes, checks or dots, with a
-frequency, an orientation and a phase). A *scene* puts 1–3 subjects of different classes in boxes on
-a background the caption names ("a ball and a star on sand"). A *reference* shows the same subject
-in another frame — other size, a small rotation and shift, another background — the paper's
-video-pair recipe in miniature.
+A *subject* is a silhouette class named by a phrase ("ball", "star", …) with an *identity* the
+phrase does not tell: a body colour, a second colour and a pattern (stripes, checks or dots, with
+a frequency, an orientation and a phase). A *scene* puts 1–3 subjects of different classes in
+boxes on a background the caption names ("a ball and a star on sand"). A *reference* shows the
+same subject in another frame — other size, a small rotation and shift, another background — the
+paper's video-pair recipe in miniature.
 
 Identities are split by colour pair: :data:`HELD_OUT_PAIRS` never occur in training scenes, so a
 held-out identity is a colour combination the trained model has never seen with any class; its
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -41,6 +41,8 @@ __all__ = [
     "render",
     "caption",
     "is_held_out",
+    "reference_crop",
+    "held_out_subjects",
 ]
 
 IMAGE_SIZE = 64  # side of the world's images, in pixels
@@ -130,10 +132,15 @@ class Reference:
 
     scene: Scene
     box: tuple[float, float, float, float]  # tight box of the subject in the frame (normalised)
+    image: Image.Image = field(compare=False, repr=False)  # the rendered frame
+
+    def crop(self) -> Image.Image:
+        """The subject's box of the frame (what a reference image is)."""
+        return reference_crop(self.image, self.box)
 
 
 def caption(classes: Sequence[str], background: str) -> str:
-    """"a ball on sand", "a ball and a star on sand", "a ball, a star and a ring on sand"."""
+    """ "a ball on sand", "a ball and a star on sand", "a ball, a star and a ring on sand"."""
     names = [f"a {c}" for c in classes]
     if len(names) == 1:
         listed = names[0]
@@ -146,28 +153,38 @@ def _rng(seed: int, split: str, index: int, salt: int = 0) -> np.random.Generato
     return np.random.default_rng([seed, _SPLITS[split], index, salt])
 
 
-def sample_identity(rng: np.random.Generator, *, held_out: bool,
-                    pair: tuple[str, str] | None = None) -> Identity:
+def sample_identity(
+    rng: np.random.Generator, *, held_out: bool, pair: tuple[str, str] | None = None
+) -> Identity:
     """A random identity whose colour pair is held out (or not). ``pair`` fixes the colours."""
     if pair is None:
-        pairs = [(a, b) for a in _COLOR_NAMES for b in _COLOR_NAMES
-                 if a != b and is_held_out(a, b) == held_out]
+        pairs = [
+            (a, b)
+            for a in _COLOR_NAMES
+            for b in _COLOR_NAMES
+            if a != b and is_held_out(a, b) == held_out
+        ]
         primary, secondary = pairs[int(rng.integers(len(pairs)))]
     else:
         primary, secondary = pair
     pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
-    return Identity(primary=primary, secondary=secondary, pattern=pattern,
-                    frequency=float(rng.uniform(1.5, 2.5)),
-                    angle=float(rng.choice([0.0, 45.0, 90.0, 135.0])),
-                    phase=float(rng.uniform(0.0, 1.0)))
+    return Identity(
+        primary=primary,
+        secondary=secondary,
+        pattern=pattern,
+        frequency=float(rng.uniform(1.5, 2.5)),
+        angle=float(rng.choice([0.0, 45.0, 90.0, 135.0])),
+        phase=float(rng.uniform(0.0, 1.0)),
+    )
 
 
 def _box_side_range(count: int) -> tuple[float, float]:
     return {1: (0.4, 0.75), 2: (0.32, 0.55), 3: (0.28, 0.45)}[count]
 
 
-def sample_boxes(rng: np.random.Generator, count: int, *, max_iou: float = 0.2,
-                 tries: int = 200) -> list[tuple[float, float, float, float]]:
+def sample_boxes(
+    rng: np.random.Generator, count: int, *, max_iou: float = 0.2, tries: int = 200
+) -> list[tuple[float, float, float, float]]:
     """``count`` boxes of varied size and place; pairs overlap at most ``max_iou`` (sometimes)."""
     low, high = _box_side_range(count)
     boxes: list[tuple[float, float, float, float]] = []
@@ -192,11 +209,17 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def sample_scene(seed: int, split: str, index: int, *, count: int | None = None,
-                 identities: Sequence[Identity] | None = None,
-                 classes: Sequence[str] | None = None,
-                 boxes: Sequence[Sequence[float]] | None = None,
-                 background: str | None = None) -> Scene:
+def sample_scene(
+    seed: int,
+    split: str,
+    index: int,
+    *,
+    count: int | None = None,
+    identities: Sequence[Identity] | None = None,
+    classes: Sequence[str] | None = None,
+    boxes: Sequence[Sequence[float]] | None = None,
+    background: str | None = None,
+) -> Scene:
     """Scene ``index`` of ``split`` ("train": training identities; "heldout"/"bench": held-out
     ones). Any of count, identities, classes, boxes, background may be fixed by the caller."""
     rng = _rng(seed, split, index)
@@ -213,14 +236,16 @@ def sample_scene(seed: int, split: str, index: int, *, count: int | None = None,
         background = tuple(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
     if not (len(classes) == len(identities) == len(boxes) == count):
         raise ValueError("classes, identities and boxes must have one entry per subject")
-    subjects = tuple(Placed(c, ident, tuple(float(v) for v in b))  # type: ignore[arg-type]
-                     for c, ident, b in zip(classes, identities, boxes))
-    return Scene(background=background, subjects=subjects,
-                 texture_seed=int(rng.integers(2**31)))
+    subjects = tuple(
+        Placed(c, ident, tuple(float(v) for v in b))  # type: ignore[arg-type]
+        for c, ident, b in zip(classes, identities, boxes)
+    )
+    return Scene(background=background, subjects=subjects, texture_seed=int(rng.integers(2**31)))
 
 
-def sample_reference(subject: Placed, seed: int, key: int, *, avoid_background: str | None = None
-                     ) -> Reference:
+def sample_reference(
+    subject: Placed, seed: int, key: int, *, avoid_background: str | None = None
+) -> Reference:
     """Another frame of ``subject``: other size and place, a rotation of up to ±15°, another
     background than ``avoid_background``. ``key`` makes different references of one subject."""
     rng = _rng(seed, "reference", key)
@@ -233,18 +258,43 @@ def sample_reference(subject: Placed, seed: int, key: int, *, avoid_background: 
     rotation = float(rng.uniform(-15.0, 15.0))
     placed = Placed(subject.cls, subject.identity, (x0, y0, x0 + w, y0 + h), rotation)
     scene = Scene(background=background, subjects=(placed,), texture_seed=int(rng.integers(2**31)))
-    _, masks = render(scene)
-    return Reference(scene=scene, box=_mask_box(masks[0]))
+    image, masks = render(scene)
+    return Reference(scene=scene, box=_mask_box(masks[0]), image=image)
+
+
+def reference_crop(image: Image.Image, box: Sequence[float]) -> Image.Image:
+    """The box of a frame in whole pixels (floor/ceil — the training crop's rule)."""
+    w, h = image.size
+    x0, y0, x1, y1 = box
+    return image.crop(
+        (math.floor(x0 * w), math.floor(y0 * h), math.ceil(x1 * w), math.ceil(y1 * h))
+    )
+
+
+def held_out_subjects(count: int, seed: int = 0) -> list[tuple[Image.Image, str, Identity]]:
+    """``count`` held-out subjects as a user would bring them: (reference image cropped to the
+    subject, phrase, identity). Their colour pairs never occur in training scenes."""
+    out = []
+    for i in range(count):
+        subject = sample_scene(seed, "heldout", i, count=1).subjects[0]
+        ref = sample_reference(subject, seed, 2 * 10**8 + i)
+        out.append((ref.crop(), subject.cls, subject.identity))
+    return out
 
 
 def _mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     rows, cols = np.nonzero(mask > 0.5)
     h, w = mask.shape
-    return (round(cols.min() / w, 4), round(rows.min() / h, 4),
-            round((cols.max() + 1) / w, 4), round((rows.max() + 1) / h, 4))
+    return (
+        round(cols.min() / w, 4),
+        round(rows.min() / h, 4),
+        round((cols.max() + 1) / w, 4),
+        round((rows.max() + 1) / h, 4),
+    )
 
 
 # ---- rendering --------------------------------------------------------------------------------
+
 
 def _silhouette(cls: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Inside test in the subject's frame: u (right), v (down) in [-1, 1] span the box."""
@@ -260,7 +310,7 @@ def _silhouette(cls: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         radius = inner + (outer - inner) * np.abs(1.0 - 2.0 * k) ** 1.6
         return np.sqrt(r2) <= radius
     if cls == "vase":
-        half_width = 0.32 + 0.68 * np.exp(-((v - 0.3) / 0.55) ** 2)
+        half_width = 0.32 + 0.68 * np.exp(-(((v - 0.3) / 0.55) ** 2))
         lip = (v < -0.8) & (np.abs(u) <= 0.55)
         return ((np.abs(u) <= half_width) & (v <= 1.0) & (v >= -1.0)) | lip
     if cls == "kite":
@@ -294,8 +344,11 @@ def _background(name: str, texture_seed: int, side: int) -> np.ndarray:
     """The named colour with a soft low-frequency texture (±8 levels): (side, side, 3) float."""
     rng = np.random.default_rng(texture_seed)
     coarse = rng.normal(0.0, 1.0, (5, 5, 1))
-    up = np.asarray(Image.fromarray(coarse[..., 0].astype(np.float32), mode="F").resize(
-        (side, side), Image.Resampling.BICUBIC))[..., None]
+    up = np.asarray(
+        Image.fromarray(coarse[..., 0].astype(np.float32), mode="F").resize(
+            (side, side), Image.Resampling.BICUBIC
+        )
+    )[..., None]
     base = np.asarray(BACKGROUNDS[name], dtype=np.float32)
     return np.clip(base + 8.0 * np.tanh(up), 0, 255) * np.ones((side, side, 3), np.float32)
 
@@ -319,12 +372,17 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> tuple[Image.Image, list[np.n
         inside = _silhouette(placed.cls, u, v) & (np.abs(u) <= 1.0) & (np.abs(v) <= 1.0)
         second = _pattern(placed.identity, u, v)
         ident = placed.identity
-        colour = np.where(second[..., None], np.asarray(SUBJECT_COLORS[ident.secondary], np.float32),
-                          np.asarray(SUBJECT_COLORS[ident.primary], np.float32))
+        colour = np.where(
+            second[..., None],
+            np.asarray(SUBJECT_COLORS[ident.secondary], np.float32),
+            np.asarray(SUBJECT_COLORS[ident.primary], np.float32),
+        )
         canvas = np.where(inside[..., None], colour, canvas)
         owner[inside] = k
     pixels = canvas.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE, 3).mean(axis=(1, 3))
     image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="RGB")
-    masks = [(owner == k).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
-             for k in range(len(scene.subjects))]
+    masks = [
+        (owner == k).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
+        for k in range(len(scene.subjects))
+    ]
     return image, masks

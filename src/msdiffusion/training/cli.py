@@ -42,7 +42,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--output-dir", default=s, help="run folder (checkpoints, logs, adapter)")
     g.add_argument("--manifest", default=s, help="training manifest (JSONL)")
     g.add_argument("--cache-dir", default=s, help="embedding cache folder")
-    g.add_argument("--preset", choices=["tiny", "sdxl"], default=s, help="frozen model preset")
+    g.add_argument("--preset", choices=["tiny", "toy", "sdxl"], default=s,
+                   help="frozen model preset")
     g.add_argument("--base", default=s, help="SDXL folder or hub id")
     g.add_argument("--image-encoder", default=s, help="CLIP vision folder or hub id")
     g.add_argument("--vae", default=s, help="VAE folder or hub id (e.g. an fp16-fix VAE)")

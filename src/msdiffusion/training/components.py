@@ -1,8 +1,9 @@
 """The frozen model a run trains against, and the adapter it trains.
 
-``tiny``: the random-weight components of ``msdiffusion.presets`` (CPU, seconds). ``sdxl``: SDXL
-base + the CLIP ViT-bigG/14 image encoder (+ an optional VAE, e.g. the fp16-fix one) from local
-folders or hub ids. Frozen weights are cast to the run's weight dtype; the adapter stays fp32.
+``tiny``: the random-weight components of ``msdiffusion.presets`` (CPU, seconds). ``toy``: the toy
+world's trained base (an SDXL-format folder shipped with the package). ``sdxl``: SDXL base + the
+CLIP ViT-bigG/14 image encoder (+ an optional VAE, e.g. the fp16-fix one) from local folders or
+hub ids. Frozen weights are cast to the run's weight dtype; the adapter stays fp32.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError, ModelNotAvailableError
-from ..presets import PRESETS, tiny_adapter_kwargs, tiny_components
+from ..presets import PRESETS, adapter_kwargs, tiny_components
 from .config import ModelConfig
 
 __all__ = ["load_components", "build_adapter", "resolve_weight_dtype", "move_module", "DTYPES",
@@ -75,7 +76,7 @@ def _load_sdxl(config: ModelConfig, with_unet: bool = True,
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
     from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 
-    spec = PRESETS["sdxl"]
+    spec = PRESETS[config.preset]
     base = config.base or spec.base
     encoder_source = config.image_encoder or spec.image_encoder
     subfolder = config.image_encoder_subfolder
@@ -84,7 +85,7 @@ def _load_sdxl(config: ModelConfig, with_unet: bool = True,
     vae_source = config.vae or spec.vae
     try:
         encoder = CLIPVisionModelWithProjection.from_pretrained(
-            encoder_source, subfolder=subfolder, torch_dtype=dtype)
+            encoder_source, subfolder=subfolder or "", torch_dtype=dtype)
     except Exception as err:  # OSError or hub errors
         raise _unavailable("image encoder", encoder_source, err, "model.image_encoder") from None
     extra: dict[str, Any] = {} if with_unet else {"unet": None}
@@ -100,7 +101,9 @@ def _load_sdxl(config: ModelConfig, with_unet: bool = True,
     components = {k: v for k, v in pipe.components.items() if k in (
         "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")}
     components["image_encoder"] = encoder
-    components["feature_extractor"] = CLIPImageProcessorPil()
+    side = encoder.config.image_size  # CLIP preprocessing at the encoder's own size (224 for bigG)
+    components["feature_extractor"] = CLIPImageProcessorPil(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     return components
 
 
@@ -125,7 +128,8 @@ def build_adapter(config: ModelConfig, unet: torch.nn.Module) -> Any:
                              "when fine-tuning; leave model.adapter empty", config.adapter)
         adapter = load_adapter(config.init_adapter, unet)
     else:
-        hparams = dict(tiny_adapter_kwargs()) if config.preset == "tiny" else {}
+        arch = PRESETS[config.preset].architecture
+        hparams = dict(adapter_kwargs(arch)) if arch else {}
         hparams.update(config.adapter)
         adapter = MSAdapter.for_unet(unet, **hparams)
     return adapter.to(torch.float32)

@@ -37,7 +37,7 @@ __all__ = [
 class ModelConfig:
     """Which frozen model to train against, and where the adapter starts from."""
 
-    preset: str = "sdxl"  # "tiny" (random weights, CPU, tests) or "sdxl" (the released stack)
+    preset: str = "sdxl"  # tiny (random weights, tests) | toy (the toy world's base) | sdxl
     base: str | None = None  # SDXL pipeline folder or hub id; None = the preset's
     vae: str | None = None  # e.g. "madebyollin/sdxl-vae-fp16-fix"; None = the preset's
     image_encoder: str | None = None  # CLIP vision folder or hub id; None = the preset's
@@ -47,9 +47,14 @@ class ModelConfig:
     weight_dtype: str = "auto"  # frozen weights: auto | fp32 | fp16 | bf16
     vae_dtype: str | None = None  # None = weight_dtype (use fp32 for the stock SDXL VAE under fp16)
     tiny_seed: int = 0  # seed of the tiny preset's random components
+    # Attention regions: "box" (released: a cell attends to the subjects whose box covers it) or
+    # "image" (every cell attends to every subject; the ablation "without masked attention" —
+    # grounding tokens still embed the boxes).
+    region: str = "box"
 
     def validate(self) -> None:
-        _choice("model.preset", self.preset, ("tiny", "sdxl"))
+        _choice("model.preset", self.preset, ("tiny", "toy", "sdxl"))
+        _choice("model.region", self.region, ("box", "image"))
         _choice("model.weight_dtype", self.weight_dtype, ("auto", "fp32", "fp16", "bf16"))
         if self.vae_dtype is not None:
             _choice("model.vae_dtype", self.vae_dtype, ("fp32", "fp16", "bf16"))

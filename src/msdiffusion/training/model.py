@@ -26,10 +26,11 @@ class AdapterUNet(nn.Module):
     """``forward`` = grounding resampler on the real subjects + the UNet with the adapter's
     processors; returns the UNet's prediction ``(B, 4, h, w)``."""
 
-    def __init__(self, unet: nn.Module, adapter: nn.Module):
+    def __init__(self, unet: nn.Module, adapter: nn.Module, region: str = "box"):
         super().__init__()
         self.unet = unet
         self.adapter = adapter
+        self.region = region  # "box" (released) | "image": every cell attends to every subject
         adapter.install(unet)
         unet.requires_grad_(False)  # the adapter's projections are shared with the processors:
         adapter.requires_grad_(True)  # freeze the UNet first, then unfreeze the adapter
@@ -57,7 +58,10 @@ class AdapterUNet(nn.Module):
             drop_grounding.repeat_interleave(s)[flat])  # (N,)
         padded = tokens.new_zeros((b * s, *tokens.shape[1:]))  # (B·S, Q, C)
         padded = padded.index_put((flat.nonzero(as_tuple=True)[0],), tokens)
-        cond = MSConditioning.for_training(padded.unflatten(0, (b, s)), boxes, valid,
+        regions = boxes
+        if self.region == "image":  # the grounding tokens keep the boxes; the attention does not
+            regions = torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device).expand_as(boxes)
+        cond = MSConditioning.for_training(padded.unflatten(0, (b, s)), regions, valid,
                                            latent_size=tuple(noisy_latents.shape[-2:]), scale=1.0)
         unet_dtype = self.unet.conv_in.weight.dtype
         return self.unet(

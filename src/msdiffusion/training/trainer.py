@@ -6,10 +6,12 @@ then grad-norm clipping, AdamW, the LR schedule, the EMA. The frozen weights are
 dtype (bf16 on GPUs), the adapter in fp32 under autocast. Every ``checkpoint.every`` steps an
 atomic checkpoint (adapter, optimizer, scheduler, EMA, RNG of every process, data position);
 ``resume="latest"`` continues bit-exactly. Every ``validation.every`` steps a grid of images.
+Logged scalars go to the tracker and to ``<output_dir>/logs/metrics.jsonl``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -186,7 +188,7 @@ class Trainer:
         self.components = components
         self.encoders = FrozenEncoders(**components)
         self.noise_scheduler = components["noise_scheduler"]
-        self.model = AdapterUNet(components["unet"], adapter)
+        self.model = AdapterUNet(components["unet"], adapter, region=config.model.region)
         if config.gradient_checkpointing:
             components["unet"].enable_gradient_checkpointing()
         if config.allow_tf32 and acc.device.type == "cuda":
@@ -419,6 +421,11 @@ class Trainer:
                 "samples_per_s": global_batch * (self.state.step - start_step) / max(elapsed, 1e-9),
                 "skipped": self.state.samples_skipped}
         self.accelerator.log(logs, step=self.state.step)
+        if self.is_main:  # plain-text twin of the tracker's scalars, for plots and scripts
+            path = self.output_dir / "logs" / "metrics.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": self.state.step, **logs}) + "\n")
         self._interval = ([], time.perf_counter(), self.state.step)
         return {"loss": f"{logs['loss']:.4f}", "lr": f"{logs['lr']:.2e}",
                 "sps": f"{logs['samples_per_s']:.1f}"}

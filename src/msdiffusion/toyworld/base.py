@@ -64,6 +64,7 @@ class BaseSettings:
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
+    checkpoint_every: int = 500  # UNet-phase checkpoints (resume after an interruption)
     threads: int | None = None  # torch threads (None: torch's default)
 
 
@@ -234,8 +235,10 @@ def train_unet(
     settings: BaseSettings,
     log: _Log,
     progress: bool = True,
+    checkpoint: Path | None = None,
 ) -> torch.nn.Module:
-    """Trains the UNet and both text encoders in place; returns the EMA UNet."""
+    """Trains the UNet and both text encoders in place; returns the EMA UNet. With
+    ``checkpoint``, resumes from it and rewrites it every ``settings.checkpoint_every`` steps."""
     from diffusers import DDPMScheduler
 
     vae, unet = components["vae"], components["unet"]
@@ -270,8 +273,28 @@ def train_unet(
         opt, _lr_lambda(settings.warmup_steps, settings.unet_steps)
     )
     gen = torch.Generator().manual_seed(settings.seed)
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=True)
+        for module, key in (
+            (unet, "unet"),
+            (ema, "ema"),
+            (text[0], "text_encoder"),
+            (text[1], "text_encoder_2"),
+            (opt, "optimizer"),
+            (sched, "scheduler"),
+        ):
+            module.load_state_dict(state[key])
+        gen.set_state(state["generator"])
+        start = int(state["step"])
     scale = vae.config.scaling_factor
-    bar = tqdm(range(settings.unet_steps), desc="UNet", disable=not progress)
+    bar = tqdm(
+        range(start, settings.unet_steps),
+        desc="UNet",
+        disable=not progress,
+        initial=start,
+        total=settings.unet_steps,
+    )
     for step in bar:
         idx = torch.randint(len(moments), (settings.batch_size,), generator=gen)
         mean, logvar = moments[idx].chunk(2, dim=1)
@@ -300,6 +323,19 @@ def train_unet(
         with torch.no_grad():
             for e, p in zip(ema.parameters(), unet.parameters()):
                 e.lerp_(p, 1.0 - decay)
+        if checkpoint is not None and (step + 1) % settings.checkpoint_every == 0:
+            state = {
+                "unet": unet.state_dict(),
+                "ema": ema.state_dict(),
+                "text_encoder": text[0].state_dict(),
+                "text_encoder_2": text[1].state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": gen.get_state(),
+                "step": step + 1,
+            }
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)
         if step % 50 == 0 or step == settings.unet_steps - 1:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log.write("unet", step, loss=loss.item(), lr=sched.get_last_lr()[0])
@@ -343,23 +379,60 @@ def train_base(
     out_dir: str | Path, settings: BaseSettings | None = None, *, progress: bool = True
 ) -> Path:
     """Run the three phases and write ``out_dir/{base,image_encoder}``, ``base_log.jsonl`` and
-    ``base_settings.json``. Returns ``out_dir``."""
+    ``base_settings.json`` (last: it marks a complete base). Returns ``out_dir``.
+
+    Each phase leaves its weights in ``out_dir/phases/`` (the UNet phase a checkpoint every
+    ``checkpoint_every`` steps), so an interrupted run continues where it stopped."""
     settings = settings or BaseSettings()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    phases = out / "phases"
+    phases.mkdir(parents=True, exist_ok=True)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    log_path = out / "base_log.jsonl"
-    log_path.unlink(missing_ok=True)
-    log = _Log(log_path)
+    log = _Log(out / "base_log.jsonl")
     torch.manual_seed(settings.seed)
     components = random_components("toy", seed=settings.seed)
     pixels, captions = render_scenes(settings.seed, settings.scenes, progress=progress)
-    train_vae(components["vae"], pixels, settings, log, progress)
-    train_image_encoder(
-        components["image_encoder"], components["feature_extractor"], settings, log, progress
+    for name, phase in (("vae", train_vae), ("image_encoder", train_image_encoder)):
+        module = components[name]
+        done = phases / f"{name}.safetensors"
+        if done.exists():
+            _load_phase(module, done)
+            continue
+        if name == "vae":
+            phase(module, pixels, settings, log, progress)
+        else:
+            phase(module, components["feature_extractor"], settings, log, progress)
+        _save_phase(module, done)
+    components["unet"] = train_unet(
+        components, pixels, captions, settings, log, progress, checkpoint=phases / "unet.pt"
     )
-    components["unet"] = train_unet(components, pixels, captions, settings, log, progress)
     save_base(components, out)
     (out / "base_settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
     return out
+
+
+def _save_phase(module: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    config = getattr(module, "config", None)
+    scaling = getattr(config, "scaling_factor", None)  # the VAE's, set after its training
+    tmp = path.with_suffix(".tmp")
+    save_file(
+        {k: v.contiguous() for k, v in module.state_dict().items()},
+        str(tmp),
+        metadata={"scaling_factor": str(scaling)} if scaling is not None else None,
+    )
+    tmp.replace(path)
+
+
+def _load_phase(module: torch.nn.Module, path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    module.load_state_dict(load_file(str(path)))
+    with safe_open(str(path), "pt") as handle:
+        scaling = (handle.metadata() or {}).get("scaling_factor")
+    if scaling is not None:
+        module.register_to_config(scaling_factor=float(scaling))
+    module.eval().requires_grad_(False)

@@ -159,13 +159,18 @@ def _base(out: Path, settings: LearnSettings, stages: _Stages) -> Path:
             raise RuntimeError(f"no shipped toy base in {TOY_MODEL}: run the full setting")
         return TOY_MODEL
     done = out / "base" / "base_settings.json"
-    if done.exists() and json.loads(done.read_text()) == asdict(settings.base):
+    if done.exists() and _recipe(json.loads(done.read_text())) == _recipe(asdict(settings.base)):
         return out / "base"
     _log("base: VAE, image encoder, UNet + text encoders (see base_log.jsonl)")
     start = time.time()
     train_base(out / "base", settings.base)
     stages.record("base", time.time() - start)
     return out / "base"
+
+
+def _recipe(settings: dict[str, Any]) -> dict[str, Any]:
+    """The base settings that change its weights (not threads or checkpoint spacing)."""
+    return {k: v for k, v in settings.items() if k not in ("threads", "checkpoint_every")}
 
 
 def _train_adapter(

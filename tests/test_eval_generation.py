@@ -108,3 +108,23 @@ def test_two_cpu_processes_take_disjoint_complete_slices(tmp_path, data_root):
     summary = json.loads((out / "generation.json").read_text())
     assert summary["complete"] and summary["processes"] == 2
     assert "6/6 images done" in proc.stdout
+
+
+def test_ablation_switches_reach_the_request(tmp_path):
+    from msdiffusion.evaluation.benchmarks import BenchSample, BenchSubject, Benchmark
+    from msdiffusion.evaluation.generate import GenerationConfig, build_request
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ref.png")
+    subject = BenchSubject("ball-red-blue", "ball", (0.1, 0.2, 0.5, 0.6), "ref.png", ("ref.png",))
+    sample = BenchSample("g/c/0", "g", "g/c", "a ball on sand", (subject,))
+    bench = Benchmark("toy", tmp_path, [sample], [])
+    plain = build_request(sample, bench, GenerationConfig(), seed=3)
+    assert plain.subjects[0].mask is None and not plain.drop_grounding_tokens
+    ablated = build_request(sample, bench, GenerationConfig(region="image", height=64, width=96,
+                                                            drop_grounding_tokens=True), seed=3)
+    mask = ablated.subjects[0].mask
+    assert mask.size == (96, 64) and mask.getextrema() == (255, 255)  # the whole output
+    assert ablated.subjects[0].box == subject.box  # still embedded in the grounding tokens
+    assert ablated.drop_grounding_tokens
+    with pytest.raises(InputError, match="region"):
+        GenerationConfig(region="boxes")

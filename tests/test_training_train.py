@@ -295,3 +295,28 @@ def test_cli_trains_validates_and_logs(tmp_path, manifest):
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
     assert json.loads((out / "config.json").read_text())["max_steps"] == 2
     assert main(["train", "--config", str(path), "--set", "optim.learning_rate=0"]) == 2
+
+
+def test_region_image_attends_everywhere_but_keeps_boxes_in_the_grounding(tiny_setup):
+    """model.region = "image" (the ablation without masked attention): every cell attends to
+    every subject; the boxes still reach the grounding tokens."""
+    components, inputs = tiny_setup
+    unet = components["unet"]
+    torch.manual_seed(0)
+    adapter = build_adapter(ModelConfig(preset="tiny"), unet)
+    full = torch.tensor([0.0, 0.0, 1.0, 1.0]).expand_as(inputs.boxes)
+    outputs = {}
+    for region in ("box", "image"):
+        model = AdapterUNet(unet, adapter, region=region)
+        for name, boxes in (("real", inputs.boxes), ("full", full)):
+            torch.manual_seed(1)
+            x = torch.randn_like(inputs.latents)
+            with torch.no_grad():
+                outputs[region, name] = model(
+                    x, torch.tensor([10, 900]), inputs.prompt_embeds,
+                    inputs.pooled_prompt_embeds, inputs.time_ids, inputs.image_embeds,
+                    inputs.phrase_embeds, boxes, inputs.valid, torch.tensor([False, False]))
+        adapter.uninstall(unet)
+    assert torch.equal(outputs["box", "full"], outputs["image", "full"])
+    assert not torch.allclose(outputs["box", "real"], outputs["image", "real"])
+    assert not torch.allclose(outputs["image", "real"], outputs["image", "full"])

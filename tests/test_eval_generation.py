@@ -111,7 +111,7 @@ def test_two_cpu_processes_take_disjoint_complete_slices(tmp_path, data_root):
 
 
 def test_ablation_switches_reach_the_request(tmp_path):
-    from msdiffusion.evaluation.benchmarks import BenchSample, BenchSubject, Benchmark
+    from msdiffusion.evaluation.benchmarks import Benchmark, BenchSample, BenchSubject
     from msdiffusion.evaluation.generate import GenerationConfig, build_request
 
     Image.new("RGB", (8, 8)).save(tmp_path / "ref.png")

@@ -103,27 +103,37 @@ def _scene_image(sample: dict, *, swap: bool = False, empty: bool = False) -> Im
     identities = [ident for _, ident, _ in subjects]
     if swap:
         identities = identities[1:] + identities[:1]
-    placed = () if empty else tuple(
-        Placed(cls, ident, box) for (cls, _, box), ident in zip(subjects, identities, strict=True))
+    placed = (
+        ()
+        if empty
+        else tuple(
+            Placed(cls, ident, box)
+            for (cls, _, box), ident in zip(subjects, identities, strict=True)
+        )
+    )
     image, _ = render(Scene(sample["background"], placed, texture_seed=1))
     return image
 
 
 def test_toy_metrics_known_answers():
     sample = next(s for s in toy_samples(0, per_group=3) if len(s["subjects"]) == 2)
-    refs = [colour_histogram(classify_pixels(render(Scene(
-        "snow", (Placed(c, i, (0.2, 0.2, 0.8, 0.8)),), 3))[0])) for c, i, _ in
-        sample["subjects"] + [(c, i, None) for c, i in sample["distractors"]]]
+    refs = [
+        colour_histogram(
+            classify_pixels(render(Scene("snow", (Placed(c, i, (0.2, 0.2, 0.8, 0.8)),), 3))[0])
+        )
+        for c, i, _ in sample["subjects"] + [(c, i, None) for c, i in sample["distractors"]]
+    ]
     boxes = [b for *_, b in sample["subjects"]]
 
     def scores(image):
         labels = classify_pixels(image)
-        return [identity_score(colour_histogram(labels, b), refs, k)
-                for k, b in enumerate(boxes)], labels
+        return [
+            identity_score(colour_histogram(labels, b), refs, k) for k, b in enumerate(boxes)
+        ], labels
 
     perfect, labels = scores(_scene_image(sample))
     assert perfect == [1.0, 1.0]
-    for (cls, ident, box) in sample["subjects"]:
+    for _, ident, box in sample["subjects"]:
         assert layout_share(labels, ident.colors, box) > 0.97
     assert background_of(labels, boxes) == sample["background"]
     swapped, _ = scores(_scene_image(sample, swap=True))
@@ -157,13 +167,15 @@ def test_toy_benchmark_in_the_harness(toy_bench, tmp_path):
         folder = tmp_path / "run" / "images" / sample["id"]
         folder.mkdir(parents=True)
         _scene_image(sample).save(folder / "0.png")
-        _scene_image(sample, swap=len(sample["subjects"]) > 1, empty=len(
-            sample["subjects"]) == 1).save(folder / "1.png")
+        _scene_image(
+            sample, swap=len(sample["subjects"]) > 1, empty=len(sample["subjects"]) == 1
+        ).save(folder / "1.png")
     inputs = resolve_run(tmp_path / "run", benchmark="toy", data=toy_bench)
     report = score_run(inputs, ScoringConfig(), progress=False)
     assert report["models"]["toy"]["candidates"] == CANDIDATES
-    rows = [json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text()
-            .splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text().splitlines()
+    ]
     by_image = {(r["sample_id"], r["index"]): r for r in rows}
     for sample in samples:
         good, bad = by_image[(sample["id"], 0)], by_image[(sample["id"], 1)]

@@ -1,22 +1,34 @@
-"""Atomic file writes: a file appears under its name only once it is complete.
+"""Atomic writes: a file or a folder appears under its name only once it is complete.
 
 Everything is written to a temporary name in the target's folder, flushed, then moved into place
 with ``os.replace`` (atomic on POSIX and Windows); on any error the temporary file is removed. A
 crash mid-write leaves either the old file or none — never a half-written one that looks done.
+A folder is swapped in whole: the old one is moved aside, the new one renamed into its place,
+then the old one removed — the name holds the old folder or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_open", "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json", "atomic_save_image"]
+__all__ = [
+    "atomic_path",
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_save_image",
+    "atomic_dir",
+    "replace_dir",
+    "fsync_dir",
+]
 
 
 @contextmanager
@@ -72,3 +84,47 @@ def atomic_save_image(image: Any, path: str | os.PathLike[str], **params: Any) -
         raise ValueError(f"cannot tell the image format of {path} (use {sorted(formats)})")
     with atomic_path(path) as tmp:
         image.save(tmp, format=formats[suffix], **params)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries to disk, where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported on this platform / filesystem
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_dir(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Put the complete folder ``tmp`` at ``path``, replacing a folder already there (moved aside
+    to ``.old-<name>`` first, removed last)."""
+    tmp, path = Path(tmp), Path(path)
+    fsync_dir(tmp)
+    if path.exists():
+        old = path.with_name(f".old-{path.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; it replaces ``path`` when the block succeeds
+    and is removed when it fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 They make ``eval score --models tiny`` work offline and in seconds — the numbers mean nothing, but
 every step (``from_pretrained`` on a folder, preprocessing, batching, detection, cropping, report)
-runs as with the real models. The tests use them too.
+runs as with the real models (``msdiffusion.evaluation``). The tests use them too.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
+from .tokenizers import char_tokenizer
 
 __all__ = ["write_tiny_scorers"]
 
@@ -30,8 +32,6 @@ def write_tiny_scorers(directory: str | Path, seed: int = 0) -> dict[str, str]:
         ViTImageProcessorPil,
         ViTModel,
     )
-
-    from ..presets import char_tokenizer
 
     root = Path(directory)
     paths = {"clip": root / "clip", "dino": root / "dino", "detector": root / "owlv2"}

@@ -1,4 +1,4 @@
-"""The pipeline's model classes with random weights, built from configs — offline, no downloads.
+"""The data pipeline's model classes with random weights, built from configs — offline.
 
 ``tiny``: a few thousand parameters each, milliseconds per image on a CPU: tests and the demo
 (the models' outputs are meaningless, the code paths are the real ones). ``base``: the released
@@ -6,9 +6,9 @@ checkpoints' architectures at full size (BLIP base, Grounding DINO with Swin-T, 
 DINOv2 base, OWLv2 B/16, CLIP B/32): what a throughput benchmark needs when the weights cannot be
 downloaded — compute per image is the same as with trained weights.
 
-Tokenizers are written to a folder: a WordPiece vocab that keeps BERT's special ids ([CLS] 101,
-[SEP] 102, "." 1012 — Grounding DINO's text masks look for them) filled with made-up words, and
-the package's character-level CLIP tokenizer for OWLv2.
+Tokenizers are written to a folder (``tokenizers``): a made-up WordPiece vocabulary for BLIP and
+Grounding DINO, the character-level CLIP tokenizer for OWLv2. ``msdiffusion.data.models`` wraps
+these models into a build's ``Models``.
 """
 
 from __future__ import annotations
@@ -19,37 +19,12 @@ from typing import Any
 
 import torch
 
-from .captioner import HFCaptioner
-from .detectors import GroundingDinoDetector, Owlv2Detector
-from .features import HFFeatureEncoder
-from .models import Models
-from .segmenter import SamSegmenter
+from .tokenizers import bert_tokenizer, char_tokenizer
 
-__all__ = ["MODEL_NAMES", "random_model", "save_random_models", "random_models"]
+__all__ = ["MODEL_NAMES", "random_model", "save_random_models"]
 
 MODEL_NAMES = ("blip", "grounding_dino", "owlv2", "sam", "clip", "dinov2")
 BERT_VOCAB = {"tiny": 1100, "base": 30524}
-
-
-def _bert_tokenizer(directory: Path, size: int) -> Any:
-    from transformers import BertTokenizer
-
-    def made_up(i: int) -> str:  # letters only, so random captions still read as words
-        return "q" + "".join(chr(97 + (i // 26**k) % 26) for k in range(4))
-
-    vocab = [made_up(i) for i in range(size)]
-    for i, token in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]",
-                     1012: "."}.items():
-        vocab[i] = token
-    words = ["a", "the", "and", "of", "on", "in", "with", "red", "blue", "green", "yellow",
-             "square", "circle", "dog", "cat", "man", "ball", ","]
-    for i, token in enumerate(words + [chr(c) for c in range(97, 123)]
-                              + ["##" + chr(c) for c in range(97, 123)]):
-        vocab[200 + i] = token
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "vocab.txt"
-    path.write_text("\n".join(vocab) + "\n")
-    return BertTokenizer(str(path))
 
 
 def random_model(name: str, size: str = "tiny", *, work_dir: str | Path | None = None
@@ -114,7 +89,7 @@ def _build(name: str, size: str, work: Path) -> tuple[Any, Any]:
         image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32} if tiny
                                                 else {"height": 384, "width": 384})
         return (BlipForConditionalGeneration(config).eval(),
-                BlipProcessor(image_processor, _bert_tokenizer(work / "bert", vocab)))
+                BlipProcessor(image_processor, bert_tokenizer(work / "bert", vocab)))
     if name == "grounding_dino":
         vocab = BERT_VOCAB[size]
         config = GroundingDinoConfig(
@@ -132,10 +107,8 @@ def _build(name: str, size: str, work: Path) -> tuple[Any, Any]:
             size={"shortest_edge": 64, "longest_edge": 96} if tiny
             else {"shortest_edge": 800, "longest_edge": 1333})
         return (GroundingDinoForObjectDetection(config).eval(),
-                GroundingDinoProcessor(image_processor, _bert_tokenizer(work / "bert", vocab)))
+                GroundingDinoProcessor(image_processor, bert_tokenizer(work / "bert", vocab)))
     if name == "owlv2":
-        from ..presets import char_tokenizer
-
         tokenizer = char_tokenizer(work / "clip_tokenizer")
         ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                    pad_token_id=tokenizer.pad_token_id)
@@ -200,25 +173,3 @@ def save_random_models(directory: str | Path, size: str = "tiny", *, seed: int =
             processor.save_pretrained(directory / name)
             dirs[name] = str(directory / name)
     return dirs
-
-
-def random_models(size: str = "tiny", *, seed: int = 0, detector: str = "grounding_dino",
-                  features: str = "dinov2", segmenter: bool = True,
-                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                  batch_size: int = 8, max_new_tokens: int = 20) -> Models:
-    """All four pipeline models with random weights, in memory (see the module docstring)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-
-        def build(name: str) -> tuple[Any, Any]:
-            model, processor = random_model(name, size)
-            return model.to(device, dtype), processor
-
-        captioner = HFCaptioner(*build("blip"), max_new_tokens=max_new_tokens)
-        detector_class = {"grounding_dino": GroundingDinoDetector, "owlv2": Owlv2Detector}
-        found = detector_class[detector](*build(detector))
-        model, processor = build(features)
-        encoder = HFFeatureEncoder(model, getattr(processor, "image_processor", processor))
-        sam = SamSegmenter(*build("sam")) if segmenter else None
-    return Models(captioner=captioner, detector=found, features=encoder, segmenter=sam,
-                  batch_size=batch_size)

@@ -31,7 +31,7 @@ def sync(device: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["tiny", "mid", "full"], default="mid",
-                        help="architecture (msdiffusion.presets.ARCHITECTURES)")
+                        help="architecture (msdiffusion.testing.sdxl.ARCHITECTURES)")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
@@ -42,7 +42,7 @@ def main() -> None:
     from diffusers import StableDiffusionXLPipeline
 
     from msdiffusion import MSAdapter, MSDiffusionXLPipeline, Subject
-    from msdiffusion.presets import adapter_kwargs, random_components
+    from msdiffusion.testing.sdxl import adapter_kwargs, random_components
 
     dtype = getattr(torch, args.dtype)
     components = random_components(args.size)
@@ -58,7 +58,8 @@ def main() -> None:
     phrases = ["dog", "cat", "hat"]
     prompt = "a dog and a cat with a hat on the beach"
 
-    from msdiffusion.pipelines.subjects import build_conditioning, validate_layout
+    from msdiffusion.layout import validate_layout
+    from msdiffusion.pipelines.subjects import ConditioningSettings, build_conditioning
 
     device = torch.device(args.device)
     res = args.resolution
@@ -75,22 +76,13 @@ def main() -> None:
     conds, encode_ms = {}, {}
     for n in (2, 3):
         subjects = [Subject(refs[i], boxes[i], phrases[i]) for i in range(n)]
-        layouts = validate_layout([subjects], [prompt], ours.tokenizer, res, res, 0.6, None)
+        layouts = validate_layout([subjects], [prompt], ours.tokenizer, (res, res), 0.6, None)
         sync(args.device)
         start = time.perf_counter()
-        conds[n] = build_conditioning(
-            layouts,
-            adapter=adapter,
-            image_encoder=ours.image_encoder,
-            feature_extractor=ours.feature_extractor,
-            tokenizer=ours.tokenizer,
-            text_encoder=ours.text_encoder,
-            latent_size=latent,
-            num_images_per_prompt=1,
-            cond_start=1,
-            dtype=dtype,
-            device=device,
+        settings = ConditioningSettings(
+            latent_size=latent, num_images_per_prompt=1, cond_start=1, dtype=dtype, device=device
         )
+        conds[n] = build_conditioning(layouts, ours, settings)
         sync(args.device)
         encode_ms[f"{n} subjects"] = round((time.perf_counter() - start) * 1000, 2)
 

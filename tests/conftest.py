@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny, real, random-weight SDXL components (offline; see msdiffusion.presets)."""
+"""Shared fixtures: tiny, real, random-weight SDXL components (offline; msdiffusion.testing)."""
 
 from __future__ import annotations
 
@@ -19,20 +19,20 @@ EXAMPLES = REPO / "examples" / "subjects"
 @pytest.fixture(scope="session")
 def tiny_factory():
     """Builds independent copies of the tiny components (same weights for the same seed)."""
-    from msdiffusion.presets import tiny_components
+    from msdiffusion.testing.sdxl import random_components
 
-    return tiny_components
+    return lambda seed=0: random_components("tiny", seed)
 
 
 @pytest.fixture()
 def make_adapter():
     from msdiffusion.models.adapter import MSAdapter
-    from msdiffusion.presets import tiny_adapter_kwargs
+    from msdiffusion.testing.sdxl import adapter_kwargs
 
     def make(unet, seed: int = 0):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return MSAdapter.for_unet(unet, **tiny_adapter_kwargs())
+            return MSAdapter.for_unet(unet, **adapter_kwargs("tiny"))
 
     return make
 

@@ -9,14 +9,14 @@ import torch
 from safetensors import safe_open
 
 from msdiffusion.conditioning import MSConditioning
-from msdiffusion.convert import (
-    load_original_checkpoint,
+from msdiffusion.errors import CheckpointError
+from msdiffusion.models.adapter import MSAdapter
+from msdiffusion.models.attention import cross_attention_layers
+from msdiffusion.models.convert import (
     released_layer_order,
     save_original_checkpoint,
 )
-from msdiffusion.errors import CheckpointError
-from msdiffusion.models.adapter import MSAdapter, cross_attention_layers
-from msdiffusion.presets import tiny_adapter_kwargs
+from msdiffusion.testing.sdxl import adapter_kwargs
 
 
 def unet_call(unet, cond=None, seed=0):
@@ -94,22 +94,22 @@ def test_released_format_round_trip_uses_every_key(unet, make_adapter, tmp_path)
         f"{i}.to_{kv}_ip.weight" for i in order for kv in "kv"
     )
     assert all(i % 2 == 1 for i in order)
-    loaded = load_original_checkpoint(path, unet, **tiny_adapter_kwargs())
+    loaded = MSAdapter.from_original_checkpoint(path, unet, **adapter_kwargs("tiny"))
     for v1, v2 in zip(adapter.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(v1, v2)
     # one extra key, one missing key, one wrong shape: each named
     data["image_proj"]["unused.weight"] = torch.zeros(1)
     torch.save(data, tmp_path / "extra.bin")
     with pytest.raises(CheckpointError, match="unexpected key 'image_proj.unused.weight'"):
-        load_original_checkpoint(tmp_path / "extra.bin", unet, **tiny_adapter_kwargs())
+        MSAdapter.from_original_checkpoint(tmp_path / "extra.bin", unet, **adapter_kwargs("tiny"))
     del data["image_proj"]["unused.weight"]
     first = min(order)
     del data["ms_adapter"][f"{first}.to_v_ip.weight"]
     torch.save(data, tmp_path / "missing.bin")
     with pytest.raises(CheckpointError, match=f"missing key 'ms_adapter.{first}.to_v_ip.weight'"):
-        load_original_checkpoint(tmp_path / "missing.bin", unet, **tiny_adapter_kwargs())
+        MSAdapter.from_original_checkpoint(tmp_path / "missing.bin", unet, **adapter_kwargs("tiny"))
     with pytest.raises(CheckpointError, match="has shape"):  # default (released) sizes ≠ tiny file
-        load_original_checkpoint(path, unet)
+        MSAdapter.from_original_checkpoint(path, unet)
 
 
 class _RunsCode:
@@ -125,17 +125,17 @@ def test_code_running_pickle_is_refused_never_executed(unet, tmp_path):
     with open(path, "wb") as f:
         pickle.dump({"image_proj": _RunsCode()}, f)
     with pytest.raises(CheckpointError, match="weights_only"):
-        load_original_checkpoint(path, unet)
+        MSAdapter.from_original_checkpoint(path, unet)
     assert not os.path.exists(marker)
 
 
 def test_not_a_checkpoint_and_wrong_unet(unet, make_adapter, tmp_path, tiny_factory):
     (tmp_path / "text.bin").write_text("hello")
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
-        load_original_checkpoint(tmp_path / "text.bin", unet)
+        MSAdapter.from_original_checkpoint(tmp_path / "text.bin", unet)
     torch.save({"a": torch.zeros(1)}, tmp_path / "other.bin")
     with pytest.raises(CheckpointError, match="missing section 'image_proj'"):
-        load_original_checkpoint(tmp_path / "other.bin", unet)
+        MSAdapter.from_original_checkpoint(tmp_path / "other.bin", unet)
     adapter = make_adapter(unet)
     from diffusers import UNet2DConditionModel
 

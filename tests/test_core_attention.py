@@ -3,7 +3,8 @@
 import torch
 from diffusers.models.attention_processor import Attention
 
-from msdiffusion.conditioning import MSConditioning, latent_grids, rasterize_boxes
+from msdiffusion.conditioning import MSConditioning, latent_grids
+from msdiffusion.geometry import rasterize_boxes
 from msdiffusion.models.attention import MSCrossAttnProcessor, SubjectProjection
 
 Q = 3  # tokens per subject in these tests

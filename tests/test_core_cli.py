@@ -226,8 +226,8 @@ class _RunsCode:
 
 
 def test_convert_command_and_checkpoint_errors(tmp_path, capsys, tiny_factory, make_adapter):
-    from msdiffusion.convert import save_original_checkpoint
     from msdiffusion.models.adapter import MSAdapter
+    from msdiffusion.models.convert import save_original_checkpoint
 
     unet = tiny_factory()["unet"]
     adapter = make_adapter(unet, seed=5)
@@ -276,7 +276,9 @@ def test_sdxl_path_loads_every_component_from_local_folders(tmp_path, tiny_facto
     """The real loading path (from_pretrained on folders) with tiny weights."""
     from diffusers import StableDiffusionXLPipeline
 
-    from msdiffusion.inference import GenerationRequest, SubjectSpec, generate, load_pipeline
+    from msdiffusion.inference import generate
+    from msdiffusion.loading import load_pipeline
+    from msdiffusion.request import GenerationRequest, SubjectSpec
 
     components = tiny_factory()
     encoder = components.pop("image_encoder")

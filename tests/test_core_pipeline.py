@@ -83,7 +83,7 @@ def test_batch_with_different_subject_counts_equals_one_by_one(pipes, refs):
 def test_non_square_box_changes_only_its_half_at_every_cross_attention(
     pipes, refs, size, box, half
 ):
-    from msdiffusion.models.adapter import cross_attention_layers
+    from msdiffusion.models.attention import cross_attention_layers
 
     _, pipe = pipes
     seen = []

@@ -37,7 +37,7 @@ def free_port() -> int:
 def server(tmp_path_factory):
     """The page on the tiny preset, on a free localhost port; yields (url, outputs folder, demo)."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    from msdiffusion.inference import load_pipeline
+    from msdiffusion.loading import load_pipeline
     from msdiffusion.ui.app import launch
 
     out_dir = tmp_path_factory.mktemp("ui-outputs")

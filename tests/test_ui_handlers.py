@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from msdiffusion.inference import GenerationResult, read_requests, write_result
+from msdiffusion.inference import GenerationResult, write_result
+from msdiffusion.request import read_requests
 from msdiffusion.ui import handlers as h
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def test_a_box_is_needed_without_auto_layout(refs):
 
 
 def test_pipeline_layout_rules_are_checked_up_front(refs, tmp_path):
-    from msdiffusion.presets import char_tokenizer
+    from msdiffusion.testing.tokenizers import char_tokenizer
 
     tokenizer = char_tokenizer(tmp_path / "tokenizer")
     form = filled_form(refs)
@@ -129,13 +130,13 @@ def test_pipeline_layout_rules_are_checked_up_front(refs, tmp_path):
     assert set(errors) == {"s2.mask"} and "aspect ratio" in errors["s2.mask"]
 
 
-def test_error_arguments_map_to_slots():
+def test_error_locations_map_to_slots():
     slots = [0, 2, 3]
-    assert h._field_of("subjects[1].images[0]", slots) == "s2.images"
-    assert h._field_of("requests[0].subjects[2].mask", slots) == "s3.mask"
-    assert h._field_of("subjects[0].box", slots) == "s0.box"
-    assert h._field_of("num_inference_steps", slots) == "steps"
-    assert h._field_of("guidance_scale", slots) == "guidance"
+    assert h._field_of(("subjects", 1, "images", 0), slots) == "s2.images"
+    assert h._field_of(("requests", 0, "subjects", 2, "mask"), slots) == "s3.mask"
+    assert h._field_of(("subjects", 0, "box"), slots) == "s0.box"
+    assert h._field_of(("num_inference_steps",), slots) == "steps"
+    assert h._field_of(("guidance_scale",), slots) == "guidance"
     assert h.field_label("s2.box") == "subject 3 box"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _EXPORTS = {
     "MSAdapter": "msdiffusion.models.adapter",
@@ -20,9 +20,9 @@ _EXPORTS = {
     "MSDiffusionXLPipelineOutput": "msdiffusion.pipelines.pipeline_msdiffusion_xl",
     "MSConditioning": "msdiffusion.conditioning",
     "Subject": "msdiffusion.layout",
-    "GenerationRequest": "msdiffusion.inference",
-    "SubjectSpec": "msdiffusion.inference",
-    "load_pipeline": "msdiffusion.inference",
+    "GenerationRequest": "msdiffusion.request",
+    "SubjectSpec": "msdiffusion.request",
+    "load_pipeline": "msdiffusion.loading",
     "generate": "msdiffusion.inference",
     "InputError": "msdiffusion.errors",
     "CheckpointError": "msdiffusion.errors",
@@ -32,14 +32,16 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 if TYPE_CHECKING:  # for type checkers and IDEs only
     from .conditioning import MSConditioning
     from .errors import CheckpointError, InputError
-    from .inference import GenerationRequest, SubjectSpec, generate, load_pipeline
+    from .inference import generate
     from .layout import Subject
+    from .loading import load_pipeline
     from .models.adapter import MSAdapter, MSAdapterConfig
     from .models.resampler import GroundingResampler
     from .pipelines.pipeline_msdiffusion_xl import (
         MSDiffusionXLPipeline,
         MSDiffusionXLPipelineOutput,
     )
+    from .request import GenerationRequest, SubjectSpec
 
 
 def __getattr__(name: str) -> Any:

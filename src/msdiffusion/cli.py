@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="msdiffusion",
         description="Multi-subject, layout-guided personalisation of SDXL (MS-Diffusion).",
     )
-    from . import __version__
+    from .version import __version__
 
     parser.add_argument("--version", action="version", version=f"msdiffusion {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -4,9 +4,9 @@ geometry — plus per-call caches, so masks are rasterised once per grid and the
 K/V once per layer, not at every layer and step.
 
 Regions follow DESIGN §2.2: a box covers cell (r, c) iff ``floor(y0·H) ≤ r < ceil(y1·H)`` and
-``floor(x0·W) ≤ c < ceil(x1·W)``, on each grid (any aspect ratio); a region mask covers the cells
-it touches (max-pooled to the grid, the same conservative rule). Auto layout (§2.3) replaces the
-regions by thresholded text-attention maps from ``start_step`` on.
+``floor(x0·W) ≤ c < ceil(x1·W)``, on each grid (any aspect ratio; ``geometry.rasterize_boxes``);
+a region mask covers the cells it touches (max-pooled to the grid, the same conservative rule).
+Auto layout (§2.3) replaces the regions by thresholded text-attention maps from ``start_step`` on.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MSConditioning", "rasterize_boxes", "latent_grids"]
+from .geometry import rasterize_boxes
+
+__all__ = ["MSConditioning", "latent_grids"]
 
 
 def latent_grids(latent_size: tuple[int, int], levels: int = 8) -> list[tuple[int, int]]:
@@ -28,18 +30,6 @@ def latent_grids(latent_size: tuple[int, int], levels: int = 8) -> list[tuple[in
         h, w = (h + 1) // 2, (w + 1) // 2
         grids.append((h, w))
     return grids
-
-
-def rasterize_boxes(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Boxes ``(..., 4)`` normalised → bool cells ``(..., h, w)``; a zero box covers nothing."""
-    boxes = boxes.float()
-    col0, col1 = torch.floor(boxes[..., 0] * w), torch.ceil(boxes[..., 2] * w)  # (...)
-    row0, row1 = torch.floor(boxes[..., 1] * h), torch.ceil(boxes[..., 3] * h)
-    cols = torch.arange(w, device=boxes.device, dtype=torch.float32)
-    rows = torch.arange(h, device=boxes.device, dtype=torch.float32)
-    in_x = (cols >= col0[..., None]) & (cols < col1[..., None])  # (..., w)
-    in_y = (rows >= row0[..., None]) & (rows < row1[..., None])  # (..., h)
-    return in_y[..., :, None] & in_x[..., None, :]  # (..., h, w)
 
 
 @dataclass(frozen=True, eq=False)

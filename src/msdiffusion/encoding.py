@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputError
+from .errors import InputError, Location
 
 REFERENCE_SIZE = 512  # references are squashed to 512×512 before the CLIP preprocessing
 
@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-def load_image(image: Any, argument: str = "image") -> Image.Image:
+def load_image(image: Any, argument: str | Location = "image") -> Image.Image:
     """A PIL image or a path → an RGB PIL image; a clear error for a missing or unreadable file."""
     if isinstance(image, Image.Image):
         return image if image.mode == "RGB" else image.convert("RGB")

@@ -5,55 +5,34 @@ Boxes are ``(x0, y0, x1, y1)`` normalised to [0, 1] of the *output* image (x = c
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .errors import InputError
+from .errors import ErrorList, InputError, Location, format_location
+from .geometry import EMPTY_BOX, Box, mask_bbox, validate_box
 
-Box = tuple[float, float, float, float]
-ImageLike = Union[Image.Image, str, "os.PathLike[str]"]  # noqa: F821 — a path is loaded lazily
+logger = logging.getLogger(__name__)
 
 __all__ = [
-    "Box",
     "Subject",
-    "validate_box",
     "validate_scale",
     "mask_to_array",
-    "mask_bbox",
     "phrase_token_span",
     "find_phrase",
+    "normalise_subject_lists",
+    "SubjectLayout",
+    "validate_layout",
 ]
 
 
-def validate_box(box: Any, argument: str = "box") -> Box:
-    """Check a box: four finite numbers in [0, 1] with x0 < x1 and y0 < y1; returns floats."""
-    if isinstance(box, str):
-        parts = [p for p in re.split(r"[,\s]+", box.strip()) if p]
-        try:
-            box = [float(p) for p in parts]
-        except ValueError:
-            raise InputError(argument, "must be four numbers x0,y0,x1,y1", box) from None
-    try:
-        values = [float(v) for v in box]
-    except (TypeError, ValueError):
-        raise InputError(argument, "must be four numbers x0,y0,x1,y1", box) from None
-    if len(values) != 4:
-        raise InputError(argument, "must be four numbers x0,y0,x1,y1", box)
-    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
-        raise InputError(argument, "coordinates must lie in [0, 1] (normalised to the output)", box)
-    x0, y0, x1, y1 = values
-    if not (x0 < x1 and y0 < y1):
-        raise InputError(argument, "needs x0 < x1 and y0 < y1", box)
-    return (x0, y0, x1, y1)
-
-
-def validate_scale(scale: Any, argument: str = "scale") -> float:
+def validate_scale(scale: Any, argument: str | Location = "scale") -> float:
     try:
         value = float(scale)
     except (TypeError, ValueError):
@@ -63,7 +42,7 @@ def validate_scale(scale: Any, argument: str = "scale") -> float:
     return value
 
 
-def mask_to_array(mask: Any, argument: str = "mask") -> np.ndarray:
+def mask_to_array(mask: Any, argument: str | Location = "mask") -> np.ndarray:
     """A region mask (PIL image, array or tensor; > 0.5 of the range is inside) → bool (h, w)."""
     if isinstance(mask, Image.Image):
         array = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
@@ -86,13 +65,6 @@ def mask_to_array(mask: Any, argument: str = "mask") -> np.ndarray:
     if not inside.any():
         raise InputError(argument, "is empty (no pixel above 0.5)", tuple(array.shape))
     return inside
-
-
-def mask_bbox(mask: np.ndarray) -> Box:
-    """Normalised bounding box of a bool mask (used as the subject's box embedding)."""
-    rows, cols = np.nonzero(mask)
-    h, w = mask.shape
-    return (cols.min() / w, rows.min() / h, (cols.max() + 1) / w, (rows.max() + 1) / h)
 
 
 @dataclass(frozen=True)
@@ -120,16 +92,16 @@ class Subject:
     def __post_init__(self) -> None:
         images = self.image if isinstance(self.image, (list, tuple)) else [self.image]
         if len(images) == 0 or any(im is None for im in images):
-            raise InputError("subject.image", "needs at least one reference image", self.image)
+            raise InputError(("subject", "image"), "needs at least one reference image", self.image)
         object.__setattr__(self, "image", list(images))
         if self.box is not None:
-            object.__setattr__(self, "box", validate_box(self.box, "subject.box"))
+            object.__setattr__(self, "box", validate_box(self.box, ("subject", "box")))
         if not isinstance(self.phrase, str) or not self.phrase.strip():
-            raise InputError("subject.phrase", "must be a non-empty string", self.phrase)
+            raise InputError(("subject", "phrase"), "must be a non-empty string", self.phrase)
         if self.scale is not None:
-            object.__setattr__(self, "scale", validate_scale(self.scale, "subject.scale"))
+            object.__setattr__(self, "scale", validate_scale(self.scale, ("subject", "scale")))
         if self.mask is not None:
-            object.__setattr__(self, "mask", mask_to_array(self.mask, "subject.mask"))
+            object.__setattr__(self, "mask", mask_to_array(self.mask, ("subject", "mask")))
 
     @property
     def images(self) -> list[Any]:
@@ -195,5 +167,73 @@ def normalise_subject_lists(subjects: Any, batch_size: int) -> list[list[Subject
     for i, group in enumerate(per_prompt):
         for j, subject in enumerate(group):
             if not isinstance(subject, Subject):
-                raise InputError(f"subjects[{i}][{j}]", "must be a Subject", type(subject).__name__)
+                raise InputError(("subjects", i, j), "must be a Subject", type(subject).__name__)
     return per_prompt
+
+
+@dataclass
+class SubjectLayout:
+    """One subject, checked against its prompt and output size."""
+
+    subject: Subject
+    box: Box  # for the grounding embedding (the mask's bounding box if there is no box)
+    region_box: Box  # the attention region's box (EMPTY_BOX: none)
+    mask: np.ndarray | None
+    span: tuple[int, int]  # phrase token span in the prompt, (0, 0) when not found
+    scale: float
+
+
+def validate_layout(
+    subjects: list[list[Subject]],
+    prompts: list[str],
+    tokenizer: Any,
+    size: tuple[int, int],
+    scale: float,
+    mask_threshold: float | None,
+) -> list[list[SubjectLayout]]:
+    """Check every subject against its prompt and the output ``size`` (height, width): masks of
+    the output's aspect ratio, a region for each subject (or auto layout), phrases in the prompt
+    (required under auto layout, a warning otherwise). Reports every error at once."""
+    height, width = size
+    errors = ErrorList()
+    layouts: list[list[SubjectLayout]] = []
+    for i, (group, prompt) in enumerate(zip(subjects, prompts)):
+        row = []
+        for j, subject in enumerate(group):
+            where: Location = ("subjects", i, j) if len(subjects) > 1 else ("subjects", j)
+            mask = subject.mask
+            if mask is not None:
+                mh, mw = mask.shape
+                if abs(mh * width - mw * height) > max(height, width, mh, mw):
+                    errors.add(InputError(
+                        (*where, "mask"),
+                        f"must have the output's aspect ratio (width x height {width}x{height})",
+                        f"{mw}x{mh}",
+                    ))
+            if subject.box is None and mask is None and mask_threshold is None:
+                errors.add(InputError(
+                    (*where, "box"), "needs a box or a mask (or auto layout: mask_threshold)", None
+                ))
+            span = phrase_token_span(tokenizer, prompt, subject.phrase)
+            if span is None:
+                if mask_threshold is not None:
+                    errors.add(InputError(
+                        (*where, "phrase"),
+                        f"must appear in the prompt {prompt!r} for auto layout",
+                        subject.phrase,
+                    ))
+                else:
+                    logger.warning(
+                        "%s.phrase %r is not in the prompt %r",
+                        format_location(where),
+                        subject.phrase,
+                        prompt,
+                    )
+                span = (0, 0)
+            bbox = subject.box or (mask_bbox(mask) if mask is not None else EMPTY_BOX)
+            region = subject.box or EMPTY_BOX
+            own = scale if subject.scale is None else subject.scale
+            row.append(SubjectLayout(subject, bbox, region, mask, span, own))
+        layouts.append(row)
+    errors.raise_if_any()
+    return layouts

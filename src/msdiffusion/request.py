@@ -1,55 +1,97 @@
 """``GenerationRequest``: one generation job as plain data — what the CLI's flags, a request JSON,
-a sidecar and the web UI's form all become. Validated once, here, with errors that name the field.
+a sidecar and the web UI's form all become. Validated here, once, reporting every error at once,
+each located at its field (``("subjects", 1, "box")``):
+
+- ``GenerationRequest.validate`` (run on construction): every field's own rule;
+- ``GenerationRequest.prepare``: the request against a model — the output size the model can
+  make, every reference and mask readable, and the layout rules (``layout.validate_layout``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
-from .errors import InputError
-from .layout import validate_box, validate_scale
+from .configs import read_json
+from .encoding import load_image
+from .errors import ErrorList, InputError
+from .geometry import Box, validate_box
+from .layout import Subject, mask_to_array, validate_layout, validate_scale
 
 __all__ = ["SubjectSpec", "GenerationRequest", "read_requests"]
+
+SUBJECT_FIELDS = ("images", "box", "phrase", "scale", "mask")
 
 
 @dataclass
 class SubjectSpec:
-    """A subject as data: reference image path(s) (or PIL images), box, phrase, scale, mask."""
+    """A subject as data: reference image path(s) (or PIL images), box, phrase, scale, mask.
+
+    Its errors are located relative to the subject (``("box",)``); a request puts them under
+    ``("subjects", j)``.
+    """
 
     images: list[Any]
-    box: tuple[float, float, float, float] | None
+    box: Box | None
     phrase: str
     scale: float | None = None
     mask: Any = None
 
-    def validate(self, where: str) -> SubjectSpec:
+    def validate(self) -> SubjectSpec:
+        """Check (and normalise) every field; all errors at once."""
+        errors = ErrorList()
         images = self.images if isinstance(self.images, (list, tuple)) else [self.images]
         if not images:
-            raise InputError(f"{where}.images", "needs at least one reference image", self.images)
+            errors.add(InputError(("images",), "needs at least one reference image", self.images))
         for k, image in enumerate(images):
             if not isinstance(image, (str, os.PathLike, Image.Image)):
-                raise InputError(
-                    f"{where}.images[{k}]", "must be a path or an image", type(image).__name__
+                errors.add(
+                    InputError(("images", k), "must be a path or an image", type(image).__name__)
                 )
-            if isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
-                raise InputError(f"{where}.images[{k}]", "file does not exist", os.fspath(image))
+            elif isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
+                errors.add(InputError(("images", k), "file does not exist", os.fspath(image)))
         self.images = list(images)
         if self.box is not None:
-            self.box = validate_box(self.box, f"{where}.box")
+            with errors.check():
+                self.box = validate_box(self.box, ("box",))
         if not isinstance(self.phrase, str) or not self.phrase.strip():
-            raise InputError(f"{where}.phrase", "must be a non-empty string", self.phrase)
+            errors.add(InputError(("phrase",), "must be a non-empty string", self.phrase))
         if self.scale is not None:
-            self.scale = validate_scale(self.scale, f"{where}.scale")
+            with errors.check():
+                self.scale = validate_scale(self.scale, ("scale",))
         if isinstance(self.mask, (str, os.PathLike)) and not os.path.isfile(self.mask):
-            raise InputError(f"{where}.mask", "file does not exist", os.fspath(self.mask))
+            errors.add(InputError(("mask",), "file does not exist", os.fspath(self.mask)))
+        errors.raise_if_any()
         return self
+
+    def load(self) -> tuple[list[Image.Image], np.ndarray | None]:
+        """The reference images (RGB) and the mask (bool, ``None`` without one), read from disk
+        where they are paths; unreadable images and empty masks are errors, all at once."""
+        errors = ErrorList()
+        images = []
+        for k, image in enumerate(self.images):
+            with errors.check():
+                images.append(load_image(image, ("images", k)))
+        mask = None
+        if self.mask is not None:
+            with errors.check():
+                source = self.mask
+                if isinstance(source, (str, os.PathLike)):
+                    source = load_image(source, ("mask",))
+                mask = mask_to_array(source, ("mask",))
+        errors.raise_if_any()
+        return images, mask
+
+    def to_subject(self) -> Subject:
+        """The pipeline's ``Subject`` (images and mask loaded)."""
+        images, mask = self.load()
+        return Subject(image=images, box=self.box, phrase=self.phrase, mask=mask, scale=self.scale)
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
@@ -101,41 +143,91 @@ class GenerationRequest:
         self.validate()
 
     def validate(self) -> GenerationRequest:
+        """Check (and normalise) every field; raises every error found at once."""
+        errors = ErrorList()
         if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise InputError("prompt", "must be a non-empty string", self.prompt)
+            errors.add(InputError("prompt", "must be a non-empty string", self.prompt))
         if not isinstance(self.negative_prompt, str):
-            raise InputError("negative_prompt", "must be a string", self.negative_prompt)
+            errors.add(InputError("negative_prompt", "must be a string", self.negative_prompt))
         for name in ("height", "width"):
             value = getattr(self, name)
-            if value is not None and (_check_int(name, value, 8) % 8):
-                raise InputError(name, "must be a positive multiple of 8", value)
-        _check_int("num_inference_steps", self.num_inference_steps, 1, 1000)
-        self.guidance_scale = _check_float("guidance_scale", self.guidance_scale, 0.0)
-        self.scale = _check_float("scale", self.scale, 0.0)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        _check_int("num_images", self.num_images, 1, 64)
+            with errors.check():
+                if value is not None and (_check_int(name, value, 8) % 8):
+                    raise InputError(name, "must be a positive multiple of 8", value)
+        with errors.check():
+            _check_int("num_inference_steps", self.num_inference_steps, 1, 1000)
+        with errors.check():
+            self.guidance_scale = _check_float("guidance_scale", self.guidance_scale, 0.0)
+        with errors.check():
+            self.scale = _check_float("scale", self.scale, 0.0)
+        with errors.check():
+            _check_int("seed", self.seed, 0, 2**63 - 1)
+        with errors.check():
+            _check_int("num_images", self.num_images, 1, 64)
         if self.mask_threshold is not None:
-            self.mask_threshold = _check_float(
-                "mask_threshold", self.mask_threshold, 0.0, 1.0, high_open=True
-            )
-        _check_int("start_step", self.start_step, 0)
+            with errors.check():
+                self.mask_threshold = _check_float(
+                    "mask_threshold", self.mask_threshold, 0.0, 1.0, high_open=True
+                )
+        with errors.check():
+            _check_int("start_step", self.start_step, 0)
         if not isinstance(self.drop_grounding_tokens, bool):
-            raise InputError(
-                "drop_grounding_tokens", "must be true or false", self.drop_grounding_tokens
+            errors.add(
+                InputError(
+                    "drop_grounding_tokens", "must be true or false", self.drop_grounding_tokens
+                )
             )
         if not isinstance(self.subjects, list):
-            raise InputError("subjects", "must be a list", self.subjects)
+            errors.add(InputError("subjects", "must be a list", self.subjects))
+            errors.raise_if_any()
         for j, subject in enumerate(self.subjects):
             if not isinstance(subject, SubjectSpec):
-                raise InputError(f"subjects[{j}]", "must be a SubjectSpec", type(subject).__name__)
-            subject.validate(f"subjects[{j}]")
-            if subject.box is None and subject.mask is None and self.mask_threshold is None:
-                raise InputError(
-                    f"subjects[{j}].box",
-                    "needs a box or a mask (or auto layout: mask_threshold)",
-                    None,
+                errors.add(
+                    InputError(("subjects", j), "must be a SubjectSpec", type(subject).__name__)
                 )
+                continue
+            with errors.check("subjects", j):
+                subject.validate()
+            if subject.box is None and subject.mask is None and self.mask_threshold is None:
+                errors.add(
+                    InputError(
+                        ("subjects", j, "box"),
+                        "needs a box or a mask (or auto layout: mask_threshold)",
+                        None,
+                    )
+                )
+        errors.raise_if_any()
         return self
+
+    def size(self, default_size: int) -> tuple[int, int]:
+        """(height, width) of the output; ``default_size`` where the request leaves it open."""
+        return (self.height or default_size, self.width or default_size)
+
+    def prepare(
+        self, tokenizer: Any, default_size: int, size_multiple: int = 8
+    ) -> list[Subject]:
+        """The request against a model: an output size that is a multiple of the model's
+        ``size_multiple`` (its VAE's), every reference and mask readable, and the layout rules
+        (masks of the output's aspect ratio, phrases in the prompt under auto layout) with the
+        model's ``tokenizer``. Returns the subjects as the pipeline takes them; every error at
+        once."""
+        errors = ErrorList()
+        height, width = self.size(default_size)
+        for name, value in (("height", height), ("width", width)):
+            if value % size_multiple:
+                errors.add(InputError(name, f"must be a multiple of {size_multiple}", value))
+        subjects = []
+        for j, spec in enumerate(self.subjects):
+            with errors.check("subjects", j):
+                subjects.append(spec.to_subject())
+        if not errors:
+            with errors.check():
+                validate_layout(
+                    [subjects], [self.prompt], tokenizer, (height, width), self.scale,
+                    self.mask_threshold,
+                )
+        errors.raise_if_any()
+        return subjects
 
     # -- plain data -----------------------------------------------------------------------------
     def to_dict(self, base_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -161,45 +253,47 @@ class GenerationRequest:
         """Build and validate from a dict (a request JSON entry); paths relative to base_dir."""
         if not isinstance(data, dict):
             raise InputError("request", "must be a JSON object", type(data).__name__)
+        errors = ErrorList()
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(
-                f"request.{unknown[0]}",
-                f"is not a request field ({sorted(known)})",
-                data[unknown[0]],
+        for key in sorted(set(data) - known):
+            errors.add(
+                InputError(("request", key), f"is not a request field ({sorted(known)})", data[key])
             )
         if "prompt" not in data:
-            raise InputError("request.prompt", "is required", None)
-        values = dict(data)
+            errors.add(InputError(("request", "prompt"), "is required", None))
+        values = {k: v for k, v in data.items() if k in known}
         raw_subjects = values.pop("subjects", []) or []
         if not isinstance(raw_subjects, list):
-            raise InputError("subjects", "must be a list", raw_subjects)
+            errors.add(InputError("subjects", "must be a list", raw_subjects))
+            raw_subjects = []
         subjects = []
         for j, raw in enumerate(raw_subjects):
-            if not isinstance(raw, dict):
-                raise InputError(f"subjects[{j}]", "must be an object", raw)
-            extra = sorted(set(raw) - {"images", "image", "box", "phrase", "scale", "mask"})
-            if extra:
-                raise InputError(
-                    f"subjects[{j}].{extra[0]}",
-                    "is not a subject field (images, box, phrase, scale, mask)",
-                    raw[extra[0]],
-                )
-            images = raw.get("images", raw.get("image"))
-            if images is None:
-                raise InputError(f"subjects[{j}].images", "is required", None)
-            images = images if isinstance(images, list) else [images]
-            subjects.append(
-                SubjectSpec(
-                    images=[_path_in(p, base_dir) for p in images],
-                    box=raw.get("box"),
-                    phrase=raw.get("phrase", ""),
-                    scale=raw.get("scale"),
-                    mask=_path_in(raw["mask"], base_dir) if raw.get("mask") else None,
-                )
-            )
+            with errors.check("subjects", j):
+                subjects.append(_subject_from_dict(raw, base_dir))
+        errors.raise_if_any()
         return cls(subjects=subjects, **values)
+
+
+def _subject_from_dict(raw: Any, base_dir: str | os.PathLike[str] | None) -> SubjectSpec:
+    """A subject entry of a request JSON (errors relative to the subject)."""
+    if not isinstance(raw, dict):
+        raise InputError((), "must be an object", raw)
+    extra = sorted(set(raw) - {*SUBJECT_FIELDS, "image"})
+    if extra:
+        raise InputError(
+            (extra[0],), f"is not a subject field ({', '.join(SUBJECT_FIELDS)})", raw[extra[0]]
+        )
+    images = raw.get("images", raw.get("image"))
+    if images is None:
+        raise InputError(("images",), "is required", None)
+    images = images if isinstance(images, list) else [images]
+    return SubjectSpec(
+        images=[_path_in(p, base_dir) for p in images],
+        box=raw.get("box"),
+        phrase=raw.get("phrase", ""),
+        scale=raw.get("scale"),
+        mask=_path_in(raw["mask"], base_dir) if raw.get("mask") else None,
+    )
 
 
 def _path_in(value: Any, base_dir: str | os.PathLike[str] | None) -> Any:
@@ -211,7 +305,7 @@ def _path_in(value: Any, base_dir: str | os.PathLike[str] | None) -> Any:
 def _path_out(value: Any, base_dir: str | os.PathLike[str] | None) -> Any:
     if isinstance(value, Image.Image):
         raise InputError(
-            "subjects.images", "in-memory images must be saved before writing JSON", "PIL.Image"
+            ("subjects", "images"), "in-memory images must be saved before writing JSON", "PIL.Image"
         )
     path = Path(value).resolve()
     if base_dir is not None:
@@ -224,13 +318,7 @@ def _path_out(value: Any, base_dir: str | os.PathLike[str] | None) -> Any:
 
 def read_requests(path: str | os.PathLike[str]) -> list[GenerationRequest]:
     """Requests from a JSON file: one request, a list, ``{"requests": [...]}``, or a sidecar."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("request", "file does not exist", str(path))
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError("request", f"is not valid JSON ({err})", str(path)) from None
+    data = read_json(path, "request")
     if isinstance(data, dict) and "requests" in data:
         data = data["requests"]
     elif isinstance(data, dict) and isinstance(data.get("request"), dict):  # a sidecar
@@ -238,4 +326,4 @@ def read_requests(path: str | os.PathLike[str]) -> list[GenerationRequest]:
     entries = data if isinstance(data, list) else [data]
     if not entries:
         raise InputError("request", "holds no requests", str(path))
-    return [GenerationRequest.from_dict(entry, base_dir=path.parent) for entry in entries]
+    return [GenerationRequest.from_dict(entry, base_dir=Path(path).parent) for entry in entries]

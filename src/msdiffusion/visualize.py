@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from .charts import font
 
 __all__ = ["PALETTE", "draw_layout", "draw_overlay", "image_grid"]
 
@@ -20,13 +22,6 @@ PALETTE = [
     (220, 90, 170),
     (120, 120, 120),
 ]
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
 
 
 def draw_layout(
@@ -48,7 +43,7 @@ def draw_layout(
         out = Image.composite(tint, out, region.resize(out.size, Image.Resampling.NEAREST))
     draw = ImageDraw.Draw(out)
     width = max(2, round(min(w, h) / 128))
-    font = _font(max(10, min(w, h) // 20))
+    label_font = font(max(10, min(w, h) // 20))
     for i, (box, phrase) in enumerate(zip(boxes, phrases)):
         color = PALETTE[i % len(PALETTE)]
         if box is not None:
@@ -61,10 +56,10 @@ def draw_layout(
             mh, mw = np.asarray(masks[i]).shape
             anchor = (cols.min() * w / mw + 2, rows.min() * h / mh + 2)
         else:
-            anchor = (4, 4 + i * (font.size if hasattr(font, "size") else 12))
-        text_box = draw.textbbox(anchor, phrase, font=font)
+            anchor = (4, 4 + i * (label_font.size if hasattr(label_font, "size") else 12))
+        text_box = draw.textbbox(anchor, phrase, font=label_font)
         draw.rectangle(text_box, fill=color)
-        draw.text(anchor, phrase, fill=(255, 255, 255), font=font)
+        draw.text(anchor, phrase, fill=(255, 255, 255), font=label_font)
     return out
 
 
@@ -89,7 +84,7 @@ def draw_overlay(image: Image.Image, request: Any) -> Image.Image:
     canvas = Image.new("RGB", (w + thumb + 8, max(h, rows * thumb)), (255, 255, 255))
     canvas.paste(left, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    font = _font(max(9, thumb // 8))
+    label_font = font(max(9, thumb // 8))
     y = 0
     for i, subject in enumerate(subjects):
         color = PALETTE[i % len(PALETTE)]
@@ -99,7 +94,7 @@ def draw_overlay(image: Image.Image, request: Any) -> Image.Image:
             x = w + 8 + (thumb - 6 - tile.width) // 2
             canvas.paste(tile, (x, y + 3))
             draw.rectangle((w + 5, y + 1, w + thumb + 6, y + thumb - 2), outline=color, width=3)
-            draw.text((w + 9, y + 3), subject.phrase, fill=color, font=font)
+            draw.text((w + 9, y + 3), subject.phrase, fill=color, font=label_font)
             y += thumb
     return canvas
 

@@ -33,9 +33,9 @@ def unet_from_config(source: str):
     from ..errors import ModelNotAvailableError
 
     if source == "tiny":
-        from ..presets import tiny_components
+        from ..testing.sdxl import random_components
 
-        return tiny_components()["unet"]
+        return random_components("tiny")["unet"]
     for subfolder in (None, "unet"):
         try:
             config = UNet2DConditionModel.load_config(source, subfolder=subfolder)
@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
     unet = unet_from_config(args.unet)
     overrides = {}
     if args.unet == "tiny":
-        from ..presets import tiny_adapter_kwargs
+        from ..testing.sdxl import adapter_kwargs
 
-        overrides = tiny_adapter_kwargs()
+        overrides = adapter_kwargs("tiny")
     adapter = MSAdapter.from_original_checkpoint(args.checkpoint, unet, **overrides)
     adapter.save_pretrained(args.out)
     count = sum(p.numel() for p in adapter.parameters())

@@ -188,7 +188,7 @@ def requests_from_args(args: argparse.Namespace) -> list:
 
 
 def load_model(args: argparse.Namespace):
-    from ..inference import load_pipeline
+    from ..loading import load_pipeline
 
     return load_pipeline(
         args.preset,
@@ -206,14 +206,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import generate, write_result
 
     model = load_model(args)
-    for request in requests:  # sizes the pipeline can't take fail before any image is made
-        for name in ("height", "width"):
-            value = getattr(request, name)
-            if value is not None and value % model.pipe.vae_scale_factor:
-                raise InputError(
-                    f"--{name}", f"must be a multiple of {model.pipe.vae_scale_factor}", value
-                )
-    results = generate(model, requests, batch_size=args.batch_size)
+    results = generate(model, requests, batch_size=args.batch_size)  # checks them against it
     for i, result in enumerate(results):
         stem = "image" if len(results) == 1 else f"request{i:03d}"
         for files in write_result(result, args.out, model.info, stem=stem):

@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.models.attention_processor import Attention
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..atomic import atomic_dir
 from ..errors import CheckpointError, InputError
-from .attention import MSCrossAttnProcessor, MSSelfAttnProcessor, SubjectProjection
+from ..version import __version__
+from .attention import (
+    MSCrossAttnProcessor,
+    MSSelfAttnProcessor,
+    SubjectProjection,
+    cross_attention_layers,
+)
+from .convert import original_state_dict
 from .resampler import GroundingResampler
 
-__all__ = ["MSAdapter", "MSAdapterConfig", "cross_attention_layers"]
+__all__ = ["MSAdapter", "MSAdapterConfig"]
 
 WEIGHTS_NAME = "adapter.safetensors"
 CONFIG_NAME = "config.json"
@@ -56,15 +61,6 @@ class MSAdapterConfig:
         if unknown:
             raise CheckpointError(f"adapter config has unknown keys {unknown}")
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def cross_attention_layers(unet: nn.Module) -> dict[str, Attention]:
-    """The UNet's cross-attention modules by module name (found by introspection)."""
-    return {
-        name: m
-        for name, m in unet.named_modules()
-        if isinstance(m, Attention) and m.is_cross_attention
-    }
 
 
 def _module_key(name: str) -> str:
@@ -152,13 +148,6 @@ class MSAdapter(nn.Module):
         """State-dict prefix of a layer's projections."""
         return f"projections.{_module_key(layer)}"
 
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The resampler and every layer's projections. The dummy tokens are left out: they never
-        reach the output (background cells are zeroed), so their gradient is always zero."""
-        for name, param in self.named_parameters():
-            if name != "dummy_tokens":
-                yield param
-
     # -- compute --------------------------------------------------------------------------------
     def forward(
         self,
@@ -214,31 +203,17 @@ class MSAdapter(nn.Module):
 
     # -- our format -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` and ``adapter.safetensors`` atomically (temp dir, then rename)."""
-        from .. import __version__
-
+        """Write ``config.json`` and ``adapter.safetensors`` atomically (a folder swapped in)."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
         config = {"format": FORMAT, "msdiffusion_version": __version__, **asdict(self.config)}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_dir(directory) as tmp:
             save_file(
                 state,
                 str(tmp / WEIGHTS_NAME),
                 metadata={"format": FORMAT, "config": json.dumps(config)},
             )
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                _rmtree(old)
-            else:
-                os.replace(tmp, directory)
-        except BaseException:
-            _rmtree(tmp)
-            raise
         return directory
 
     @classmethod
@@ -286,13 +261,10 @@ class MSAdapter(nn.Module):
     def from_original_checkpoint(
         cls, path: str | os.PathLike[str], unet: nn.Module, **overrides: Any
     ) -> MSAdapter:
-        """Load the released ``ms_adapter.bin`` for ``unet`` (see ``msdiffusion.convert``)."""
-        from ..convert import load_original_checkpoint
+        """Load the released ``ms_adapter.bin`` for ``unet`` (the key map:
+        ``msdiffusion.models.convert``) — every key used, every shape checked; the error names
+        the first missing, extra or mis-shaped key."""
+        adapter = cls(cls.config_for_unet(unet, **overrides))
+        adapter.load_state_dict(original_state_dict(path, adapter, unet), strict=True)
+        return adapter
 
-        return load_original_checkpoint(path, unet, **overrides)
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

@@ -20,8 +20,21 @@ from torch import nn
 
 from ..conditioning import MSConditioning
 
-__all__ = ["SubjectProjection", "MSCrossAttnProcessor", "MSSelfAttnProcessor"]
+__all__ = [
+    "cross_attention_layers",
+    "SubjectProjection",
+    "MSSelfAttnProcessor",
+    "MSCrossAttnProcessor",
+]
 
+
+def cross_attention_layers(unet: nn.Module) -> dict[str, Attention]:
+    """The UNet's cross-attention modules by module name (found by introspection)."""
+    return {
+        name: m
+        for name, m in unet.named_modules()
+        if isinstance(m, Attention) and m.is_cross_attention
+    }
 
 class SubjectProjection(nn.Module):
     """The two trained projections of one cross-attention layer: subject tokens → keys/values."""

@@ -21,9 +21,9 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 from diffusers.utils import BaseOutput
 
 from ..errors import InputError
-from ..layout import Subject, normalise_subject_lists, validate_scale
+from ..layout import Subject, normalise_subject_lists, validate_layout, validate_scale
 from ..models.adapter import MSAdapter
-from .subjects import build_conditioning, validate_layout
+from .subjects import ConditioningSettings, build_conditioning
 
 __all__ = ["MSDiffusionXLPipeline", "MSDiffusionXLPipelineOutput"]
 
@@ -257,7 +257,7 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
         if any(subject_lists) and self.adapter is None:
             raise InputError("subjects", "need an adapter (pipeline built without one)", None)
         layouts = validate_layout(
-            subject_lists, prompts, self.tokenizer, height, width, float(scale), mask_threshold
+            subject_lists, prompts, self.tokenizer, (height, width), float(scale), mask_threshold
         )
         if self.controlnet is not None and control_image is None:
             raise InputError("control_image", "is required with a controlnet", None)
@@ -299,13 +299,7 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         ms = None
         if any(subject_lists):
-            ms = build_conditioning(
-                layouts,
-                adapter=self.adapter,
-                image_encoder=self.image_encoder,
-                feature_extractor=self.feature_extractor,
-                tokenizer=self.tokenizer,
-                text_encoder=self.text_encoder,
+            settings = ConditioningSettings(
                 latent_size=latent_size,
                 num_images_per_prompt=num_images_per_prompt,
                 cond_start=rows if self.do_classifier_free_guidance else 0,
@@ -315,6 +309,7 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
                 mask_threshold=mask_threshold,
                 start_step=start_step,
             )
+            ms = build_conditioning(layouts, self, settings)
         unet_kwargs = dict(cross_attention_kwargs or {})
         if ms is not None:
             unet_kwargs["ms"] = ms

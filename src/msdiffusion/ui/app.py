@@ -75,9 +75,10 @@ def _with_copied_files(form: Form, run_dir: Path) -> Form:
 
 
 def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
-    """The page for ``model`` (a :class:`msdiffusion.inference.LoadedModel`); results go to
+    """The page for ``model`` (a :class:`msdiffusion.loading.LoadedModel`); results go to
     ``out_dir/<time>-<id>/``."""
-    from ..inference import generate, read_requests, write_result
+    from ..inference import generate, write_result
+    from ..request import read_requests
 
     out_root = Path(out_dir).resolve()
     size = int(model.default_size)

@@ -2,8 +2,9 @@
 
 The page is a :class:`Form`: the request's fields as the widgets hold them (text boxes, numbers, the
 uploaded files' paths). :func:`build_request` turns a form into a
-:class:`msdiffusion.inference.GenerationRequest` — the same validation as the CLI, with every
-:class:`~msdiffusion.errors.InputError` mapped to the widget it is about (:class:`FormErrors`);
+:class:`msdiffusion.request.GenerationRequest` — the same validation as the CLI, with every
+:class:`~msdiffusion.errors.InputError` mapped to the widget it is about by its location
+(:class:`FormErrors`);
 :func:`form_from_request` goes back, so a request JSON or a result's sidecar restores the page.
 """
 
@@ -16,15 +17,15 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import atomic_path
-from ..errors import InputError, MSDiffusionError
+from ..errors import ErrorList, InputError, Location, MSDiffusionError
 
 if TYPE_CHECKING:
-    from ..inference import GenerationRequest
+    from ..request import GenerationRequest
 
 MAX_SUBJECTS = 4
 MAX_SEED = 2**31 - 1
@@ -168,39 +169,31 @@ def format_box(box: Sequence[float] | None) -> str:
     return ", ".join(f"{float(v):.4f}".rstrip("0").rstrip(".") if float(v) else "0" for v in box)
 
 
-def _message(err: InputError) -> str:
-    """An InputError as shown under its field: the rule and the value, without the argument."""
-    text = str(err)
-    prefix = f"{err.argument}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
-
-
 # Request arguments (as GenerationRequest names them) → form fields.
 _REQUEST_FIELDS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "width": "width",
                    "height": "height", "num_inference_steps": "steps",
                    "guidance_scale": "guidance", "scale": "scale", "seed": "seed",
                    "num_images": "num_images", "mask_threshold": "mask_threshold",
                    "start_step": "start_step", "drop_grounding_tokens": "drop_grounding"}
+_SUBJECT_KEYS = {"images": "images", "image": "images", "phrase": "phrase", "box": "box",
+                 "mask": "mask", "scale": "scale"}
 
 
-def _field_of(argument: str, slots: Sequence[int]) -> str:
-    """The form field an InputError's ``argument`` is about (``"subjects[1].box"`` → ``"s3.box"``
-    when request subject 1 is slot 3); a subject-level error without attribute goes to its
-    images."""
-    match = re.search(r"subjects?\W*(\d+)\W*(\w*)", argument)
-    if match and int(match.group(1)) < len(slots):
-        slot = slots[int(match.group(1))]
-        attribute = match.group(2).lower()
-        for name, key in (("image", "images"), ("phrase", "phrase"), ("box", "box"),
-                          ("mask", "mask"), ("scale", "scale")):
-            if attribute.startswith(name):
-                return f"s{slot}.{key}"
-        return f"s{slot}.images"
-    for name, key in _REQUEST_FIELDS.items():
-        if argument == name or argument.endswith("." + name):
-            return key
-    if "box" in argument and len(slots) == 1:
-        return f"s{slots[0]}.box"
+def _field_of(location: Location, slots: Sequence[int]) -> str:
+    """The form field an ``InputError`` is about, from its location: ``("subjects", 1, "box")`` →
+    ``"s3.box"`` when request subject 1 is slot 3 (a request's own location may come first:
+    ``("requests", 0, ...)``); a subject-level error without attribute goes to its images."""
+    if location[:1] == ("requests",):
+        location = location[2:]
+    if location[:1] == ("subjects",) and len(location) > 1 and isinstance(location[1], int):
+        if location[1] < len(slots):
+            attribute = next((p for p in location[2:] if isinstance(p, str)), "images")
+            return f"s{slots[location[1]]}.{_SUBJECT_KEYS.get(attribute, 'images')}"
+    if location[:1] == ("subject",) and len(slots) == 1:  # a Subject's own check
+        attribute = location[1] if len(location) > 1 else "images"
+        return f"s{slots[0]}.{_SUBJECT_KEYS.get(str(attribute), 'images')}"
+    if location and location[-1] in _REQUEST_FIELDS:
+        return _REQUEST_FIELDS[location[-1]]
     return "prompt"  # no better place: shown under the prompt
 
 
@@ -220,45 +213,19 @@ def _subject_slots(form: Form) -> list[int]:
     return [k for k, s in enumerate(form.subjects) if not s.is_empty()]
 
 
-def _validated(kwargs: dict[str, Any], specs: list[Any], slots: list[int]
-               ) -> tuple[dict[str, str], GenerationRequest | None]:
-    """Builds the request with the request's own rules, collecting *every* error: after each one,
-    the offending subject is left out (or the field set to its default) and validation goes on."""
-    from ..inference import GenerationRequest
-
-    defaults = {f.name: f.default for f in fields(GenerationRequest) if f.default is not MISSING}
-    defaults["prompt"] = "a photo"  # a stand-in, only so the other fields get checked
-    errors: dict[str, str] = {}
-    kwargs, specs, slots = dict(kwargs), list(specs), list(slots)
-    for _ in range(len(kwargs) + len(specs) + 1):
-        try:
-            return errors, GenerationRequest(subjects=specs, **kwargs)
-        except InputError as err:
-            errors.setdefault(_field_of(err.argument, slots), _message(err))
-            match = re.match(r"subjects\[(\d+)\]", err.argument)
-            if match and int(match.group(1)) < len(specs):
-                del specs[int(match.group(1))], slots[int(match.group(1))]
-            elif err.argument in defaults and kwargs.get(err.argument) != defaults[err.argument]:
-                kwargs[err.argument] = defaults[err.argument]
-            else:
-                break
-    return errors, None
-
-
 def build_request(form: Form, *, seed: int | None = None,
                   tokenizer: Any = None) -> GenerationRequest:
-    """The form as a :class:`~msdiffusion.inference.GenerationRequest` (``seed``: instead of the
+    """The form as a :class:`~msdiffusion.request.GenerationRequest` (``seed``: instead of the
     form's).
 
     Raises :class:`FormErrors` with every problem found, each keyed by its field: the page's own
-    checks (a used subject slot needs an image; files are readable images; numbers are numbers),
-    then the request's validation (the same rules as the CLI and request JSONs), then — given
-    the model's ``tokenizer`` — the pipeline's layout rules (masks of the output's aspect ratio,
-    phrases in the prompt under auto layout), which ``generate`` would otherwise report later.
+    checks (a used subject slot needs an image; numbers are numbers), then the request's
+    validation (the same rules as the CLI and request JSONs: every field, files readable as
+    images, masks not empty), then — given the model's ``tokenizer`` — its check against the
+    model (``GenerationRequest.prepare``: masks of the output's aspect ratio, phrases in the
+    prompt under auto layout), which ``generate`` would otherwise report later.
     """
-    from ..encoding import load_image
-    from ..inference import SubjectSpec
-    from ..layout import mask_to_array
+    from ..request import GenerationRequest, SubjectSpec
 
     errors: dict[str, str] = {}
     kwargs: dict[str, Any] = {"prompt": form.prompt, "negative_prompt": form.negative_prompt,
@@ -280,46 +247,26 @@ def build_request(form: Form, *, seed: int | None = None,
         s = form.subjects[k]
         if not s.images:
             errors[f"s{k}.images"] = "add a reference image (or clear this subject's fields)"
-        for path in s.images:
-            try:
-                load_image(path, f"s{k}.images")  # readable as an image, not only present
-            except InputError as err:
-                errors[f"s{k}.images"] = _message(err)
-        if s.mask:
-            try:
-                mask_to_array(load_image(s.mask, f"s{k}.mask"), f"s{k}.mask")  # not empty
-            except InputError as err:
-                errors[f"s{k}.mask"] = _message(err)
-        if any(key.startswith(f"s{k}.") for key in errors):
             continue
         scale = None if s.scale is None or str(s.scale).strip() == "" else s.scale
         specs.append(SubjectSpec(images=list(s.images), box=s.box.strip() or None,
                                  phrase=s.phrase, scale=scale, mask=s.mask))
         slots.append(k)
-    request_errors, request = _validated(kwargs, specs, slots)
-    for key, message in request_errors.items():
-        errors.setdefault(key, message)
+    found = ErrorList()
+    request = None
+    with found.check():
+        request = GenerationRequest(subjects=specs, **kwargs)
+    for j, spec in enumerate(specs):  # files readable as images, masks not empty
+        with found.check("subjects", j):
+            spec.load()
+    if request is not None and not found and not errors and tokenizer is not None:
+        with found.check():  # the form sets both sides: no default size is used
+            request.prepare(tokenizer, default_size=request.width)
+    for err in found.errors:
+        errors.setdefault(_field_of(err.location, slots), err.reason)
     if errors or request is None:
         raise FormErrors(errors or {"prompt": "the request could not be built"})
-    if tokenizer is not None:
-        _check_layout(request, slots, tokenizer)
     return request
-
-
-def _check_layout(request: GenerationRequest, slots: list[int], tokenizer: Any) -> None:
-    """The pipeline's own layout check (``pipelines.subjects.validate_layout``) on the request."""
-    from ..encoding import load_image
-    from ..layout import Subject, mask_to_array
-    from ..pipelines.subjects import validate_layout
-
-    subjects = [Subject(image=s.images, box=s.box, phrase=s.phrase, scale=s.scale,
-                        mask=None if s.mask is None else mask_to_array(load_image(s.mask)))
-                for s in request.subjects]
-    try:
-        validate_layout([subjects], [request.prompt], tokenizer, request.height, request.width,
-                        request.scale, request.mask_threshold)
-    except InputError as err:
-        raise FormErrors({_field_of(err.argument, slots): _message(err)}) from None
 
 
 def validate_form(form: Form, tokenizer: Any = None) -> dict[str, str]:
@@ -383,7 +330,7 @@ def find_own_sidecar(uploaded: str | Path, out_root: str | Path) -> Path:
 
 def form_from_request(request: GenerationRequest, *, default_size: int,
                       copy_to: str | Path | None = None) -> Form:
-    """A request (e.g. from :func:`msdiffusion.inference.read_requests`) → the page's fields.
+    """A request (e.g. from :func:`msdiffusion.request.read_requests`) → the page's fields.
 
     Image and mask files are copied to ``copy_to`` (a fresh temporary folder by default) so the page
     can show them wherever they live. Requests with more than :data:`MAX_SUBJECTS` subjects, or
@@ -442,7 +389,7 @@ EXAMPLE_LAYOUTS = (
 
 def layout_boxes(layout: ExampleLayout) -> tuple[list[list[float]], str]:
     """The layout's boxes and its first prompt template, from the packaged MS-Bench definition."""
-    from ..evaluation.benchmarks import load_msbench_spec
+    from ..benchmarks import load_msbench_spec
 
     spec, _ = load_msbench_spec()
     ctype = spec["combination_types"][layout.combination_type]
@@ -466,7 +413,7 @@ def apply_layout(form: Form, layout: ExampleLayout) -> Form:
 
 
 def _parse_box_or_none(text: str) -> list[float] | None:
-    from ..layout import validate_box
+    from ..geometry import validate_box
 
     try:
         return list(validate_box(text)) if text.strip() else None

@@ -1,6 +1,8 @@
 """The released checkpoint format (``ms_adapter.bin``) ↔ ``MSAdapter`` — an explicit key map.
 
-The released file is a pickled dict of three state dicts (DESIGN §2.5)::
+``MSAdapter.from_original_checkpoint`` reads it (through ``original_state_dict``); the functions
+here take the adapter they fill or write (anything with its ``resampler``, ``state_dict`` and
+``projection_prefix``). The released file is a pickled dict of three state dicts (DESIGN §2.5)::
 
     "image_proj":         the resampler; its keys are exactly GroundingResampler's (module names
                           were chosen to match), e.g. "layers.0.0.to_kv.weight"
@@ -23,14 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import atomic_path
-from .errors import CheckpointError
-from .models.adapter import MSAdapter, cross_attention_layers
+from ..atomic import atomic_path
+from ..errors import CheckpointError
+from .attention import cross_attention_layers
 
 __all__ = [
     "released_layer_order",
     "original_key_map",
-    "load_original_checkpoint",
+    "original_state_dict",
     "save_original_checkpoint",
     "read_original_file",
 ]
@@ -55,7 +57,7 @@ def released_layer_order(unet: nn.Module) -> dict[int, str]:
     return order
 
 
-def original_key_map(adapter: MSAdapter, unet: nn.Module) -> dict[str, str]:
+def original_key_map(adapter: nn.Module, unet: nn.Module) -> dict[str, str]:
     """Released key ("section/key") → our state-dict key, for every weight of ``adapter``."""
     mapping: dict[str, str] = {}
     for key in adapter.resampler.state_dict():
@@ -114,13 +116,12 @@ def _flatten(data: dict[str, Any]) -> dict[str, torch.Tensor]:
     return flat
 
 
-def load_original_checkpoint(
-    path: str | os.PathLike[str], unet: nn.Module, **overrides: Any
-) -> MSAdapter:
-    """Build an adapter for ``unet`` and fill it from a released-format file — every key used,
-    every shape checked; the error names the first missing, extra or mis-shaped key."""
+def original_state_dict(
+    path: str | os.PathLike[str], adapter: nn.Module, unet: nn.Module
+) -> dict[str, torch.Tensor]:
+    """``adapter``'s state dict from a released-format file for ``unet`` — every key used, every
+    shape checked; the error names the first missing, extra or mis-shaped key."""
     flat = _flatten(read_original_file(path))
-    adapter = MSAdapter(MSAdapter.config_for_unet(unet, **overrides))
     mapping = original_key_map(adapter, unet)
     own = adapter.state_dict()
     state: dict[str, torch.Tensor] = {}
@@ -143,12 +144,11 @@ def load_original_checkpoint(
             f"checkpoint has unexpected key {extra[0].replace('/', '.', 1)!r} "
             "(a different UNet or adapter configuration?)"
         )
-    adapter.load_state_dict(state, strict=True)
-    return adapter
+    return state
 
 
 def save_original_checkpoint(
-    adapter: MSAdapter, unet: nn.Module, path: str | os.PathLike[str]
+    adapter: nn.Module, unet: nn.Module, path: str | os.PathLike[str]
 ) -> Path:
     """Write ``adapter`` in the released format (for the original code and round-trip checks)."""
     own = adapter.state_dict()

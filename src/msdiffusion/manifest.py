@@ -1,4 +1,5 @@
-"""Training manifests: read, validate, summarise (`msdiffusion data check`), write.
+"""Training manifests — the format ``msdiffusion data`` writes and ``msdiffusion train`` reads:
+read, validate, summarise (`msdiffusion data check`), write.
 
 A manifest is JSONL, one record per target image (docs/training-data.md)::
 
@@ -15,7 +16,6 @@ phrases — no I/O) and ``check_record_files`` (files exist; optionally readable
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from collections import Counter
@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_open
-from ..errors import InputError
-from ..layout import Box, find_phrase, validate_box
+from .atomic import atomic_open
+from .errors import InputError
+from .geometry import Box, validate_box
+from .layout import find_phrase
 
 __all__ = ["SubjectEntry", "Record", "RecordProblem", "ManifestScan", "parse_record",
-           "check_record_files", "scan_manifest", "write_manifest", "register_check",
-           "format_report"]
+           "check_record_files", "scan_manifest", "write_manifest", "format_report"]
 
 RECORD_KEYS = {"id", "image", "caption", "subjects", "meta"}
 SUBJECT_KEYS = {"phrase", "box", "reference", "reference_box", "reference_mask", "augmented"}
@@ -228,10 +228,6 @@ class ManifestScan:
     def root(self) -> Path:
         return self.path.parent
 
-    @property
-    def skipped_fraction(self) -> float:
-        return len(self.problems) / self.total if self.total else 0.0
-
     def summary(self) -> dict[str, Any]:
         per_record = Counter(len(r.subjects) for r in self.records)
         subjects = [s for r in self.records for s in r.subjects]
@@ -352,7 +348,7 @@ def write_manifest(records: Iterable[Record | dict[str, Any]], path: str | Path)
     return path
 
 
-# ---- `msdiffusion data check` -----------------------------------------------------------------
+# ---- the summary `msdiffusion data check` prints ----------------------------------------------
 
 def format_report(scan: ManifestScan, max_problems: int = 20) -> str:
     """Human-readable summary + the first ``max_problems`` problems."""
@@ -378,39 +374,3 @@ def format_report(scan: ManifestScan, max_problems: int = 20) -> str:
     else:
         lines.append("no problems found")
     return "\n".join(lines)
-
-
-def register_check(data_subparsers: Any) -> argparse.ArgumentParser:
-    """Add `check` to the `msdiffusion data` command group."""
-    parser = data_subparsers.add_parser(
-        "check", help="validate a training manifest and summarise it",
-        description="Validate a training manifest (JSONL, docs/training-data.md): schema, boxes, "
-                    "phrases in captions, duplicate records, missing or unreadable files, mask "
-                    "sizes. Prints a summary (records, subjects per record, image sizes) and the "
-                    "first problems. Exit code 0: no problems; 1: problems found.")
-    parser.add_argument("manifest", help="path to the manifest (.jsonl)")
-    parser.add_argument("--no-open", action="store_true",
-                        help="only check that files exist (do not open images)")
-    parser.add_argument("--decode", action="store_true",
-                        help="decode every image fully (finds truncated files; slow)")
-    parser.add_argument("--max-problems", type=int, default=20, metavar="N",
-                        help="problems to print (default 20)")
-    parser.add_argument("--workers", type=int, default=8, help="file-checking threads")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.set_defaults(func=run_check)
-    return parser
-
-
-def run_check(args: argparse.Namespace) -> int:
-    import sys
-
-    scan = scan_manifest(args.manifest, check_files=True, open_images=not args.no_open,
-                         decode=args.decode, workers=args.workers, progress=sys.stderr.isatty())
-    if args.json:
-        report = scan.summary()
-        report["problems"] = [{"line": p.line, "id": p.record_id, "kind": p.kind,
-                               "message": str(p)} for p in scan.problems[:args.max_problems]]
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_report(scan, args.max_problems))
-    return 1 if scan.problems else 0

@@ -11,13 +11,13 @@ import os
 
 import pytest
 
-from msdiffusion.errors import InputError
-from msdiffusion.evaluation.benchmarks import (
+from msdiffusion.benchmarks import (
     DREAMBENCH_DEFAULT_BOX,
     load_benchmark,
     load_msbench_spec,
     parse_dreambench_prompts,
 )
+from msdiffusion.errors import InputError
 from msdiffusion.evaluation.standin import write_standin
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

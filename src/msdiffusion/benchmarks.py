@@ -1,4 +1,5 @@
-"""The benchmarks as data: MS-Bench (multi-subject) and DreamBench (single-subject).
+"""The benchmarks as data: MS-Bench (multi-subject) and DreamBench (single-subject) — what
+``msdiffusion eval`` generates and scores, and the web UI's example layouts come from.
 
 A benchmark is a fixed list of :class:`BenchSample` — a prompt and its subjects, each with a phrase,
 a box in the output image and reference images — enumerated from the benchmark's definition and
@@ -34,7 +35,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from .errors import InputError
+from .geometry import Box
 
 __all__ = [
     "BENCHMARKS",
@@ -50,7 +52,6 @@ __all__ = [
     "parse_dreambench_prompts",
 ]
 
-Box = tuple[float, float, float, float]
 BENCHMARKS = ("msbench", "dreambench", "toy")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 DREAMBENCH_DEFAULT_BOX: Box = (0.25, 0.25, 0.75, 0.75)  # centred, half the width and height
@@ -227,7 +228,7 @@ def _check_id(part: str, what: str) -> str:
 def load_msbench_spec(path: str | Path | None = None) -> tuple[dict[str, Any], str]:
     """The MS-Bench definition (the packaged one by default) and its sha256."""
     if path is None:
-        raw = resources.files("msdiffusion.evaluation").joinpath("specs/msbench.json").read_bytes()
+        raw = resources.files("msdiffusion").joinpath("specs/msbench.json").read_bytes()
     else:
         try:
             raw = Path(path).read_bytes()

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from msdiffusion.cli import main
+from msdiffusion.manifest import parse_record, scan_manifest, write_manifest
 from msdiffusion.training.demo import build_demo_manifest
-from msdiffusion.training.manifest import parse_record, scan_manifest, write_manifest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "subjects"
 

@@ -46,7 +46,7 @@ def main() -> int:
     import torch
 
     from msdiffusion.data.build import build_dataset
-    from msdiffusion.data.config import DataConfig, load_config
+    from msdiffusion.data.config import BuildConfig, load_build_config
     from msdiffusion.data.models import load_models
     from msdiffusion.data.synthetic import write_demo_videos
 
@@ -62,11 +62,11 @@ def main() -> int:
         write_demo_videos(videos, args.count, size=(width, height), fps=args.fps)
     if args.models.startswith("random-"):
         # default filters; small shapes on small frames need a smaller minimum side
-        cfg = DataConfig.from_dict({"video": {"min_side": 64},
+        cfg = BuildConfig.from_dict({"video": {"min_side": 64},
                                     "models": {"preset": args.models, "device": device,
                                                "batch_size": args.batch_size}})
     else:
-        cfg = load_config(args.models, {"models": {"device": device,
+        cfg = load_build_config(args.models, {"models": {"device": device,
                                                    "batch_size": args.batch_size}})
 
     start = time.perf_counter()

@@ -27,11 +27,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from msdiffusion.evaluation.benchmarks import load_benchmark  # noqa: E402
+from msdiffusion.benchmarks import load_benchmark  # noqa: E402
 from msdiffusion.evaluation.generate import GenerationConfig, run_generation  # noqa: E402
-from msdiffusion.evaluation.scoring import ScoringConfig, resolve_run, score_run  # noqa: E402
+from msdiffusion.evaluation.runs import resolve_run  # noqa: E402
+from msdiffusion.evaluation.scoring import ScoringConfig, score_run  # noqa: E402
 from msdiffusion.evaluation.standin import write_standin  # noqa: E402
-from msdiffusion.evaluation.tiny import write_tiny_scorers  # noqa: E402
+from msdiffusion.testing.scorers import write_tiny_scorers  # noqa: E402
 
 
 def full_size_scorers(directory: Path) -> dict[str, str]:
@@ -48,7 +49,7 @@ def full_size_scorers(directory: Path) -> dict[str, str]:
         ViTModel,
     )
 
-    from msdiffusion.presets import char_tokenizer
+    from msdiffusion.testing.tokenizers import char_tokenizer
 
     paths = {"clip": directory / "clip", "dino": directory / "dino",
              "detector": directory / "owlv2"}

@@ -15,7 +15,8 @@ the released processors' extra cost, DESIGN §5, comes on top for the original a
 benchmarks/overhead.py). The recipes alternate for ``--rounds`` rounds; medians over all timed
 steps. Weights are random (speed does not depend on their values); ``--size
 full`` is SDXL-shaped (UNet 2.6 B, CLIP-L + bigG text, CLIP-bigG vision), for a GPU; ``mid`` is
-the scaled-down stack of msdiffusion.presets.ARCHITECTURES; ``tiny`` the test preset. Prints JSON.
+the scaled-down stack of msdiffusion.testing.sdxl.ARCHITECTURES; ``tiny`` the test preset.
+Prints JSON.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 
 def components_for(size: str) -> tuple[dict, dict]:
     """(components, adapter hyper-parameters) of a named architecture, random weights."""
-    from msdiffusion.presets import adapter_kwargs, random_components
+    from msdiffusion.testing.sdxl import adapter_kwargs, random_components
 
     return random_components(size), adapter_kwargs(size)
 
@@ -114,9 +115,7 @@ def measure(recipe: str, args: argparse.Namespace) -> dict:
         noise = torch.randn_like(x.latents)
         t = torch.randint(0, 1000, (args.batch_size,), device=device)
         with autocast:
-            pred = model(noise_scheduler.add_noise(x.latents, noise, t), t, x.prompt_embeds,
-                         x.pooled_prompt_embeds, x.time_ids, x.image_embeds, x.phrase_embeds,
-                         x.boxes, x.valid, x.drop_grounding)
+            pred = model(noise_scheduler.add_noise(x.latents, noise, t), t, x)
         loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -19,7 +19,7 @@ from test_data_helpers import (
 
 from msdiffusion.cli import main
 from msdiffusion.data.build import build_dataset
-from msdiffusion.data.config import DataConfig
+from msdiffusion.data.config import BuildConfig
 from msdiffusion.data.models import Models, load_models
 from msdiffusion.errors import InputError
 
@@ -44,7 +44,7 @@ def videos(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def models() -> Models:
-    cfg = DataConfig.from_dict({"models": tiny_models_config()})
+    cfg = BuildConfig.from_dict({"models": tiny_models_config()})
     loaded = load_models(cfg.models, "cpu")
     loaded.detector = ColourDetector()  # known boxes; the tiny real detectors run elsewhere
     return loaded
@@ -54,7 +54,7 @@ def _records(manifest: Path) -> list[dict]:
     return [json.loads(line) for line in manifest.read_text().splitlines()]
 
 
-CFG = DataConfig.from_dict(settings_for_tests())
+CFG = BuildConfig.from_dict(settings_for_tests())
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_video_build_pairs_subjects_across_frames(clean):
 
 
 def test_manifest_passes_data_check(clean, capsys):
-    from msdiffusion.training.manifest import scan_manifest
+    from msdiffusion.manifest import scan_manifest
 
     scan = scan_manifest(clean.manifest, open_images=True, decode=True)
     assert scan.problems == [] and len(scan.records) == 3
@@ -136,7 +136,7 @@ def test_resume_after_a_crash_equals_a_clean_run(videos, models, clean, tmp_path
     assert again.processed == 0 and again.manifest.read_text() == clean.manifest.read_text()
     # resuming with other settings is refused, naming the folder
     with pytest.raises(InputError, match="--out: this dataset was started with other settings"):
-        build_dataset(videos, out, mode="videos", cfg=DataConfig.from_dict(
+        build_dataset(videos, out, mode="videos", cfg=BuildConfig.from_dict(
             settings_for_tests(seed=1)), models=models, progress=False)
 
 
@@ -199,4 +199,4 @@ def test_demo_builds_offline_with_random_models(tmp_path, capsys):
     records = _records(tmp_path / "dataset" / "manifest.jsonl")
     assert records and all(r["meta"]["source"] == "shapes_000.mp4" for r in records)
     assert main(["data", "config"]) == 0
-    assert DataConfig.from_dict(json.loads(capsys.readouterr().out)) == DataConfig()
+    assert BuildConfig.from_dict(json.loads(capsys.readouterr().out)) == BuildConfig()

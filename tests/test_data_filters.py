@@ -11,22 +11,23 @@ import pytest
 from PIL import Image
 
 from msdiffusion.data.augment import augmented_reference
-from msdiffusion.data.boxes import Detection, filter_detections, iou_matrix, nms
+from msdiffusion.data.boxes import Detection, filter_detections, nms_detections
 from msdiffusion.data.config import (
     AugmentConfig,
-    DataConfig,
+    BuildConfig,
     FilterConfig,
     MatchConfig,
-    load_config,
+    load_build_config,
 )
 from msdiffusion.data.crops import crop_with_margin
 from msdiffusion.data.matching import Candidate, match_subjects
 from msdiffusion.data.phrases import extract_phrases
 from msdiffusion.data.stats import Stats
 from msdiffusion.errors import InputError
+from msdiffusion.geometry import iou_matrix
 from msdiffusion.layout import find_phrase
 
-STUFF = DataConfig().stuff_words
+STUFF = BuildConfig().stuff_words
 
 
 @pytest.mark.parametrize("caption, expected", [
@@ -90,7 +91,7 @@ def test_min_box_side_is_in_pixels_and_nms_is_greedy():
     assert filter_detections([d], cfg, (400, 400), Stats()) == [d]  # 40 px
     a, b, c = _det((0, 0, .5, .5), .9), _det((.1, 0, .6, .5), .8), _det((.2, 0, .7, .5), .7)
     assert iou_matrix(np.array([a.box]), np.array([c.box]))[0, 0] < 0.5
-    assert nms([c, b, a], 0.5) == [a, c]  # b overlaps a; c only overlaps the dropped b
+    assert nms_detections([c, b, a], 0.5) == [a, c]  # b overlaps a; c only overlaps the dropped b
 
 
 def _cands(phrases):
@@ -157,22 +158,22 @@ def test_augmented_reference_geometry_mask_and_seed():
 
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(InputError, match=r"config\.video\.sample_fpz: unknown key"):
-        DataConfig.from_dict({"video": {"sample_fpz": 2}})
+        BuildConfig.from_dict({"video": {"sample_fpz": 2}})
     with pytest.raises(InputError, match=r"config\.filters\.max_subjects: must be an integer"):
-        DataConfig.from_dict({"filters": {"max_subjects": "4"}})
+        BuildConfig.from_dict({"filters": {"max_subjects": "4"}})
     with pytest.raises(InputError, match=r"config\.filters\.nms_iou: in \(0, 1\]"):
-        DataConfig.from_dict({"filters": {"nms_iou": 0}})
+        BuildConfig.from_dict({"filters": {"nms_iou": 0}})
     with pytest.raises(InputError, match=r"config\.models\.detector: needs a 'kind'"):
-        DataConfig.from_dict({"models": {"detector": {"path": "x"}}})
+        BuildConfig.from_dict({"models": {"detector": {"path": "x"}}})
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
     with pytest.raises(InputError, match=re.escape("--config: not valid JSON")):
-        load_config(bad)
+        load_build_config(bad)
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"seed": 3, "models": {"segmenter": None, "batch_size": 2}}))
-    cfg = load_config(good, {"models": {"batch_size": 16}})
+    cfg = load_build_config(good, {"models": {"batch_size": 16}})
     assert cfg.seed == 3 and cfg.models.segmenter is None and cfg.models.batch_size == 16
     # speed settings do not change the fingerprint; output settings do
-    assert cfg.fingerprint() == load_config(good).fingerprint()
-    assert cfg.fingerprint() != load_config(good, {"seed": 4}).fingerprint()
-    assert DataConfig.from_dict(DataConfig().to_dict()) == DataConfig()
+    assert cfg.fingerprint() == load_build_config(good).fingerprint()
+    assert cfg.fingerprint() != load_build_config(good, {"seed": 4}).fingerprint()
+    assert BuildConfig.from_dict(BuildConfig().to_dict()) == BuildConfig()

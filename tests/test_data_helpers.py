@@ -23,7 +23,6 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from msdiffusion.data.boxes import Detection  # noqa: E402
-from msdiffusion.data.random_models import save_random_models  # noqa: E402
 from msdiffusion.data.synthetic import (  # noqa: E402,F401  (re-exported for the tests)
     COLOURS,
     STANDARD_CAPTION,
@@ -32,6 +31,7 @@ from msdiffusion.data.synthetic import (  # noqa: E402,F401  (re-exported for th
     make_video,
     standard_shots,
 )
+from msdiffusion.testing.data_models import save_random_models  # noqa: E402
 
 
 class ColourDetector:

@@ -16,7 +16,7 @@ from test_data_helpers import (
 )
 
 from msdiffusion.data.build import build_dataset
-from msdiffusion.data.config import DataConfig
+from msdiffusion.data.config import BuildConfig
 from msdiffusion.data.media import BadInput, load_rgb
 from msdiffusion.data.models import Models, load_models
 from msdiffusion.data.stats import Stats
@@ -96,7 +96,7 @@ def _scene(colours: list[str], size=(160, 120), seed=0) -> Image.Image:
 @pytest.fixture(scope="module")
 def image_models():
     dirs = tiny_model_dirs()
-    cfg = DataConfig.from_dict({"models": {"captioner": {"kind": "blip", "path": dirs["blip"]},
+    cfg = BuildConfig.from_dict({"models": {"captioner": {"kind": "blip", "path": dirs["blip"]},
                                            "detector": {"kind": "owlv2", "path": dirs["owlv2"]},
                                            "segmenter": {"kind": "sam", "path": dirs["sam"]},
                                            "batch_size": 3}})
@@ -119,7 +119,7 @@ def test_image_only_build_flags_augmented_references(tmp_path, image_models):
     (photos / "captions.json").write_text(json.dumps({
         "a.png": "a red square next to a blue square", "sub/b.jpg": "one yellow square"}))
     (photos / "c.txt").write_text("a green square and a red square\n")
-    cfg = DataConfig.from_dict(settings_for_tests(images_per_chunk=4))
+    cfg = BuildConfig.from_dict(settings_for_tests(images_per_chunk=4))
     result = build_dataset(photos, tmp_path / "ds", mode="images", cfg=cfg, models=image_models,
                            progress=False)
     lines = result.manifest.read_text().splitlines()

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from msdiffusion.benchmarks import load_benchmark
 from msdiffusion.errors import InputError
-from msdiffusion.evaluation.benchmarks import load_benchmark
 from msdiffusion.evaluation.generate import GenerationConfig, run_generation
 from msdiffusion.evaluation.runs import RunFolder
-from msdiffusion.inference import load_pipeline
+from msdiffusion.loading import load_pipeline
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

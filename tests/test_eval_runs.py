@@ -9,10 +9,10 @@ import json
 import pytest
 from PIL import Image
 
+from msdiffusion.benchmarks import load_benchmark
 from msdiffusion.errors import InputError
-from msdiffusion.evaluation.benchmarks import load_benchmark
 from msdiffusion.evaluation.generate import GenerationConfig, image_seed, plan_images
-from msdiffusion.evaluation.runs import RunFolder, atomic_write_text, is_complete_image, shard
+from msdiffusion.evaluation.runs import RunFolder, is_complete_image, shard
 from msdiffusion.evaluation.standin import write_standin
 
 
@@ -33,14 +33,6 @@ def test_truncated_images_are_not_complete(tmp_path, fmt, ext):
     assert not is_complete_image(tmp_path / "absent.png")
     (tmp_path / "junk.png").write_bytes(b"not an image at all, really")
     assert not is_complete_image(tmp_path / "junk.png")
-
-
-def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path):
-    target = tmp_path / "sub" / "file.json"
-    atomic_write_text(target, "one")
-    atomic_write_text(target, "two")
-    assert target.read_text() == "two"
-    assert [p.name for p in target.parent.iterdir()] == ["file.json"]
 
 
 def test_shards_are_disjoint_and_complete():

@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from msdiffusion.benchmarks import load_benchmark
 from msdiffusion.cli import main
 from msdiffusion.errors import InputError
-from msdiffusion.evaluation.benchmarks import load_benchmark
 from msdiffusion.evaluation.features import DinoEmbedder
-from msdiffusion.evaluation.metrics import box_to_pixels, product_score
+from msdiffusion.evaluation.metrics import product_score
 from msdiffusion.evaluation.report import compare_runs
-from msdiffusion.evaluation.scoring import ScoringConfig, resolve_run, score_run
-from msdiffusion.evaluation.tiny import write_tiny_scorers
+from msdiffusion.evaluation.runs import resolve_run
+from msdiffusion.evaluation.scoring import ScoringConfig, score_run
+from msdiffusion.geometry import box_to_pixels
+from msdiffusion.testing.scorers import write_tiny_scorers
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

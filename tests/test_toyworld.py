@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from msdiffusion.geometry import box_to_pixels
 from msdiffusion.toyworld.bench import CANDIDATES, toy_samples, write_toy_benchmark
 from msdiffusion.toyworld.metrics import (
     background_of,
-    box_pixels,
     classify_pixels,
     colour_histogram,
     identity_score,
@@ -51,7 +51,7 @@ def test_boxes_and_pixels_agree():
         image, masks = render(scene)
         assert image.size == (IMAGE_SIZE, IMAGE_SIZE)
         for placed, mask in zip(scene.subjects, masks, strict=True):
-            c0, r0, c1, r1 = box_pixels(placed.box, IMAGE_SIZE, IMAGE_SIZE)
+            c0, r0, c1, r1 = box_to_pixels(placed.box, IMAGE_SIZE, IMAGE_SIZE)
             outside = mask.copy()
             outside[r0:r1, c0:c1] = 0
             assert outside.sum() == 0, "a subject drew outside its box"
@@ -154,8 +154,9 @@ def toy_bench(tmp_path_factory):
 
 
 def test_toy_benchmark_in_the_harness(toy_bench, tmp_path):
-    from msdiffusion.evaluation.benchmarks import load_benchmark
-    from msdiffusion.evaluation.scoring import ScoringConfig, resolve_run, score_run
+    from msdiffusion.benchmarks import load_benchmark
+    from msdiffusion.evaluation.runs import resolve_run
+    from msdiffusion.evaluation.scoring import ScoringConfig, score_run
 
     bench = load_benchmark("toy", toy_bench)
     assert [r["samples"] for r in bench.counts()] == [2, 2, 2, 6]
@@ -189,8 +190,8 @@ def test_toy_benchmark_in_the_harness(toy_bench, tmp_path):
 
 
 def test_training_set_is_a_clean_manifest(tmp_path):
+    from msdiffusion.manifest import scan_manifest
     from msdiffusion.toyworld.dataset import write_training_set
-    from msdiffusion.training.manifest import scan_manifest
 
     manifest = write_training_set(tmp_path / "data", 12, workers=1, progress=False)
     scan = scan_manifest(manifest, check_files=True, decode=True)
@@ -202,7 +203,8 @@ def test_training_set_is_a_clean_manifest(tmp_path):
 
 
 def test_word_tokenizer_keeps_the_world_words_whole(tmp_path):
-    from msdiffusion.presets import ARCHITECTURES, char_tokenizer
+    from msdiffusion.testing.sdxl import ARCHITECTURES
+    from msdiffusion.testing.tokenizers import char_tokenizer
 
     words = ARCHITECTURES["toy"].words
     tok = char_tokenizer(tmp_path / "tok", words)

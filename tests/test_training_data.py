@@ -13,11 +13,11 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import CLIPImageProcessorPil
 
+from msdiffusion.manifest import scan_manifest
 from msdiffusion.training.config import DataConfig, DropoutConfig
 from msdiffusion.training.dataset import ManifestDataset, collate_samples
 from msdiffusion.training.demo import build_demo_manifest
 from msdiffusion.training.dropout import draw_dropouts
-from msdiffusion.training.manifest import scan_manifest
 from msdiffusion.training.sampler import ShardedStream
 from msdiffusion.training.transforms import (
     add_time_ids,

@@ -4,6 +4,7 @@ data, the cache (dropouts included), validation, export → pipeline, and the CL
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -60,9 +61,9 @@ def adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def tiny_setup(manifest):
+    from msdiffusion.manifest import scan_manifest
     from msdiffusion.training.config import DataConfig, DropoutConfig
     from msdiffusion.training.dataset import ManifestDataset
-    from msdiffusion.training.manifest import scan_manifest
 
     components = load_components(ModelConfig(preset="tiny"))
     scan = scan_manifest(manifest)
@@ -89,9 +90,7 @@ def test_steps_reduce_the_loss_and_change_only_the_adapter(tiny_setup):
     noisy = components["noise_scheduler"].add_noise(inputs.latents, noise, t)
     losses = []
     for _ in range(8):
-        pred = model(noisy, t, inputs.prompt_embeds, inputs.pooled_prompt_embeds, inputs.time_ids,
-                     inputs.image_embeds, inputs.phrase_embeds, inputs.boxes, inputs.valid,
-                     inputs.drop_grounding)
+        pred = model(noisy, t, inputs)
         loss = torch.nn.functional.mse_loss(pred, noise)
         optimizer.zero_grad()
         loss.backward()
@@ -116,9 +115,9 @@ def test_padding_never_changes_the_output(tiny_setup):
         def run(image, phrase, boxes, valid):
             torch.manual_seed(1)
             x = torch.randn_like(inputs.latents)
-            return model(x, torch.tensor([10, 900]), inputs.prompt_embeds,
-                         inputs.pooled_prompt_embeds, inputs.time_ids, image, phrase, boxes,
-                         valid, torch.tensor([False, True]))
+            conditions = replace(inputs, image_embeds=image, phrase_embeds=phrase, boxes=boxes,
+                                 valid=valid, drop_grounding=torch.tensor([False, True]))
+            return model(x, torch.tensor([10, 900]), conditions)
 
         plain = run(inputs.image_embeds, inputs.phrase_embeds, inputs.boxes, inputs.valid)
         pad = 2  # two padding slots full of garbage: they must never reach the attention
@@ -174,7 +173,9 @@ def test_resume_after_a_crash_is_exact(tmp_path, manifest, straight_run):
 
 
 def test_exported_adapter_loads_in_the_pipeline(straight_run):
-    from msdiffusion.inference import GenerationRequest, SubjectSpec, generate, load_pipeline
+    from msdiffusion.inference import generate
+    from msdiffusion.loading import load_pipeline
+    from msdiffusion.request import GenerationRequest, SubjectSpec
 
     cfg, result = straight_run
     model = load_pipeline("tiny", adapter=str(result.adapter_dir))
@@ -254,8 +255,8 @@ def test_cache_matches_live_encoding_and_trains_with_dropouts(tmp_path, manifest
     assert {(True, True), (False, False)} <= saw  # both buckets drawn
     # without dropouts a cached record equals its live encoding
     plain = CachedDataset(cfg.data.cache_dir, DropoutConfig(0, 0, 0, 0), cfg.seed)[(0, 0)]
+    from msdiffusion.manifest import scan_manifest
     from msdiffusion.training.dataset import ManifestDataset
-    from msdiffusion.training.manifest import scan_manifest
 
     scan = scan_manifest(manifest)
     live = ManifestDataset(scan.records, scan.root, cfg.data, DropoutConfig(0, 0, 0, 0),

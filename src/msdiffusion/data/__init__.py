@@ -4,8 +4,8 @@ Pipeline (docs/data.md): decode → sample frames → split shots → drop bad f
 reference frames → caption → entity phrases → open-vocabulary detection → filters → match each
 subject in a reference frame (or augment it, for image-only input) → SAM mask → manifest + report.
 
-    from msdiffusion.data import DataConfig, build_dataset
-    result = build_dataset("clips/", "datasets/clips", mode="videos", cfg=DataConfig())
+    from msdiffusion.data import BuildConfig, build_dataset
+    result = build_dataset("clips/", "datasets/clips", mode="videos", cfg=BuildConfig())
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "DataConfig": "msdiffusion.data.config",
-    "load_config": "msdiffusion.data.config",
+    "BuildConfig": "msdiffusion.data.config",
+    "load_build_config": "msdiffusion.data.config",
     "build_dataset": "msdiffusion.data.build",
     "BuildResult": "msdiffusion.data.build",
     "Models": "msdiffusion.data.models",

@@ -14,7 +14,7 @@ import random
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from .boxes import Box
+from ..geometry import Box
 from .config import AugmentConfig
 from .crops import Crop, crop_with_margin
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
+from ..geometry import Box, nms
 from .config import FilterConfig
 from .stats import Stats
 
-__all__ = ["Detection", "iou_matrix", "nms", "filter_detections", "clamp_box", "pixel_box"]
-
-Box = tuple[float, float, float, float]
+__all__ = ["Detection", "nms_detections", "filter_detections"]
 
 
 @dataclass(frozen=True)
@@ -28,43 +25,10 @@ class Detection:
     phrase: int
 
 
-def clamp_box(box: Box | list[float]) -> Box:
-    """Clip to [0, 1] and order the corners."""
-    x0, y0, x1, y1 = (min(max(float(v), 0.0), 1.0) for v in box)
-    return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-
-
-def pixel_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Normalised box → integer pixel box of an image of ``size = (width, height)`` (non-empty)."""
-    w, h = size
-    x0, y0 = int(np.floor(box[0] * w)), int(np.floor(box[1] * h))
-    x1, y1 = int(np.ceil(box[2] * w)), int(np.ceil(box[3] * h))
-    x0, y0 = min(max(x0, 0), w - 1), min(max(y0, 0), h - 1)
-    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4) → (N, M)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def nms(detections: list[Detection], iou: float) -> list[Detection]:
-    """Greedy class-agnostic NMS: highest score first; drops boxes overlapping a kept one > iou."""
+def nms_detections(detections: list[Detection], iou: float) -> list[Detection]:
+    """Class-agnostic NMS (``geometry.nms``): highest score first, ties by phrase, then box."""
     order = sorted(detections, key=lambda d: (-d.score, d.phrase, d.box))
-    if not order:
-        return []
-    boxes = np.asarray([d.box for d in order], dtype=np.float64)
-    overlaps = iou_matrix(boxes, boxes)
-    kept: list[int] = []
-    for i in range(len(order)):
-        if all(overlaps[i, k] <= iou for k in kept):
-            kept.append(i)
+    kept = nms([d.box for d in order], [d.score for d in order], iou) if order else []
     return [order[i] for i in kept]
 
 
@@ -98,7 +62,7 @@ def filter_detections(detections: list[Detection], cfg: FilterConfig, size: tupl
     stats.skip("detection:aspect", before - len(kept))
 
     before = len(kept)
-    kept = nms(kept, cfg.nms_iou)
+    kept = nms_detections(kept, cfg.nms_iou)
     stats.add("after_nms", len(kept))
     stats.skip("detection:nms", before - len(kept))
 

@@ -18,15 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from ..atomic import atomic_open, atomic_write_text
 from ..errors import InputError
-from .config import DataConfig
+from ..version import __version__
+from .config import BuildConfig
 from .media import BadInput
 from .models import Models, load_models
 from .samples import Target, build_samples
 from .sources import SidecarCaptions, file_key, image_target, list_inputs, video_targets
 from .stats import Stats
-from .writer import MANIFEST_NAME, DatasetWriter, atomic_open, atomic_write_text
+from .writer import MANIFEST_NAME, DatasetWriter
 
 __all__ = ["BuildResult", "build_dataset", "MODES"]
 
@@ -46,7 +47,7 @@ class BuildResult:
     shard: tuple[int, int] = (0, 1)  # (index, count) this run processed
 
 
-def build_dataset(inputs: str | Path, out: str | Path, *, mode: str, cfg: DataConfig | None = None,
+def build_dataset(inputs: str | Path, out: str | Path, *, mode: str, cfg: BuildConfig | None = None,
                   models: Models | None = None, shard: tuple[int, int] | None = None,
                   limit: int | None = None, progress: bool = True,
                   on_file_done: Callable[[str], None] | None = None) -> BuildResult:
@@ -59,7 +60,7 @@ def build_dataset(inputs: str | Path, out: str | Path, *, mode: str, cfg: DataCo
     """
     if mode not in MODES:
         raise InputError("mode", f"one of {', '.join(MODES)}", mode)
-    cfg = cfg or DataConfig()
+    cfg = cfg or BuildConfig()
     root, out = Path(inputs), Path(out)
     files = list_inputs(root, mode)
     if not files:
@@ -113,7 +114,7 @@ def build_dataset(inputs: str | Path, out: str | Path, *, mode: str, cfg: DataCo
     return BuildResult(manifest, report, processed, done_before, 0, shard)
 
 
-def _claim(out: Path, cfg: DataConfig, mode: str, root: Path) -> None:
+def _claim(out: Path, cfg: BuildConfig, mode: str, root: Path) -> None:
     """Write ``build.json``, or check that the existing one was built with the same settings."""
     info = {"mode": mode, "config_fingerprint": cfg.fingerprint(), "config": cfg.to_dict(),
             "msdiffusion_version": __version__}
@@ -135,7 +136,7 @@ def _claim(out: Path, cfg: DataConfig, mode: str, root: Path) -> None:
 
 
 def _process_unit(unit: list[str], root: Path, mode: str, keys: dict[str, str],
-                  captions: SidecarCaptions, cfg: DataConfig, models: Models,
+                  captions: SidecarCaptions, cfg: BuildConfig, models: Models,
                   writer: DatasetWriter, on_file_done: Callable[[str], None] | None) -> None:
     """Decode the unit's files, run the model stages on their targets, write one part per file."""
     per_file: dict[str, Stats] = {}
@@ -165,7 +166,7 @@ def _process_unit(unit: list[str], root: Path, mode: str, keys: dict[str, str],
             on_file_done(rel)
 
 
-def merge_parts(out: Path, files: list[str], keys: dict[str, str], cfg: DataConfig,
+def merge_parts(out: Path, files: list[str], keys: dict[str, str], cfg: BuildConfig,
                 mode: str) -> tuple[Path, dict[str, Any]]:
     """All parts → ``manifest.jsonl`` + report; returns the manifest path and the report.
 

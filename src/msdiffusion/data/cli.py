@@ -38,7 +38,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``data`` command group: ``build``, ``config`` and (from training) ``check``."""
+    """Add the ``data`` command group: ``build``, ``config``, ``demo`` and ``check``."""
     parser = subparsers.add_parser("data", help="build and check training manifests",
                                    description="Build multi-subject training data and check it.")
     data_sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND",
@@ -83,16 +83,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     demo.add_argument("--videos", type=int, default=4, metavar="N", help="videos to write (4)")
     demo.set_defaults(func=run_demo)
 
-    from ..training.manifest import register_check
-
-    register_check(data_sub)
+    _register_check(data_sub)
     return parser
 
 
 def run_config(args: argparse.Namespace) -> int:
-    from .config import DataConfig
+    from .config import BuildConfig
 
-    print(json.dumps(DataConfig().to_dict(), indent=2))
+    print(json.dumps(BuildConfig().to_dict(), indent=2))
     return 0
 
 
@@ -100,7 +98,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .build import build_dataset
-    from .config import DataConfig
+    from .config import BuildConfig
     from .synthetic import demo_settings, write_demo_videos
 
     if args.videos < 1:
@@ -108,7 +106,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_demo_videos(out / "videos", args.videos, size=(192, 192))
     result = build_dataset(out / "videos", out / "dataset", mode="videos",
-                           cfg=DataConfig.from_dict(demo_settings()), progress=False)
+                           cfg=BuildConfig.from_dict(demo_settings()), progress=False)
     report = result.report or {}
     print(f"wrote {report.get('samples', 0)} samples to {result.manifest}")
     print(f"next: msdiffusion data check {result.manifest}")
@@ -119,7 +117,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_build(args: argparse.Namespace) -> int:
     from .build import build_dataset
-    from .config import load_config
+    from .config import load_build_config
 
     overrides: dict[str, Any] = {}
     if args.seed is not None:
@@ -133,7 +131,7 @@ def run_build(args: argparse.Namespace) -> int:
         models["batch_size"] = args.batch_size
     if models:
         overrides["models"] = models
-    cfg = load_config(args.config, overrides)
+    cfg = load_build_config(args.config, overrides)
     mode, inputs = ("videos", args.videos) if args.videos else ("images", args.images)
     start = time.perf_counter()
     result = build_dataset(inputs, args.out, mode=mode, cfg=cfg, shard=args.shard,
@@ -152,3 +150,39 @@ def run_build(args: argparse.Namespace) -> int:
     print(f"wrote {report.get('samples', 0)} samples with {report.get('subjects', 0)} subjects "
           f"to {result.manifest}; report: {result.manifest.parent / 'report.md'}")
     return 0
+
+
+def _register_check(data_subparsers: Any) -> argparse.ArgumentParser:
+    """`msdiffusion data check`: a manifest's problems and summary (``msdiffusion.manifest``)."""
+    parser = data_subparsers.add_parser(
+        "check", help="validate a training manifest and summarise it",
+        description="Validate a training manifest (JSONL, docs/training-data.md): schema, boxes, "
+                    "phrases in captions, duplicate records, missing or unreadable files, mask "
+                    "sizes. Prints a summary (records, subjects per record, image sizes) and the "
+                    "first problems. Exit code 0: no problems; 1: problems found.")
+    parser.add_argument("manifest", help="path to the manifest (.jsonl)")
+    parser.add_argument("--no-open", action="store_true",
+                        help="only check that files exist (do not open images)")
+    parser.add_argument("--decode", action="store_true",
+                        help="decode every image fully (finds truncated files; slow)")
+    parser.add_argument("--max-problems", type=int, default=20, metavar="N",
+                        help="problems to print (default 20)")
+    parser.add_argument("--workers", type=int, default=8, help="file-checking threads")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(func=run_check)
+    return parser
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from ..manifest import format_report, scan_manifest
+
+    scan = scan_manifest(args.manifest, check_files=True, open_images=not args.no_open,
+                         decode=args.decode, workers=args.workers, progress=sys.stderr.isatty())
+    if args.json:
+        report = scan.summary()
+        report["problems"] = [{"line": p.line, "id": p.record_id, "kind": p.kind,
+                               "message": str(p)} for p in scan.problems[:args.max_problems]]
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(scan, args.max_problems))
+    return 1 if scan.problems else 0

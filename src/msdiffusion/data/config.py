@@ -11,17 +11,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..configs import build, read_json
 from ..errors import InputError
+from ..runtime import check_dtype_name
 
 __all__ = [
     "VideoConfig", "FilterConfig", "MatchConfig", "AugmentConfig", "ModelSpec", "ModelsConfig",
-    "DataConfig", "load_config",
+    "BuildConfig", "load_build_config",
 ]
 
 # Words that name scenery rather than a subject; phrases whose head word is one of them are not
@@ -125,12 +126,12 @@ class ModelsConfig:
     segmenter: ModelSpec | None = field(default_factory=lambda: _default_models()["segmenter"])
     features: ModelSpec = field(default_factory=lambda: _default_models()["features"])
     device: str | None = None  # None: the accelerate process's device
-    dtype: str = "auto"  # auto: float16 on CUDA, float32 elsewhere; or float32/float16/bfloat16
+    dtype: str = "auto"  # auto: fp16 on CUDA, fp32 elsewhere; or fp32/fp16/bf16 (float32, ...)
     batch_size: int = 8
 
 
 @dataclass
-class DataConfig:
+class BuildConfig:
     """Everything a build needs besides its input and output folders."""
 
     seed: int = 0
@@ -168,21 +169,18 @@ class DataConfig:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> DataConfig:
+    def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
         """Build from a (partial) dict; unknown keys and wrong types are an ``InputError``."""
-        return _build(cls, data, where)
+        return build(cls, data, ("config",))
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> DataConfig:
+def load_build_config(
+    path: str | Path | None, overrides: dict[str, Any] | None = None
+) -> BuildConfig:
     """Read a JSON config (None: the defaults), then apply ``overrides`` (same nesting)."""
-    data: dict[str, Any] = {}
+    data: Any = {}
     if path is not None:
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InputError("--config", "file not found", str(path)) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InputError("--config", f"not valid JSON ({err})", str(path)) from None
+        data = read_json(path, "--config")
         if not isinstance(data, dict):
             raise InputError("--config", "must hold a JSON object", type(data).__name__)
     for key, value in (overrides or {}).items():
@@ -190,80 +188,17 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             data[key] = {**data[key], **value}
         else:
             data[key] = value
-    return DataConfig.from_dict(data)
+    return BuildConfig.from_dict(data)
 
 
-# --- building and checking -------------------------------------------------------------------
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise InputError(where, "must be a JSON object", data)
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        known = ", ".join(sorted(names))
-        raise InputError(f"{where}.{unknown[0]}", f"unknown key (known: {known})",
-                         data[unknown[0]])
-    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # a required field of a nested spec is missing
-        raise InputError(where, str(err), data) from None
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        hint = next(o for o in options if o is not type(None))
-        origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if hint is ModelSpec and isinstance(value, dict) and "kind" not in value:
-            raise InputError(where, "needs a 'kind'", value)
-        return _build(hint, value, where)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise InputError(where, "must be true or false", value)
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(where, "must be an integer", value)
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(where, "must be a number", value)
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise InputError(where, "must be a string", value)
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise InputError(where, "must be a list of two numbers [low, high]", value)
-        low, high = (_coerce(float, v, where) for v in value)
-        if low > high:
-            raise InputError(where, "low <= high", value)
-        return (low, high)
-    if origin is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            raise InputError(where, "must be a list of non-empty strings", value)
-        return list(value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise InputError(where, "must be a JSON object", value)
-        return dict(value)
-    raise AssertionError(f"unhandled config type {hint!r} at {where}")
-
+# --- range checks --------------------------------------------------------------------------
 
 def _check(where: str, ok: bool, rule: str, value: Any) -> None:
     if not ok:
         raise InputError(where, rule, value)
 
 
-def _validate(cfg: DataConfig) -> None:
+def _validate(cfg: BuildConfig) -> None:
     """Range checks, each naming the key (types are checked when reading JSON)."""
     v, f, m, a, mo = cfg.video, cfg.filters, cfg.match, cfg.augment, cfg.models
     _check("config.image_format", cfg.image_format in ("jpg", "png"), "one of jpg, png",
@@ -273,6 +208,10 @@ def _validate(cfg: DataConfig) -> None:
     _check("config.max_input_pixels", cfg.max_input_pixels > 0, "> 0", cfg.max_input_pixels)
     _check("config.images_per_chunk", cfg.images_per_chunk >= 1, ">= 1", cfg.images_per_chunk)
     _check("config.max_phrases", cfg.max_phrases >= 1, ">= 1", cfg.max_phrases)
+    for name in ("phrase_vocabulary", "stuff_words"):
+        words = getattr(cfg, name) or []
+        _check(f"config.{name}", all(w.strip() for w in words), "a list of non-empty strings",
+               words)
     _check("config.video.sample_fps", v.sample_fps > 0, "> 0", v.sample_fps)
     _check("config.video.max_frames", v.max_frames >= 2, ">= 2", v.max_frames)
     _check("config.video.cut_threshold", 0 < v.cut_threshold <= 1, "in (0, 1]", v.cut_threshold)
@@ -307,6 +246,9 @@ def _validate(cfg: DataConfig) -> None:
     _check("config.match.min_mask_fraction", 0 <= m.min_mask_fraction <= 1, "in [0, 1]",
            m.min_mask_fraction)
     _check("config.augment.flip_p", 0 <= a.flip_p <= 1, "in [0, 1]", a.flip_p)
+    for name in ("margin", "scale"):
+        low, high = getattr(a, name)
+        _check(f"config.augment.{name}", low <= high, "low <= high", getattr(a, name))
     _check("config.augment.margin", 0 <= a.margin[0], "low >= 0", a.margin)
     _check("config.augment.scale", a.scale[0] > 0, "low > 0", a.scale)
     for name in ("brightness", "contrast", "saturation"):
@@ -314,6 +256,5 @@ def _validate(cfg: DataConfig) -> None:
         _check(f"config.augment.{name}", 0 <= value < 1, "in [0, 1)", value)
     _check("config.models.preset", mo.preset in (None, "random-tiny", "random-base"),
            "null, random-tiny or random-base", mo.preset)
-    _check("config.models.dtype", mo.dtype in ("auto", "float32", "float16", "bfloat16"),
-           "one of auto, float32, float16, bfloat16", mo.dtype)
+    check_dtype_name(mo.dtype, "config.models.dtype")
     _check("config.models.batch_size", mo.batch_size >= 1, ">= 1", mo.batch_size)

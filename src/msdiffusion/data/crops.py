@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .boxes import Box, clamp_box, pixel_box
+from ..geometry import Box, box_to_pixels, clamp_box
 
 __all__ = ["Crop", "crop_with_margin", "crop_signature", "signature_diff"]
 
@@ -31,7 +31,7 @@ def crop_with_margin(image: Image.Image, box: Box,
                      margins: tuple[float, float, float, float]) -> Crop:
     """Crop ``box`` grown by ``margins`` (left, top, right, bottom; fractions of the box size)."""
     w, h = image.size
-    x0, y0, x1, y1 = pixel_box(box, (w, h))
+    x0, y0, x1, y1 = box_to_pixels(box, w, h)
     bw, bh = x1 - x0, y1 - y0
     left = max(0, int(round(x0 - margins[0] * bw)))
     top = max(0, int(round(y0 - margins[1] * bh)))
@@ -44,7 +44,7 @@ def crop_with_margin(image: Image.Image, box: Box,
 
 def crop_signature(image: Image.Image, box: Box) -> np.ndarray:
     """The box's pixels shrunk to 32×32 RGB in [0, 1]: a cheap exact-copy detector."""
-    region = image.crop(pixel_box(box, image.size))
+    region = image.crop(box_to_pixels(box, *image.size))
     small = region.resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.BILINEAR)
     return np.asarray(small, dtype=np.float32) / 255.0  # (32, 32, 3)
 

@@ -6,20 +6,20 @@ given for that image and boxes normalised to the image (not to any padding).
 * Grounding DINO reads the phrases as one prompt ``"dog . red ball ."``; a box's score for a phrase
   is its best token probability over the phrase's tokens (found with the tokenizer's offsets), and
   the box goes to its best phrase.
-* OWLv2 scores every image patch's box against each phrase (one text query per phrase). Its image
-  preprocessing (pad to a square with grey, resize, CLIP normalisation) is done here with Pillow:
-  transformers' own OWLv2 processor needs scipy, or torchvision for the fast one.
+* OWLv2 scores every image patch's box against each phrase (one text query per phrase); its
+  input and box geometry are ``msdiffusion.owlv2``'s (the scoring detector's too).
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from PIL import Image
 
-from .boxes import Detection, clamp_box
+from ..geometry import clamp_box
+from ..owlv2 import owlv2_boxes, owlv2_pixels
+from .boxes import Detection
 
 __all__ = ["Detector", "GroundingDinoDetector", "Owlv2Detector", "cxcywh_to_xyxy"]
 
@@ -112,8 +112,7 @@ class Owlv2Detector:
         image_processor = processor.image_processor
         size = getattr(image_processor, "size", None) or {}
         self.side = int(size.get("height", model.config.vision_config.image_size))
-        self.mean = np.asarray(image_processor.image_mean, dtype=np.float32)
-        self.std = np.asarray(image_processor.image_std, dtype=np.float32)
+        self.mean, self.std = image_processor.image_mean, image_processor.image_std
 
     @classmethod
     def load(cls, path: str, device: torch.device | str, dtype: torch.dtype,
@@ -122,15 +121,6 @@ class Owlv2Detector:
 
         model = AutoModelForZeroShotObjectDetection.from_pretrained(path, dtype=dtype)
         return cls(model.to(device), AutoProcessor.from_pretrained(path), **options)
-
-    def pixels(self, image: Image.Image) -> np.ndarray:
-        """Pad bottom/right to a square with grey 0.5, resize, normalise → (3, side, side)."""
-        square = max(image.size)
-        canvas = Image.new("RGB", (square, square), (128, 128, 128))
-        canvas.paste(image, (0, 0))
-        canvas = canvas.resize((self.side, self.side), Image.Resampling.BILINEAR)
-        values = np.asarray(canvas, dtype=np.float32) / 255.0  # (side, side, 3)
-        return ((values - self.mean) / self.std).transpose(2, 0, 1)
 
     @torch.inference_mode()
     def detect(self, images: list[Image.Image],
@@ -142,12 +132,12 @@ class Owlv2Detector:
         max_len = int(self.model.config.text_config.max_position_embeddings)
         text = self.processor.tokenizer(queries, padding="max_length", truncation=True,
                                         max_length=max_len, return_tensors="pt")
-        pixel_values = torch.from_numpy(np.stack([self.pixels(im) for im in images]))
+        pixel_values = owlv2_pixels(images, self.side, self.mean, self.std)  # (B, 3, s, s)
         inputs = {"input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
                   "pixel_values": pixel_values}
         out = self.model(**_to_model(inputs, self.model))
         logits = out.logits.float().sigmoid().cpu()  # (B, patches, P)
-        boxes = cxcywh_to_xyxy(out.pred_boxes.float().cpu())  # (B, patches, 4) of the square
+        boxes = out.pred_boxes.float().cpu()  # (B, patches, 4) cx, cy, w, h of the square
         results = []
         for b, image in enumerate(images):
             n = len(phrases[b])
@@ -155,9 +145,8 @@ class Owlv2Detector:
                 results.append([])
                 continue
             scores, best = logits[b, :, :n].max(-1)  # (patches,)
-            square = max(image.size)
-            scale = torch.tensor([square / image.width, square / image.height] * 2)
+            xyxy = owlv2_boxes(boxes[b], image.size)  # (patches, 4) of the image
             order = scores.argsort(descending=True, stable=True)[: self.top_k]
-            results.append([Detection(clamp_box((boxes[b, q] * scale).tolist()), float(scores[q]),
+            results.append([Detection(clamp_box(xyxy[q].tolist()), float(scores[q]),
                                       int(best[q])) for q in order.tolist()])
         return results

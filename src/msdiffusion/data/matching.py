@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .boxes import Box
+from ..geometry import Box
 from .config import MatchConfig
 from .stats import Stats
 

@@ -6,7 +6,7 @@
 ``(path, device, dtype, **options)`` and returning an object with the same method (``caption``,
 ``detect``, ``segment`` or ``embed``). A missing model is a ``ModelNotAvailableError`` naming it.
 ``preset: random-tiny | random-base`` replaces all four with random-weight models
-(``random_models.py``).
+(``random_models``, from ``msdiffusion.testing.data_models``).
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError, ModelNotAvailableError
+from ..errors import InputError
+from ..runtime import load_or_explain, resolve_dtype
+from ..testing.data_models import random_model
 from .captioner import Captioner, HFCaptioner
 from .config import ModelsConfig, ModelSpec
 from .detectors import Detector, GroundingDinoDetector, Owlv2Detector
 from .features import FeatureEncoder, HFFeatureEncoder
 from .segmenter import SamSegmenter, Segmenter
 
-__all__ = ["Models", "load_models", "resolve_dtype"]
+__all__ = ["Models", "load_models", "load_one", "random_models"]
 
 
 @dataclass
@@ -62,20 +64,10 @@ FACTORIES: dict[str, dict[str, Callable[..., Any]]] = {
 }
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` → float16 on CUDA, float32 elsewhere."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
 def _guard(role: str, path: str | None, load: Callable[[], Any]) -> Any:
-    try:
-        return load()
-    except OSError as err:  # not on disk, not in the cache while offline, or a wrong hub id
-        raise ModelNotAvailableError(
-            f"config.models.{role}.path: cannot load {path!r} ({str(err).splitlines()[0]})"
-        ) from None
+    return load_or_explain(load, what=f"{role} model", source=path,
+                           fix=f"set config.models.{role}.path to a local folder, or a hub id "
+                               "in the local cache")
 
 
 def load_one(role: str, spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Any:
@@ -105,8 +97,6 @@ def load_models(cfg: ModelsConfig, device: torch.device | str, *,
     device = torch.device(device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.preset is not None:
-        from .random_models import random_models
-
         detector = cfg.detector.kind if cfg.detector.kind == "owlv2" else "grounding_dino"
         return random_models(cfg.preset.removeprefix("random-"), detector=detector,
                              segmenter=cfg.segmenter is not None, device=device, dtype=dtype,
@@ -120,3 +110,25 @@ def load_models(cfg: ModelsConfig, device: torch.device | str, *,
                                                               device, dtype),
         batch_size=cfg.batch_size,
     )
+
+
+def random_models(size: str = "tiny", *, seed: int = 0, detector: str = "grounding_dino",
+                  features: str = "dinov2", segmenter: bool = True,
+                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                  batch_size: int = 8, max_new_tokens: int = 20) -> Models:
+    """All four pipeline models with random weights, in memory (see the module docstring)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+
+        def build(name: str) -> tuple[Any, Any]:
+            model, processor = random_model(name, size)
+            return model.to(device, dtype), processor
+
+        captioner = HFCaptioner(*build("blip"), max_new_tokens=max_new_tokens)
+        detector_class = {"grounding_dino": GroundingDinoDetector, "owlv2": Owlv2Detector}
+        found = detector_class[detector](*build(detector))
+        model, processor = build(features)
+        encoder = HFFeatureEncoder(model, getattr(processor, "image_processor", processor))
+        sam = SamSegmenter(*build("sam")) if segmenter else None
+    return Models(captioner=captioner, detector=found, features=encoder, segmenter=sam,
+                  batch_size=batch_size)

@@ -20,9 +20,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .config import DataConfig
+from ..atomic import atomic_save_image, atomic_write_text
+from .config import BuildConfig
 from .stats import STAGES, Stats
-from .writer import atomic_save_image, atomic_write_text
 
 __all__ = ["RecordSummary", "write_report", "draw_grid"]
 
@@ -99,7 +99,7 @@ class RecordSummary:
         return out
 
 
-def write_report(root: Path, summary: RecordSummary, stats: Stats, cfg: DataConfig,
+def write_report(root: Path, summary: RecordSummary, stats: Stats, cfg: BuildConfig,
                  mode: str) -> dict[str, Any]:
     """Write report.json, report.md and report_grid.png into ``root``; return the report."""
     files = stats.counts.get("files", 0)

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..geometry import Box, box_to_pixels
 from .augment import augmented_reference
-from .boxes import Box, Detection, filter_detections, pixel_box
-from .config import DataConfig
+from .boxes import Detection, filter_detections
+from .config import BuildConfig
 from .crops import crop_signature, crop_with_margin, signature_diff
 from .matching import Candidate, match_subjects
 from .models import Models
@@ -93,7 +94,7 @@ def _batched(step: str, stats: Stats, fn: Callable[..., Sequence[Any]], *lists: 
     return out
 
 
-def build_samples(targets: list[Target], models: Models, cfg: DataConfig,
+def build_samples(targets: list[Target], models: Models, cfg: BuildConfig,
                   stats: Stats) -> list[BuiltSample]:
     """Run the model stages over ``targets``; see the module docstring."""
     work = _ground(targets, models, cfg, stats)
@@ -108,7 +109,7 @@ def build_samples(targets: list[Target], models: Models, cfg: DataConfig,
     return built
 
 
-def _ground(targets: list[Target], models: Models, cfg: DataConfig, stats: Stats) -> list[_Work]:
+def _ground(targets: list[Target], models: Models, cfg: BuildConfig, stats: Stats) -> list[_Work]:
     """Steps 1–2: captions, phrases, detection and filters on the targets."""
     size = models.batch_size
     uncaptioned = [t for t in targets if not t.caption]
@@ -144,7 +145,7 @@ def _ground(targets: list[Target], models: Models, cfg: DataConfig, stats: Stats
     return work
 
 
-def _from_references(work: list[_Work], models: Models, cfg: DataConfig,
+def _from_references(work: list[_Work], models: Models, cfg: BuildConfig,
                      stats: Stats) -> list[BuiltSample]:
     """Step 3 for video input: find, match and segment each subject in a reference frame."""
     if not work:
@@ -168,11 +169,11 @@ def _from_references(work: list[_Work], models: Models, cfg: DataConfig,
     crops, signatures = [], []
     for k, w in enumerate(work):
         for d in w.subjects:
-            crops.append(w.target.image.crop(pixel_box(d.box, w.target.image.size)))
+            crops.append(w.target.image.crop(box_to_pixels(d.box, *w.target.image.size)))
             signatures.append(crop_signature(w.target.image, d.box))
         for c in candidates[k]:
             frame = w.target.references[c.frame]
-            crops.append(frame.crop(pixel_box(c.box, frame.size)))
+            crops.append(frame.crop(box_to_pixels(c.box, *frame.size)))
             signatures.append(crop_signature(frame, c.box))
     rows = _batched("features", stats, models.features.embed, crops, size=size)
     features = torch.stack(rows).numpy() if rows else np.zeros((0, 1), np.float32)  # (N, D)
@@ -234,7 +235,7 @@ def _from_references(work: list[_Work], models: Models, cfg: DataConfig,
     return samples
 
 
-def _from_augmentation(work: list[_Work], models: Models, cfg: DataConfig,
+def _from_augmentation(work: list[_Work], models: Models, cfg: BuildConfig,
                        stats: Stats) -> list[BuiltSample]:
     """Step 3 for image-only input: segment on the target, then an augmented crop per subject."""
     if not work:
@@ -267,7 +268,7 @@ def _from_augmentation(work: list[_Work], models: Models, cfg: DataConfig,
 def _mask_ok(mask: np.ndarray, box: Box, size: tuple[int, int], min_fraction: float,
              stats: Stats) -> bool:
     """A SAM mask covering less than ``min_fraction`` of its box is dropped (counted)."""
-    x0, y0, x1, y1 = pixel_box(box, size)
+    x0, y0, x1, y1 = box_to_pixels(box, *size)
     inside = float(mask[y0:y1, x0:x1].sum()) / max((x1 - x0) * (y1 - y0), 1)
     if inside < min_fraction:
         stats.skip("mask:too_small")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .boxes import Box
+from ..geometry import Box
 
 __all__ = ["Segmenter", "SamSegmenter"]
 

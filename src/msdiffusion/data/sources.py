@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from ..errors import InputError
-from .config import DataConfig
+from .config import BuildConfig
 from .media import IMAGE_EXTENSIONS, load_rgb
 from .samples import Target
 from .shots import choose_pair, find_cuts, split_shots
@@ -96,7 +96,7 @@ class SidecarCaptions:
         return caption or None
 
 
-def video_targets(path: Path, rel: str, key: str, cfg: DataConfig, stats: Stats,
+def video_targets(path: Path, rel: str, key: str, cfg: BuildConfig, stats: Stats,
                   caption: str | None) -> list[Target]:
     """Decode, drop bad frames, split shots and choose each shot's target and references.
 
@@ -149,7 +149,7 @@ def video_targets(path: Path, rel: str, key: str, cfg: DataConfig, stats: Stats,
     return targets
 
 
-def image_target(path: Path, rel: str, key: str, cfg: DataConfig, stats: Stats,
+def image_target(path: Path, rel: str, key: str, cfg: BuildConfig, stats: Stats,
                  caption: str | None) -> Target:
     """Load one image as a target (odd modes converted; ``BadInput`` for unusable files)."""
     with stats.timed("decode"):

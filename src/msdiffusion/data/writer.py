@@ -21,13 +21,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_open, atomic_save_image, atomic_write_text
-from .config import DataConfig
+from ..atomic import atomic_save_image, atomic_write_text
+from .config import BuildConfig
 from .samples import BuiltSample
 from .stats import Stats
 
-__all__ = ["DatasetWriter", "atomic_open", "atomic_write_text", "atomic_save_image",
-           "MANIFEST_NAME"]
+__all__ = ["DatasetWriter", "MANIFEST_NAME"]
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -39,7 +38,7 @@ def _box(box: tuple[float, ...] | None) -> list[float] | None:
 class DatasetWriter:
     """Writes one dataset folder (see the module docstring)."""
 
-    def __init__(self, root: Path, cfg: DataConfig):
+    def __init__(self, root: Path, cfg: BuildConfig):
         self.root, self.cfg = root, cfg
         self.ext = "." + cfg.image_format
         self.params: dict[str, Any] = ({"quality": cfg.jpeg_quality} if cfg.image_format == "jpg"

@@ -176,7 +176,7 @@ def register(subparsers: Any) -> None:
 
 
 def _benchmark(args: argparse.Namespace):
-    from .benchmarks import load_benchmark
+    from ..benchmarks import load_benchmark
 
     return load_benchmark(args.benchmark, args.data, spec=args.spec, box=args.box,
                           references=getattr(args, "references", None) or "all")
@@ -191,7 +191,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if bench.missing:
         print(bench.missing_report(), file=sys.stderr)
     if args.export:
-        from .runs import RunFolder, atomic_write_text
+        from ..atomic import atomic_write_text
+        from .runs import RunFolder
 
         if args.images_per_sample < 1:
             raise InputError("images_per_sample", "must be >= 1", args.images_per_sample)
@@ -245,20 +246,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from .features import DEFAULT_MODELS
     from .report import summary_table
-    from .scoring import ScoringConfig, resolve_run, score_run
+    from .runs import resolve_run
+    from .scoring import ScoringConfig, score_run
 
     inputs = resolve_run(args.run, benchmark=args.benchmark, data=args.data, spec=args.spec,
                          box=args.box, references=args.references, index=args.index)
     models = dict(DEFAULT_MODELS)
     if args.models == "tiny":
-        from .tiny import write_tiny_scorers
+        from ..testing.scorers import write_tiny_scorers
 
         models = write_tiny_scorers(Path(args.cache_dir or inputs.run.root / "cache")
                                     / "tiny-scorers")
         print("note: tiny random scorers — the numbers are meaningless (smoke test)",
               file=sys.stderr)
     detector = args.detector_model or models["detector"]
-    from ..inference import resolve_device
+    from ..runtime import resolve_device
 
     config = ScoringConfig(
         clip_model=args.clip_model or models["clip"], dino_model=args.dino_model or models["dino"],

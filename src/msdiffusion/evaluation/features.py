@@ -1,12 +1,9 @@
 """Feature extractors for scoring (CLIP, DINO, OWLv2) and the reference-feature cache.
 
 Each extractor loads its model once (``from_pretrained`` on a hub id or a local folder), batches
-its inputs and returns float32 CPU tensors. They use the model's own preprocessing, except OWLv2:
-transformers' ``Owlv2ImageProcessorPil`` needs SciPy and the fast one torchvision, so
-:func:`owlv2_pixels` does the same steps (pad to a square at the bottom/right, resize, CLIP
-normalisation, values read from the model's ``preprocessor_config.json``) with Pillow's
-antialiased bilinear resize instead of SciPy's Gaussian + zoom — boxes differ by a fraction of a
-pixel.
+its inputs and returns float32 CPU tensors. They use the model's own preprocessing, except OWLv2,
+whose square padding and boxes are ``msdiffusion.owlv2``'s (sizes and normalisation read from the
+model's ``preprocessor_config.json``).
 
 Embeddings: CLIP image/text = the projected ``pooler_output`` (``get_image_features`` /
 ``get_text_features``); DINO = the CLS token of the last layer (``last_hidden_state[:, 0]``, the
@@ -18,19 +15,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ModelNotAvailableError
-from .metrics import nms
-from .runs import atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from ..geometry import nms
+from ..owlv2 import owlv2_boxes, owlv2_pixels
+from ..runtime import dtype_label, load_or_explain
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -39,7 +35,6 @@ __all__ = [
     "DinoEmbedder",
     "OwlDetector",
     "ReferenceCache",
-    "owlv2_pixels",
 ]
 
 DEFAULT_MODELS = {
@@ -70,16 +65,14 @@ def _quiet_transformers() -> Iterator[None]:
 
 def _load(loader: Any, model_id: str, role: str, **kwargs: Any) -> Any:
     """``loader.from_pretrained(model_id)`` with a clear error when it is not available."""
-    try:
+
+    def load() -> Any:
         with _quiet_transformers():
             return loader.from_pretrained(model_id, **kwargs)
-    except (OSError, ValueError) as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-        why = ("it is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE is set"
-               if offline else f"{type(err).__name__}: {str(err).splitlines()[0][:160]}")
-        raise ModelNotAvailableError(
-            f"{role} model {model_id!r} cannot be loaded ({why}); download it once "
-            f"(`hf download {model_id}`) or pass a local folder with --{role}-model") from err
+
+    return load_or_explain(load, what=f"{role} model", source=model_id,
+                           fix=f"download it once (`hf download {model_id}`) or pass a local "
+                               f"folder with --{role}-model")
 
 
 def _fingerprint(model_id: str, model: Any) -> str:
@@ -125,7 +118,7 @@ class _Extractor:
         return {"model": self.model_id, "class": type(self.model).__name__,
                 "revision": getattr(self.model.config, "_commit_hash", None),
                 "fingerprint": self.fingerprint[:16],
-                "dtype": str(self.dtype).replace("torch.", "")}
+                "dtype": dtype_label(self.dtype)}
 
 
 class _ImageEmbedder(_Extractor):
@@ -206,23 +199,6 @@ class Detection:
     score: float
 
 
-def owlv2_pixels(images: Sequence[Image.Image], size: int, mean: Sequence[float],
-                 std: Sequence[float]) -> torch.Tensor:
-    """OWLv2 input: pad each image to a square (bottom/right, black), resize to ``size``²,
-    normalise. (B,) images -> (B, 3, size, size)."""
-    batch = []
-    for im in images:
-        im = im.convert("RGB")
-        side = max(im.size)
-        square = Image.new("RGB", (side, side), (0, 0, 0))
-        square.paste(im, (0, 0))
-        square = square.resize((size, size), Image.Resampling.BILINEAR)
-        arr = np.asarray(square, dtype=np.float32) / 255.0  # (size, size, 3)
-        arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-        batch.append(torch.from_numpy(arr).permute(2, 0, 1))  # (3, size, size)
-    return torch.stack(batch)
-
-
 class OwlDetector(_Extractor):
     """Open-vocabulary detection with OWLv2. Default ``google/owlv2-base-patch16-ensemble``.
 
@@ -263,7 +239,7 @@ class OwlDetector(_Extractor):
     @property
     def info(self) -> dict[str, Any]:
         return {**super().info, "query_template": self.query_template,
-                "input_size": self.image_size, "preprocessing": "pad-square + Pillow bilinear"}
+                "input_size": self.image_size, "preprocessing": "pad-square (grey) + Pillow bilinear"}
 
     @torch.inference_mode()
     def detect(self, images: Sequence[Image.Image], phrases: Sequence[Sequence[str]],
@@ -302,13 +278,7 @@ class OwlDetector(_Extractor):
 
     def _best(self, boxes: torch.Tensor, scores: torch.Tensor, size: tuple[int, int],
               k: int) -> list[Detection]:
-        width, height = size
-        side = max(width, height)
-        cx, cy, w, h = boxes.unbind(-1)
-        # padded-square coordinates -> pixels -> normalised to the image; (P, 4) xyxy
-        xyxy = torch.stack([(cx - w / 2) * side / width, (cy - h / 2) * side / height,
-                            (cx + w / 2) * side / width, (cy + h / 2) * side / height], -1)
-        xyxy = xyxy.clamp(0.0, 1.0)
+        xyxy = owlv2_boxes(boxes, size)  # (P, 4) normalised to the image
         top = torch.argsort(scores, descending=True)[: max(20, 4 * k)]
         kept = nms(xyxy[top], scores[top], self.nms_iou)[:k]
         return [Detection(tuple(float(v) for v in xyxy[top[i]]), float(scores[top[i]]))

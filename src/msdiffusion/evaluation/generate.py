@@ -27,14 +27,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_json
+from ..benchmarks import Benchmark, BenchSample
 from ..errors import InputError
-from .benchmarks import Benchmark, BenchSample
-from .runs import ImageRecord, RunFolder, atomic_write_json, shard
+from ..runtime import check_dtype_name
+from .runs import ImageRecord, RunFolder, shard
 
 __all__ = ["GenerationConfig", "image_seed", "plan_images", "build_request", "run_generation"]
 
 MAX_IMAGES_PER_SAMPLE = 1000
-_DTYPES = ("fp32", "fp16", "bf16")
 
 
 @dataclass
@@ -68,8 +69,7 @@ class GenerationConfig:
         if not 1 <= self.images_per_sample <= MAX_IMAGES_PER_SAMPLE:
             raise InputError("images_per_sample", f"must be in 1..{MAX_IMAGES_PER_SAMPLE}",
                              self.images_per_sample)
-        if self.dtype is not None and self.dtype not in _DTYPES:
-            raise InputError("dtype", f"must be one of {', '.join(_DTYPES)}", self.dtype)
+        check_dtype_name(self.dtype, auto=False, none=True)
         if self.steps < 1:
             raise InputError("steps", "must be >= 1", self.steps)
 
@@ -97,7 +97,7 @@ def plan_images(samples: Sequence[BenchSample], config: GenerationConfig,
 
 def build_request(sample: BenchSample, benchmark: Benchmark, config: GenerationConfig, seed: int):
     """The inference request of one image of ``sample`` (absolute reference paths)."""
-    from ..inference import GenerationRequest, SubjectSpec
+    from ..request import GenerationRequest, SubjectSpec
 
     mask = None
     if config.region == "image":
@@ -179,13 +179,13 @@ def run_generation(benchmark: Benchmark, out: str | Path, config: GenerationConf
 
     Returns this process's statistics; the main process also writes ``generation.json`` with the
     totals once every process is done. Call it in every process of an ``accelerate launch``.
-    ``model``: an already loaded :class:`~msdiffusion.inference.LoadedModel` to use instead of
+    ``model``: an already loaded :class:`~msdiffusion.loading.LoadedModel` to use instead of
     loading ``config``'s (it must be the model ``config`` describes: the run records ``config``).
     """
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from .. import __version__
+    from ..version import __version__
 
     if batch_size < 1:
         raise InputError("batch_size", "must be >= 1", batch_size)
@@ -219,7 +219,8 @@ def run_generation(benchmark: Benchmark, out: str | Path, config: GenerationConf
              "assigned": len(mine), "already_done": len(mine) - len(todo), "generated": 0,
              "seconds": 0.0, "load_seconds": 0.0, "images": []}
     if todo:
-        from ..inference import generate, load_pipeline
+        from ..inference import generate
+        from ..loading import load_pipeline
 
         t0 = time.perf_counter()
         if model is None:

@@ -12,14 +12,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import InputError
 from .metrics import apply_convention, summarize
-from .runs import atomic_write_json, atomic_write_text
-
-if TYPE_CHECKING:
-    from .scoring import RunInputs
+from .runs import RunInputs
 
 __all__ = ["METRICS", "build_report", "write_report", "compare_runs", "summary_table"]
 
@@ -65,7 +63,7 @@ def build_report(inputs: RunInputs, rows: list[dict[str, Any]], skipped: dict[st
                  models: dict[str, Any], scoring: dict[str, Any], *, percent: bool = False,
                  clip_t_weight: float | None = None) -> dict[str, Any]:
     """The report as a dict (what ``report.json`` holds)."""
-    from .. import __version__
+    from ..version import __version__
 
     bench, meta = inputs.benchmark, inputs.meta
     convention = {"percent": percent, "clip_t_weight": clip_t_weight}
@@ -194,7 +192,8 @@ def write_report(root: Path, report: dict[str, Any], rows: list[dict[str, Any]],
     """``report.json``, ``report.md``, ``charts/<metric>.png``, ``grid.png`` under ``root``."""
     from PIL import Image
 
-    from .drawing import bar_chart, sample_grid
+    from ..charts import bar_chart
+    from .drawing import sample_grid
 
     atomic_write_json(root / "report.json", report)
     atomic_write_text(root / "report.md", _markdown(report))
@@ -298,7 +297,7 @@ def compare_runs(runs: Sequence[str | Path], *, out: str | Path | None = None,
         atomic_write_json(out / "compare.json", {k: v for k, v in result.items()
                                                  if k != "markdown"})
         atomic_write_text(out / "compare.md", result["markdown"])
-        from .drawing import bar_chart
+        from ..charts import bar_chart
 
         fmt = "{:.1f}" if percent else "{:.3f}"
         for m in cols:

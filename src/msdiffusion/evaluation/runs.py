@@ -19,23 +19,23 @@ WebP RIFF size), so a file cut short by a full disk or a copy is redone, never s
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_json, atomic_write_text
+from ..benchmarks import IMAGE_EXTENSIONS, Benchmark, canonical_name, load_benchmark
 from ..errors import InputError
-from .benchmarks import IMAGE_EXTENSIONS
 
 __all__ = [
     "INDEX_FILE",
     "RUN_FILE",
     "ImageRecord",
     "RunFolder",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
+    "RunInputs",
+    "resolve_run",
     "is_complete_image",
     "shard",
 ]
@@ -47,10 +47,6 @@ T = TypeVar("T")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-
-
-# ----------------------------------------------------------------------------------------------
-# Atomic writes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,3 +222,72 @@ class RunFolder:
                                            index=int(f.stem) if numbered else pos,
                                            image=f.relative_to(self.root).as_posix()))
         return records
+
+
+# ----------------------------------------------------------------------------------------------
+# A run resolved against its benchmark
+
+
+@dataclass
+class RunInputs:
+    """A run folder resolved against its benchmark."""
+
+    run: RunFolder
+    benchmark: Benchmark
+    records: list[ImageRecord]
+    meta: dict[str, Any] | None  # run.json; None for bring-your-own-images folders
+
+
+def resolve_run(run_dir: str | Path, *, benchmark: str | None = None,
+                data: str | Path | None = None, spec: str | Path | None = None,
+                box: Sequence[float] | None = None, references: str | None = None,
+                index: str | Path | None = None) -> RunInputs:
+    """Find the benchmark, data and image records of a run folder (ours or bring-your-own)."""
+    run = RunFolder(run_dir)
+    if not run.root.is_dir():
+        raise InputError("run", "must be an existing run folder", str(run.root))
+    meta = run.read_meta()
+    if meta is not None:
+        if benchmark and canonical_name(benchmark) != meta["benchmark"]:
+            raise InputError("benchmark", f"the run folder holds a {meta['benchmark']} run",
+                             benchmark)
+        options = meta.get("benchmark_options", {})
+        if box is not None and list(box) != options.get("box"):
+            raise InputError("box", f"the run was generated with box {options.get('box')}", box)
+        bench = load_benchmark(meta["benchmark"], data or meta["data_dir"], spec=spec,
+                               box=options.get("box"), references=references or "all")
+        if bench.options != options:
+            raise InputError("run", f"was generated with benchmark options {options}, not "
+                             f"{bench.options} (another --spec?)", str(run.root))
+    else:
+        if not benchmark or not data:
+            raise InputError("run", "has no run.json (bring-your-own images): pass --benchmark "
+                             "and --data", str(run.root))
+        bench = load_benchmark(benchmark, data, spec=spec, box=box,
+                               references=references or "all")
+    if index is not None:
+        records = run.read_index(index)
+    elif run.index_path.exists():
+        records = run.read_index()
+    else:
+        records = run.discover()
+    if not records:
+        raise InputError("run", "holds no images", str(run.root))
+    _check_records(records, bench, run)
+    return RunInputs(run, bench, records, meta)
+
+
+def _check_records(records: list[ImageRecord], bench: Benchmark, run: RunFolder) -> None:
+    unknown = [r.sample_id for r in records if bench.get(r.sample_id) is None]
+    if unknown:
+        raise InputError("run", f"{len(unknown)} of {len(records)} images name samples that "
+                         f"{bench.name} does not have — a run of another benchmark, or a wrong "
+                         "folder layout (images/<sample_id>/<k>.png)", unknown[:3])
+    dup = [k for k, n in Counter((r.sample_id, r.index) for r in records).items() if n > 1]
+    if dup:
+        raise InputError("run", "lists the same (sample, image index) more than once", dup[:3])
+    changed = [r.sample_id for r in records
+               if r.prompt is not None and r.prompt != bench.get(r.sample_id).prompt]
+    if changed:
+        raise InputError("run", "index prompts differ from the benchmark's (was the spec "
+                         "changed?)", changed[:3])

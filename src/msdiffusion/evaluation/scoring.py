@@ -22,7 +22,6 @@ report says how many, never a silently smaller average.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -32,13 +31,16 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..atomic import atomic_write_text
+from ..benchmarks import BenchSample
 from ..errors import InputError
-from .benchmarks import Benchmark, BenchSample, canonical_name, load_benchmark
+from ..geometry import box_iou, crop_box
+from ..runtime import check_dtype_name, to_dtype
 from .features import DEFAULT_MODELS, ClipEmbedder, DinoEmbedder, OwlDetector, ReferenceCache
-from .metrics import assign_detections, box_iou, cosine_rows, crop_box, product_score
-from .runs import ImageRecord, RunFolder, atomic_write_text, is_complete_image
+from .metrics import assign_detections, cosine_rows, product_score
+from .runs import ImageRecord, RunInputs, is_complete_image
 
-__all__ = ["ScoringConfig", "RunInputs", "resolve_run", "score_run", "score_images"]
+__all__ = ["ScoringConfig", "score_run", "score_images"]
 
 
 @dataclass
@@ -64,76 +66,10 @@ class ScoringConfig:
         for name in ("batch_size", "detector_batch_size", "chunk_images", "workers"):
             if getattr(self, name) < 1:
                 raise InputError(name, "must be >= 1", getattr(self, name))
-        if self.dtype not in ("fp32", "fp16", "bf16"):
-            raise InputError("dtype", "must be fp32, fp16 or bf16", self.dtype)
+        check_dtype_name(self.dtype, auto=False)
         if "{}" not in self.query_template:
             raise InputError("query_template", "must contain {} for the phrase",
                              self.query_template)
-
-
-@dataclass
-class RunInputs:
-    """A run folder resolved against its benchmark."""
-
-    run: RunFolder
-    benchmark: Benchmark
-    records: list[ImageRecord]
-    meta: dict[str, Any] | None  # run.json; None for bring-your-own-images folders
-
-
-def resolve_run(run_dir: str | Path, *, benchmark: str | None = None,
-                data: str | Path | None = None, spec: str | Path | None = None,
-                box: Sequence[float] | None = None, references: str | None = None,
-                index: str | Path | None = None) -> RunInputs:
-    """Find the benchmark, data and image records of a run folder (ours or bring-your-own)."""
-    run = RunFolder(run_dir)
-    if not run.root.is_dir():
-        raise InputError("run", "must be an existing run folder", str(run.root))
-    meta = run.read_meta()
-    if meta is not None:
-        if benchmark and canonical_name(benchmark) != meta["benchmark"]:
-            raise InputError("benchmark", f"the run folder holds a {meta['benchmark']} run",
-                             benchmark)
-        options = meta.get("benchmark_options", {})
-        if box is not None and list(box) != options.get("box"):
-            raise InputError("box", f"the run was generated with box {options.get('box')}", box)
-        bench = load_benchmark(meta["benchmark"], data or meta["data_dir"], spec=spec,
-                               box=options.get("box"), references=references or "all")
-        if bench.options != options:
-            raise InputError("run", f"was generated with benchmark options {options}, not "
-                             f"{bench.options} (another --spec?)", str(run.root))
-    else:
-        if not benchmark or not data:
-            raise InputError("run", "has no run.json (bring-your-own images): pass --benchmark "
-                             "and --data", str(run.root))
-        bench = load_benchmark(benchmark, data, spec=spec, box=box,
-                               references=references or "all")
-    if index is not None:
-        records = run.read_index(index)
-    elif run.index_path.exists():
-        records = run.read_index()
-    else:
-        records = run.discover()
-    if not records:
-        raise InputError("run", "holds no images", str(run.root))
-    _check_records(records, bench, run)
-    return RunInputs(run, bench, records, meta)
-
-
-def _check_records(records: list[ImageRecord], bench: Benchmark, run: RunFolder) -> None:
-    unknown = [r.sample_id for r in records if bench.get(r.sample_id) is None]
-    if unknown:
-        raise InputError("run", f"{len(unknown)} of {len(records)} images name samples that "
-                         f"{bench.name} does not have — a run of another benchmark, or a wrong "
-                         "folder layout (images/<sample_id>/<k>.png)", unknown[:3])
-    dup = [k for k, n in Counter((r.sample_id, r.index) for r in records).items() if n > 1]
-    if dup:
-        raise InputError("run", "lists the same (sample, image index) more than once", dup[:3])
-    changed = [r.sample_id for r in records
-               if r.prompt is not None and r.prompt != bench.get(r.sample_id).prompt]
-    if changed:
-        raise InputError("run", "index prompts differ from the benchmark's (was the spec "
-                         "changed?)", changed[:3])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,8 +93,7 @@ class _Models:
     """The scoring models, loaded once per run."""
 
     def __init__(self, config: ScoringConfig):
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.dtype]
-        kw = dict(device=config.device, dtype=dtype)
+        kw = dict(device=config.device, dtype=to_dtype(config.dtype))
         self.clip = ClipEmbedder(config.clip_model, batch_size=config.batch_size, **kw)
         self.dino = DinoEmbedder(config.dino_model, batch_size=config.batch_size, **kw)
         self.detector = (OwlDetector(config.detector_model, query_template=config.query_template,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .benchmarks import DREAMBENCH_PROMPTS, DREAMBENCH_SUBJECTS, load_msbench_spec
+from ..benchmarks import DREAMBENCH_PROMPTS, DREAMBENCH_SUBJECTS, load_msbench_spec
 
 __all__ = ["write_standin"]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..benchmarks import Benchmark, BenchSample, load_toy_spec
 from ..errors import InputError
 from ..toyworld.metrics import (
     background_of,
@@ -24,7 +25,6 @@ from ..toyworld.metrics import (
     identity_score,
     layout_share,
 )
-from .benchmarks import Benchmark, BenchSample, load_toy_spec
 
 __all__ = ["ToyScorer", "TOY_METRICS"]
 

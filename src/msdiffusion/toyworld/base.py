@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_path
 from ..encoding import prepare_reference
-from ..presets import random_components
+from ..testing.sdxl import random_components
 from .world import IMAGE_SIZE, render, sample_reference, sample_scene
 
 __all__ = ["BaseSettings", "train_base", "render_scenes", "time_ids"]
@@ -334,8 +335,8 @@ def train_unet(
                 "generator": gen.get_state(),
                 "step": step + 1,
             }
-            torch.save(state, checkpoint.with_suffix(".tmp"))
-            checkpoint.with_suffix(".tmp").replace(checkpoint)
+            with atomic_path(checkpoint) as tmp:
+                torch.save(state, tmp)
         if step % 50 == 0 or step == settings.unet_steps - 1:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log.write("unet", step, loss=loss.item(), lr=sched.get_last_lr()[0])
@@ -417,13 +418,12 @@ def _save_phase(module: torch.nn.Module, path: Path) -> None:
 
     config = getattr(module, "config", None)
     scaling = getattr(config, "scaling_factor", None)  # the VAE's, set after its training
-    tmp = path.with_suffix(".tmp")
-    save_file(
-        {k: v.contiguous() for k, v in module.state_dict().items()},
-        str(tmp),
-        metadata={"scaling_factor": str(scaling)} if scaling is not None else None,
-    )
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(
+            {k: v.contiguous() for k, v in module.state_dict().items()},
+            str(tmp),
+            metadata={"scaling_factor": str(scaling)} if scaling is not None else None,
+        )
 
 
 def _load_phase(module: torch.nn.Module, path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_json
+from ..geometry import Box
 from .world import (
     BACKGROUNDS,
     CLASSES,
@@ -42,7 +43,6 @@ __all__ = [
 SPEC_NAME = "spec.json"
 CANDIDATES = 6  # references each box's content is retrieved among (chance = 1/6)
 SAMPLES_PER_GROUP = 40
-Box = tuple[float, float, float, float]
 # Preset boxes per subject count (sizes inside the training distribution).
 TOY_LAYOUTS: dict[int, list[list[Box]]] = {
     1: [

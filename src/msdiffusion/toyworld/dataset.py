@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..training.manifest import write_manifest
+from ..manifest import write_manifest
 from .world import render, sample_reference, sample_scene
 
 __all__ = ["write_training_set", "training_record"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from ..evaluation.drawing import PALETTE, line_chart
+from ..charts import PALETTE, line_chart
 from .metrics import classify_pixels, colour_histogram, identity_score
 from .world import BACKGROUNDS, held_out_subjects, render, sample_scene
 
@@ -123,8 +123,8 @@ def swap_test(base: Path, adapter: Path, bench: Path, settings: Any, out: Path) 
     its old one."""
     import torch
 
-    from ..inference import load_pipeline
     from ..layout import Subject
+    from ..loading import load_pipeline
 
     model = load_pipeline(
         "toy",
@@ -251,17 +251,16 @@ def write_learning_report(
     out: Path,
     settings: Any,
     reports: dict[str, Any],
+    labels: dict[str, str],
     swap: dict[str, Any] | None,
     stages: dict[str, float],
     machine: dict[str, Any],
 ) -> None:
-    """The markdown report with its pictures in ``<target stem>/`` beside it."""
-    from .learn import VARIANTS
-
+    """The markdown report with its pictures in ``<target stem>/`` beside it; ``labels`` names
+    each variant of ``reports``."""
     figures = target.parent / target.stem
     figures.mkdir(parents=True, exist_ok=True)
     world_picture(figures / "world.png")
-    labels = {k: VARIANTS[k].label for k in reports}
     comparison_grid(
         out / "bench",
         {k: out / "eval" / k for k in reports},

@@ -288,6 +288,7 @@ def run_learn(
         out=out,
         settings=settings,
         reports=reports,
+        labels={k: VARIANTS[k].label for k in reports},
         swap=swap,
         stages=stages.times,
         machine=_machine(),

@@ -15,12 +15,12 @@ belongs to at most one of them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
+from ..geometry import box_to_pixels
 from .world import BACKGROUNDS, SUBJECT_COLORS
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "identity_score",
     "layout_share",
     "background_of",
-    "box_pixels",
 ]
 
 PALETTE = np.asarray([*SUBJECT_COLORS.values(), *BACKGROUNDS.values()], dtype=np.float32)  # (P, 3)
@@ -52,22 +51,11 @@ def classify_pixels(image: Image.Image | np.ndarray) -> np.ndarray:
     return labels
 
 
-def box_pixels(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """A normalised box → pixel bounds ``(c0, r0, c1, r1)`` (floor/ceil, end exclusive)."""
-    x0, y0, x1, y1 = box
-    return (
-        max(0, math.floor(x0 * width)),
-        max(0, math.floor(y0 * height)),
-        min(width, math.ceil(x1 * width)),
-        min(height, math.ceil(y1 * height)),
-    )
-
-
 def colour_histogram(labels: np.ndarray, box: Sequence[float] | None = None) -> np.ndarray:
     """``(N_SUBJECT,)`` shares of the subject colours among the subject-coloured pixels of the
     box (all zeros when there are none)."""
     if box is not None:
-        c0, r0, c1, r1 = box_pixels(box, labels.shape[1], labels.shape[0])
+        c0, r0, c1, r1 = box_to_pixels(box, labels.shape[1], labels.shape[0])
         labels = labels[r0:r1, c0:c1]
     counts = np.bincount(labels[(labels >= 0) & (labels < N_SUBJECT)], minlength=N_SUBJECT)
     total = counts.sum()
@@ -89,7 +77,7 @@ def layout_share(labels: np.ndarray, colours: Sequence[str], box: Sequence[float
     total = int(mine.sum())
     if total < MIN_PIXELS:
         return 0.0
-    c0, r0, c1, r1 = box_pixels(box, labels.shape[1], labels.shape[0])
+    c0, r0, c1, r1 = box_to_pixels(box, labels.shape[1], labels.shape[0])
     return float(mine[r0:r1, c0:c1].sum()) / total
 
 
@@ -97,7 +85,7 @@ def background_of(labels: np.ndarray, boxes: Sequence[Sequence[float]]) -> str |
     """The most common background colour outside every box (None if no background pixel)."""
     outside = np.ones(labels.shape, dtype=bool)
     for box in boxes:
-        c0, r0, c1, r1 = box_pixels(box, labels.shape[1], labels.shape[0])
+        c0, r0, c1, r1 = box_to_pixels(box, labels.shape[1], labels.shape[0])
         outside[r0:r1, c0:c1] = False
     values = labels[outside]
     values = values[values >= N_SUBJECT] - N_SUBJECT

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from ..geometry import box_iou, crop_box, mask_bbox
+
 __all__ = [
     "SUBJECT_COLORS",
     "BACKGROUNDS",
@@ -41,7 +43,6 @@ __all__ = [
     "render",
     "caption",
     "is_held_out",
-    "reference_crop",
     "held_out_subjects",
 ]
 
@@ -136,7 +137,7 @@ class Reference:
 
     def crop(self) -> Image.Image:
         """The subject's box of the frame (what a reference image is)."""
-        return reference_crop(self.image, self.box)
+        return crop_box(self.image, self.box)
 
 
 def caption(classes: Sequence[str], background: str) -> str:
@@ -194,19 +195,11 @@ def sample_boxes(
         w, h = min(0.95, side * math.sqrt(aspect)), min(0.95, side / math.sqrt(aspect))
         x0, y0 = rng.uniform(0.0, 1.0 - w), rng.uniform(0.0, 1.0 - h)
         box = (round(x0, 4), round(y0, 4), round(x0 + w, 4), round(y0 + h, 4))
-        if all(_iou(box, other) <= max_iou for other in boxes):
+        if all(box_iou(box, other) <= max_iou for other in boxes):
             boxes.append(box)
             if len(boxes) == count:
                 return boxes
     raise RuntimeError(f"could not place {count} boxes")  # unreachable for these sizes
-
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def sample_scene(
@@ -259,16 +252,8 @@ def sample_reference(
     placed = Placed(subject.cls, subject.identity, (x0, y0, x0 + w, y0 + h), rotation)
     scene = Scene(background=background, subjects=(placed,), texture_seed=int(rng.integers(2**31)))
     image, masks = render(scene)
-    return Reference(scene=scene, box=_mask_box(masks[0]), image=image)
-
-
-def reference_crop(image: Image.Image, box: Sequence[float]) -> Image.Image:
-    """The box of a frame in whole pixels (floor/ceil — the training crop's rule)."""
-    w, h = image.size
-    x0, y0, x1, y1 = box
-    return image.crop(
-        (math.floor(x0 * w), math.floor(y0 * h), math.ceil(x1 * w), math.ceil(y1 * h))
-    )
+    box = tuple(round(v, 4) for v in mask_bbox(masks[0] > 0.5))
+    return Reference(scene=scene, box=box, image=image)
 
 
 def held_out_subjects(count: int, seed: int = 0) -> list[tuple[Image.Image, str, Identity]]:
@@ -280,17 +265,6 @@ def held_out_subjects(count: int, seed: int = 0) -> list[tuple[Image.Image, str,
         ref = sample_reference(subject, seed, 2 * 10**8 + i)
         out.append((ref.crop(), subject.cls, subject.identity))
     return out
-
-
-def _mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
-    rows, cols = np.nonzero(mask > 0.5)
-    h, w = mask.shape
-    return (
-        round(cols.min() / w, 4),
-        round(rows.min() / h, 4),
-        round((cols.max() + 1) / w, 4),
-        round((rows.max() + 1) / h, 4),
-    )
 
 
 # ---- rendering --------------------------------------------------------------------------------

@@ -30,13 +30,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
-from .checkpoint import write_json_atomic
+from ..manifest import Record
+from ..runtime import dtype_label, to_dtype
 from .config import DropoutConfig, TrainConfig
 from .dataset import SampleError, collate_samples, sample_rng
 from .dropout import NONE, draw_dropouts
-from .manifest import Record
 
 __all__ = ["CACHE_FORMAT", "cache_fingerprint", "build_cache", "build_cache_for_config",
            "CachedDataset", "read_index"]
@@ -69,7 +69,7 @@ def cache_fingerprint(config: TrainConfig, dtype: torch.dtype) -> dict[str, Any]
         "size": list(d.size), "crop": "center",
         "reference_interpolation": d.reference_interpolation, "max_subjects": d.max_subjects,
         "manifest_sha256": _sha256(Path(d.manifest)),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_label(dtype),
     }
 
 
@@ -165,7 +165,7 @@ def build_cache(config: TrainConfig, records: Sequence[Record], root: Path, enco
         index["shards"].append(name)
         index["records"].extend([[i, key, rid, n] for rid, key, n in json.loads(meta["records"])])
         index["skipped"].extend(json.loads(meta["skipped"]))
-    write_json_atomic(out / INDEX_NAME, index)
+    atomic_write_json(out / INDEX_NAME, index)
     return index
 
 
@@ -175,9 +175,9 @@ def build_cache_for_config(config: TrainConfig) -> dict[str, Any]:
     from accelerate.utils import DistributedType
 
     from .baddata import SkipLog
-    from .components import DTYPES, load_components, move_module, resolve_weight_dtype
+    from .components import load_components, move_module, resolve_weight_dtype
     from .encoders import FrozenEncoders
-    from .trainer import make_accelerator, usable_records
+    from .launch import make_accelerator, usable_records
 
     if config.data.cache_dir is None:
         raise InputError("data.cache_dir", "is required to build a cache", None)
@@ -186,8 +186,8 @@ def build_cache_for_config(config: TrainConfig) -> dict[str, Any]:
     acc = make_accelerator(config, with_trackers=False)
     weight_dtype = resolve_weight_dtype(config.model.weight_dtype, acc.device,
                                         fsdp=acc.distributed_type == DistributedType.FSDP)
-    dtype = weight_dtype if config.data.cache_dtype == "auto" else DTYPES[config.data.cache_dtype]
-    vae_dtype = DTYPES[config.model.vae_dtype] if config.model.vae_dtype else weight_dtype
+    dtype = weight_dtype if config.data.cache_dtype == "auto" else to_dtype(config.data.cache_dtype)
+    vae_dtype = to_dtype(config.model.vae_dtype) if config.model.vae_dtype else weight_dtype
     components = load_components(config.model, with_unet=False, dtype=weight_dtype)
     for name in ("vae", "text_encoder", "text_encoder_2", "image_encoder"):
         move_module(components[name], acc.device, vae_dtype if name == "vae" else weight_dtype)

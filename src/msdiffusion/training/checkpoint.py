@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_json as write_json_atomic
+from ..atomic import atomic_write_json, replace_dir
 from ..errors import CheckpointError
 
-__all__ = ["TrainState", "CheckpointManager", "STATE_NAME", "write_json_atomic"]
+__all__ = ["TrainState", "CheckpointManager", "STATE_NAME"]
 
 STATE_NAME = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d{8,})$")
@@ -103,17 +103,8 @@ class CheckpointManager:
         barrier()
         final = self.path_for(step)
         if is_main:
-            write_json_atomic(tmp / STATE_NAME, state.to_json())
-            _fsync_dir(tmp)
-            if final.exists():  # re-saving a step after resuming from an earlier checkpoint
-                old = self.root / f".old-step-{step:08d}"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            _fsync_dir(self.root)
+            atomic_write_json(tmp / STATE_NAME, state.to_json())
+            replace_dir(tmp, final)  # a step re-saved after resuming from an earlier checkpoint
             self.prune()
         barrier()
         return final
@@ -130,15 +121,3 @@ class CheckpointManager:
                 removed.append(entry)
         return removed
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not supported on this platform / filesystem
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -1,26 +1,25 @@
 """The frozen model a run trains against, and the adapter it trains.
 
-``tiny``: the random-weight components of ``msdiffusion.presets`` (CPU, seconds). ``toy``: the toy
-world's trained base (an SDXL-format folder shipped with the package). ``sdxl``: SDXL base + the
-CLIP ViT-bigG/14 image encoder (+ an optional VAE, e.g. the fp16-fix one) from local folders or
-hub ids. Frozen weights are cast to the run's weight dtype; the adapter stays fp32.
+``tiny``: the random-weight components of ``msdiffusion.testing.sdxl`` (CPU, seconds).
+``toy``: the toy world's trained base (an SDXL-format folder shipped with the package). ``sdxl``:
+SDXL base + the CLIP ViT-bigG/14 image encoder (+ an optional VAE, e.g. the fp16-fix one) from
+local folders or hub ids. Frozen weights are cast to the run's weight dtype; the adapter stays fp32.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
-from ..errors import InputError, ModelNotAvailableError
-from ..presets import PRESETS, adapter_kwargs, tiny_components
+from ..errors import InputError
+from ..presets import PRESETS
+from ..runtime import load_or_explain, resolve_dtype, to_dtype
+from ..testing.sdxl import adapter_kwargs, random_components
 from .config import ModelConfig
 
-__all__ = ["load_components", "build_adapter", "resolve_weight_dtype", "move_module", "DTYPES",
-           "FROZEN"]
+__all__ = ["load_components", "build_adapter", "resolve_weight_dtype", "move_module", "FROZEN"]
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FROZEN = ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder")
 
 
@@ -29,10 +28,8 @@ def resolve_weight_dtype(name: str, device: torch.device, *, fsdp: bool = False)
     (FSDP flattens frozen and trained weights together, so they must share one dtype; its own
     mixed precision casts them for compute)."""
     if name == "auto":
-        if fsdp or device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    dtype = DTYPES[name]
+        return torch.float32 if fsdp else resolve_dtype("auto", device, prefer_bf16=True)
+    dtype = to_dtype(name)
     if fsdp and dtype != torch.float32:
         raise InputError("model.weight_dtype", "must be fp32 or auto under FSDP (it shards "
                          "frozen and trained weights in one dtype; set mixed_precision instead)",
@@ -59,7 +56,7 @@ def load_components(config: ModelConfig, *, with_unet: bool = True,
     from diffusers import DDPMScheduler
 
     if config.preset == "tiny" and config.base is None:
-        components = tiny_components(seed=config.tiny_seed)
+        components = random_components("tiny", seed=config.tiny_seed)
         if not with_unet:
             components["unet"] = None
     else:
@@ -83,21 +80,17 @@ def _load_sdxl(config: ModelConfig, with_unet: bool = True,
     if config.image_encoder is None:
         subfolder = spec.image_encoder_subfolder
     vae_source = config.vae or spec.vae
-    try:
-        encoder = CLIPVisionModelWithProjection.from_pretrained(
-            encoder_source, subfolder=subfolder or "", torch_dtype=dtype)
-    except Exception as err:  # OSError or hub errors
-        raise _unavailable("image encoder", encoder_source, err, "model.image_encoder") from None
+    encoder = load_or_explain(
+        lambda: CLIPVisionModelWithProjection.from_pretrained(
+            encoder_source, subfolder=subfolder or "", torch_dtype=dtype),
+        what="image encoder", source=encoder_source, fix=_fix("model.image_encoder"))
     extra: dict[str, Any] = {} if with_unet else {"unet": None}
     if vae_source is not None:
-        try:
-            extra["vae"] = AutoencoderKL.from_pretrained(vae_source)
-        except Exception as err:
-            raise _unavailable("VAE", vae_source, err, "model.vae") from None
-    try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(base, torch_dtype=dtype, **extra)
-    except Exception as err:
-        raise _unavailable("SDXL base", base, err, "model.base") from None
+        extra["vae"] = load_or_explain(lambda: AutoencoderKL.from_pretrained(vae_source),
+                                       what="VAE", source=vae_source, fix=_fix("model.vae"))
+    pipe = load_or_explain(
+        lambda: StableDiffusionXLPipeline.from_pretrained(base, torch_dtype=dtype, **extra),
+        what="SDXL base", source=base, fix=_fix("model.base"))
     components = {k: v for k, v in pipe.components.items() if k in (
         "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")}
     components["image_encoder"] = encoder
@@ -107,19 +100,15 @@ def _load_sdxl(config: ModelConfig, with_unet: bool = True,
     return components
 
 
-def _unavailable(what: str, source: str, err: Exception, key: str) -> ModelNotAvailableError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    why = ("offline (HF_HUB_OFFLINE=1) and not in the local cache" if offline
-           else f"{err.__class__.__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}")
-    return ModelNotAvailableError(f"cannot load the {what} from {source!r} ({why}); download it "
-                                  f"and set {key} to its folder, or train model.preset=tiny")
+def _fix(key: str) -> str:
+    return f"download it and set {key} to its folder, or train model.preset=tiny"
 
 
 def build_adapter(config: ModelConfig, unet: torch.nn.Module) -> Any:
     """A new adapter for ``unet`` (``to_k_ip``/``to_v_ip`` copied from ``to_k``/``to_v``; the rest
     from the global RNG — seed it first), or the one ``init_adapter`` names, for fine-tuning.
     Always fp32."""
-    from ..inference import load_adapter
+    from ..loading import load_adapter
     from ..models.adapter import MSAdapter
 
     if config.init_adapter is not None:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
+from ..configs import build, read_json
 from ..errors import InputError
+from ..runtime import check_dtype_name
 
 __all__ = [
     "ModelConfig", "DataConfig", "DropoutConfig", "OptimConfig", "EMAConfig", "CheckpointConfig",
@@ -55,9 +55,8 @@ class ModelConfig:
     def validate(self) -> None:
         _choice("model.preset", self.preset, ("tiny", "toy", "sdxl"))
         _choice("model.region", self.region, ("box", "image"))
-        _choice("model.weight_dtype", self.weight_dtype, ("auto", "fp32", "fp16", "bf16"))
-        if self.vae_dtype is not None:
-            _choice("model.vae_dtype", self.vae_dtype, ("fp32", "fp16", "bf16"))
+        check_dtype_name(self.weight_dtype, "model.weight_dtype")
+        check_dtype_name(self.vae_dtype, "model.vae_dtype", auto=False, none=True)
 
 
 @dataclass
@@ -92,7 +91,7 @@ class DataConfig:
         _choice("data.crop", self.crop, ("center", "random"))
         _choice("data.reference_interpolation", self.reference_interpolation,
                 ("bilinear", "bicubic"))
-        _choice("data.cache_dtype", self.cache_dtype, ("auto", "fp32", "fp16", "bf16"))
+        check_dtype_name(self.cache_dtype, "data.cache_dtype")
         if self.max_subjects is not None and self.max_subjects < 1:
             raise InputError("data.max_subjects", "must be >= 1 or null", self.max_subjects)
         _at_least("data.num_workers", self.num_workers, 0)
@@ -266,7 +265,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a (possibly partial) nested dict; unknown keys and wrong types are errors."""
-        return _build(cls, data, "")
+        return build(cls, data)
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
         """A copy with dotted-key overrides applied (``{"optim.learning_rate": 2e-4}``)."""
@@ -276,16 +275,9 @@ class TrainConfig:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None
                 ) -> TrainConfig:
     """Read a JSON config (or start from the defaults), apply overrides, validate."""
-    data: dict[str, Any] = {}
+    data: Any = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError("--config", "file does not exist", str(path))
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InputError("--config", f"is not valid JSON ({err})", str(path),
-                             show_value=False) from None
+        data = read_json(path, "--config")
         if not isinstance(data, dict):
             raise InputError("--config", "must hold a JSON object", type(data).__name__)
     data = apply_overrides(data, overrides or {})
@@ -317,69 +309,6 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             node = child
         node[leaf] = value
     return out
-
-
-# ---- typed construction -----------------------------------------------------------------------
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise InputError(prefix.rstrip(".") or "config", "must be a JSON object",
-                         type(data).__name__)
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise InputError(prefix + unknown[0], "unknown key (see docs/training.md)", unknown[0],
-                         show_value=False)
-    kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in data.items()}
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(arg, value, key)
-            except InputError as err:
-                errors.append(err)
-        raise errors[0]
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".")
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise InputError(key, "must be true or false", value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise InputError(key, "must be an integer", value)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise InputError(key, "must be a number", value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise InputError(key, "must be a string", value)
-    if origin is list:
-        if not isinstance(value, list):
-            raise InputError(key, "must be a list", value)
-        (item,) = typing.get_args(tp) or (Any,)
-        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise InputError(key, "must be an object", value)
-        return dict(value)
-    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in this file
 
 
 def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:

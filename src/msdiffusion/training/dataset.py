@@ -20,9 +20,9 @@ from torch.utils.data import Dataset
 
 from ..encoding import load_image
 from ..errors import InputError
+from ..manifest import Record, RecordProblem
 from .config import DataConfig, DropoutConfig
 from .dropout import Dropouts, draw_dropouts
-from .manifest import Record, RecordProblem
 from .transforms import (
     add_time_ids,
     crop_geometry,
@@ -33,10 +33,11 @@ from .transforms import (
     transform_box,
 )
 
-__all__ = ["ManifestDataset", "SampleError", "collate_samples", "SUBJECT_KEYS",
+__all__ = ["ManifestDataset", "SampleError", "collate_samples", "PADDED_KEYS",
            "MAX_CONSECUTIVE_SKIPS", "sample_rng"]
 
-SUBJECT_KEYS = ("reference_pixels", "image_embeds", "phrase_embeds", "boxes")  # padded to S_max
+# per-subject tensors, padded to the batch's largest subject count
+PADDED_KEYS = ("reference_pixels", "image_embeds", "phrase_embeds", "boxes")
 MAX_CONSECUTIVE_SKIPS = 32
 
 
@@ -149,7 +150,7 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {"valid": torch.tensor([[j < n for j in range(s_max)] for n in counts])}
     for key in samples[0]:
         values = [s[key] for s in samples]
-        if key in SUBJECT_KEYS:
+        if key in PADDED_KEYS:
             padded = values[0].new_zeros((len(values), s_max, *values[0].shape[1:]))
             for i, v in enumerate(values):
                 padded[i, : len(v)] = v

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .manifest import write_manifest
+from ..manifest import write_manifest
 
 __all__ = ["build_demo_manifest", "draw_shape_subjects"]
 

@@ -14,27 +14,16 @@ from typing import Any
 import torch
 
 from ..encoding import encode_phrases, encode_pixels
+from .model import Conditions
 
 __all__ = ["FrozenEncoders", "ModelInputs"]
 
 
 @dataclass
-class ModelInputs:
-    """Everything one step feeds the UNet + adapter (B samples, S subjects after padding)."""
+class ModelInputs(Conditions):
+    """Everything one step feeds the UNet + adapter: the conditions and the clean latents."""
 
     latents: torch.Tensor  # (B, 4, h, w), scaled by the VAE's scaling factor
-    prompt_embeds: torch.Tensor  # (B, 77, C) penultimate states of both text encoders
-    pooled_prompt_embeds: torch.Tensor  # (B, D_pool) text_encoder_2's projected pooled output
-    time_ids: torch.Tensor  # (B, 6) original size, crop top-left, target size
-    image_embeds: torch.Tensor  # (B, S, T, D_img) penultimate CLIP vision states
-    phrase_embeds: torch.Tensor  # (B, S, D_phrase) pooled CLIP-L phrase embeddings
-    boxes: torch.Tensor  # (B, S, 4) normalised to the training crop
-    valid: torch.Tensor  # (B, S) bool, False = padding
-    drop_grounding: torch.Tensor  # (B,) bool
-
-    @property
-    def batch_size(self) -> int:
-        return self.latents.shape[0]
 
 
 def _device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:

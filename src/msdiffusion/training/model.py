@@ -8,18 +8,33 @@ outside where DDP would not see its parameters being used.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..conditioning import MSConditioning
 
-__all__ = ["AdapterUNet", "NEVER_TRAINED"]
+__all__ = ["AdapterUNet", "Conditions", "NEVER_TRAINED"]
 
 # Parameters that never receive a gradient: background cells' image output is zeroed, so the
 # dummy tokens never reach the output (DESIGN §2.2). They stay frozen (kept for checkpoint
 # compatibility), so weight decay does not shrink them and DDP does not wait for their gradient.
 NEVER_TRAINED = ("dummy_tokens",)
+
+
+@dataclass
+class Conditions:
+    """What one step conditions the UNet on (B samples, S subjects after padding)."""
+
+    prompt_embeds: torch.Tensor  # (B, 77, C) penultimate states of both text encoders
+    pooled_prompt_embeds: torch.Tensor  # (B, D_pool) text_encoder_2's projected pooled output
+    time_ids: torch.Tensor  # (B, 6) original size, crop top-left, target size
+    image_embeds: torch.Tensor  # (B, S, T, D_img) penultimate CLIP vision states
+    phrase_embeds: torch.Tensor  # (B, S, D_phrase) pooled CLIP-L phrase embeddings
+    boxes: torch.Tensor  # (B, S, 4) normalised to the training crop
+    valid: torch.Tensor  # (B, S) bool, False = padding
+    drop_grounding: torch.Tensor  # (B,) bool
 
 
 class AdapterUNet(nn.Module):
@@ -41,32 +56,28 @@ class AdapterUNet(nn.Module):
         return (p for p in self.adapter.parameters() if p.requires_grad)
 
     def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
-                prompt_embeds: torch.Tensor, pooled_prompt_embeds: torch.Tensor,
-                time_ids: torch.Tensor, image_embeds: torch.Tensor, phrase_embeds: torch.Tensor,
-                boxes: torch.Tensor, valid: torch.Tensor, drop_grounding: torch.Tensor
-                ) -> torch.Tensor:
-        """noisy_latents (B, 4, h, w), timesteps (B,), prompt_embeds (B, 77, C),
-        pooled_prompt_embeds (B, D_pool), time_ids (B, 6), image_embeds (B, S, T, D_img),
-        phrase_embeds (B, S, D_phrase), boxes (B, S, 4), valid (B, S) bool, drop_grounding (B,)."""
-        b, s = valid.shape
+                conditions: Conditions) -> torch.Tensor:
+        """noisy_latents (B, 4, h, w), timesteps (B,), ``conditions`` (shapes: ``Conditions``)."""
+        c = conditions
+        b, s = c.valid.shape
         dtype = self.adapter.resampler.proj_in.weight.dtype
-        flat = valid.flatten()  # (B·S,)
+        flat = c.valid.flatten()  # (B·S,)
         tokens = self.adapter(  # only the real subjects: padding costs nothing and changes nothing
-            image_embeds.flatten(0, 1)[flat].to(dtype),  # (N, T, D_img)
-            phrase_embeds.flatten(0, 1)[flat].to(dtype),  # (N, D_phrase)
-            boxes.flatten(0, 1)[flat].to(dtype),  # (N, 4)
-            drop_grounding.repeat_interleave(s)[flat])  # (N,)
+            c.image_embeds.flatten(0, 1)[flat].to(dtype),  # (N, T, D_img)
+            c.phrase_embeds.flatten(0, 1)[flat].to(dtype),  # (N, D_phrase)
+            c.boxes.flatten(0, 1)[flat].to(dtype),  # (N, 4)
+            c.drop_grounding.repeat_interleave(s)[flat])  # (N,)
         padded = tokens.new_zeros((b * s, *tokens.shape[1:]))  # (B·S, Q, C)
         padded = padded.index_put((flat.nonzero(as_tuple=True)[0],), tokens)
-        regions = boxes
+        regions = c.boxes
         if self.region == "image":  # the grounding tokens keep the boxes; the attention does not
-            regions = torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device).expand_as(boxes)
-        cond = MSConditioning.for_training(padded.unflatten(0, (b, s)), regions, valid,
+            regions = torch.tensor([0.0, 0.0, 1.0, 1.0], device=c.boxes.device).expand_as(c.boxes)
+        cond = MSConditioning.for_training(padded.unflatten(0, (b, s)), regions, c.valid,
                                            latent_size=tuple(noisy_latents.shape[-2:]), scale=1.0)
         unet_dtype = self.unet.conv_in.weight.dtype
         return self.unet(
-            noisy_latents.to(unet_dtype), timesteps, encoder_hidden_states=prompt_embeds.to(
-                unet_dtype),
-            added_cond_kwargs={"text_embeds": pooled_prompt_embeds.to(unet_dtype),
-                               "time_ids": time_ids.to(unet_dtype)},
+            noisy_latents.to(unet_dtype), timesteps,
+            encoder_hidden_states=c.prompt_embeds.to(unet_dtype),
+            added_cond_kwargs={"text_embeds": c.pooled_prompt_embeds.to(unet_dtype),
+                               "time_ids": c.time_ids.to(unet_dtype)},
             cross_attention_kwargs={"ms": cond}, return_dict=False)[0]

@@ -11,12 +11,12 @@ Logged scalars go to the tracker and to ``<output_dir>/logs/metrics.jsonl``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,22 +24,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..atomic import atomic_write_json
 from ..errors import InputError, MSDiffusionError
+from ..runtime import dtype_label, to_dtype
 from .baddata import SkipLog
-from .checkpoint import CheckpointManager, TrainState, write_json_atomic
-from .components import (
-    DTYPES,
-    build_adapter,
-    load_components,
-    move_module,
-    resolve_weight_dtype,
-)
+from .checkpoint import CheckpointManager, TrainState
+from .components import build_adapter, load_components, move_module, resolve_weight_dtype
 from .config import TrainConfig
 from .encoders import FrozenEncoders, ModelInputs
+from .launch import make_accelerator, usable_records
 from .model import AdapterUNet
 
-__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "train", "make_accelerator",
-           "usable_records"]
+__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "train"]
 
 logger = logging.getLogger("msdiffusion.training")
 ENCODERS = ("vae", "text_encoder", "text_encoder_2", "image_encoder")
@@ -58,39 +54,6 @@ class TrainResult:
     samples_skipped: int
 
 
-def _cpu_only(config: TrainConfig) -> bool:
-    forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return config.cpu or forced or not torch.cuda.is_available()
-
-
-def make_accelerator(config: TrainConfig, *, with_trackers: bool = True) -> Any:
-    """An Accelerator for ``config``: mixed precision resolved, the LR schedule stepped once per
-    optimizer step (not once per process), trackers under ``<output_dir>/logs``."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
-    mixed = config.mixed_precision
-    if mixed == "auto":
-        if os.environ.get("ACCELERATE_MIXED_PRECISION"):
-            mixed = None  # the `accelerate launch` config decides
-        elif _cpu_only(config):
-            mixed = "no"
-        else:
-            mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    report_to = config.logging.report_to if with_trackers else None
-    if report_to == "tensorboard":
-        from accelerate.utils import is_tensorboard_available
-
-        if not is_tensorboard_available():
-            raise InputError("logging.report_to", "tensorboard is not installed (pip install "
-                             "tensorboard==2.21.0), or set logging.report_to=none", report_to)
-    return Accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=mixed,
-        cpu=config.cpu, log_with=report_to, step_scheduler_with_optimizer=False,
-        project_config=ProjectConfiguration(project_dir=config.output_dir,
-                                            logging_dir=str(Path(config.output_dir) / "logs")))
-
-
 def _flat_hparams(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -101,39 +64,6 @@ def _flat_hparams(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + key] = str(value)
     return out
-
-
-def usable_records(config: TrainConfig, accelerator: Any, skips: SkipLog
-                   ) -> tuple[list[Any], Path, int]:
-    """The manifest's usable records: parsed on every process, files checked by the main one,
-    which shares the verdict. Bad records are skipped, counted and logged; too many stop the run.
-    Returns (records, manifest folder, number skipped)."""
-    from accelerate.utils import broadcast_object_list
-
-    from .manifest import scan_manifest
-
-    manifest = config.data.manifest
-    if manifest is None:
-        raise InputError("data.manifest", "is required (or data.cache_dir)", None)
-    verdict: list[Any] = [None]
-    if accelerator.is_main_process:
-        scan = scan_manifest(manifest, check_files=config.data.check_files, progress=True)
-        verdict = [([r.line for r in scan.records],
-                    [(p.record_id, p.describe()) for p in scan.problems[:50]],
-                    len(scan.problems), scan.total)]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(verdict)
-    kept_lines, shown, n_bad, total = verdict[0]
-    if not accelerator.is_main_process:
-        scan = scan_manifest(manifest, check_files=False)
-    keep = set(kept_lines)
-    records = [r for r in scan.records if r.line in keep]
-    skips.report(shown, "manifest check")
-    skips.check(n_bad, total, f"manifest {manifest}", runtime=False)
-    if not records:
-        raise InputError("data.manifest", "has no usable record", manifest)
-    logger.info("data: %d usable records of %d in %s", len(records), total, manifest)
-    return records, scan.root, n_bad
 
 
 class Trainer:
@@ -178,7 +108,7 @@ class Trainer:
         config, acc = self.config, self.accelerator
         set_seed(config.seed)  # the same adapter initialisation on every process
         components = load_components(config.model, dtype=self.weight_dtype)
-        self.vae_dtype = DTYPES[config.model.vae_dtype] if config.model.vae_dtype \
+        self.vae_dtype = to_dtype(config.model.vae_dtype) if config.model.vae_dtype \
             else self.weight_dtype
         self.cached = config.data.cache_dir is not None
         # With the cache the encoders only serve validation: they wait on the CPU.
@@ -197,7 +127,7 @@ class Trainer:
         set_seed(config.seed, device_specific=True)  # different noise on every process
         n_train = sum(p.numel() for p in self.model.trainable_parameters())
         logger.info("adapter: %.1f M trainable parameters (fp32); frozen weights in %s",
-                    n_train / 1e6, str(self.weight_dtype).removeprefix("torch."))
+                    n_train / 1e6, dtype_label(self.weight_dtype))
 
     def _place_encoders(self, device: torch.device, components: dict[str, Any] | None = None
                         ) -> None:
@@ -229,7 +159,7 @@ class Trainer:
 
     def cache_dtype(self) -> torch.dtype:
         name = self.config.data.cache_dtype
-        return self.weight_dtype if name == "auto" else DTYPES[name]
+        return self.weight_dtype if name == "auto" else to_dtype(name)
 
     def _setup_optimization(self) -> None:
         from diffusers.optimization import get_scheduler
@@ -273,34 +203,38 @@ class Trainer:
         adapter = self.accelerator.unwrap_model(self.model).adapter
         return {k: v.detach().float() for k, v in adapter.state_dict().items()}
 
-    def export_adapter(self, directory: Path) -> Path:
-        """Write the adapter with ``save_pretrained`` (atomic; EMA weights when EMA is on)."""
-        from ..models.adapter import MSAdapter
-
-        if self.ema is not None:
-            self.ema.store(self.params)
-            self.ema.copy_to(self.params)
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """The adapter holds its EMA weights inside the block (its own ones again after it)."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
         try:
-            state = self.adapter_state()
+            yield
         finally:
-            if self.ema is not None:
-                self.ema.restore(self.params)
-        if self.is_main:
-            config = self.accelerator.unwrap_model(self.model).adapter.config
-            fresh = MSAdapter(config)
-            fresh.load_state_dict_checked({k: v.cpu() for k, v in state.items()})
-            fresh.save_pretrained(directory)
-        return directory
+            self.ema.restore(self.params)
 
-    def _save_hook(self, models: list[Any], weights: list[Any], output_dir: str) -> None:
-        # Save only the adapter (not the frozen UNet) in our own format.
-        state = self.adapter_state()
+    def _write_adapter(self, state: dict[str, torch.Tensor], directory: Path) -> None:
+        """``state`` as an adapter folder (``save_pretrained``, atomic), on the main process."""
         if self.is_main:
             from ..models.adapter import MSAdapter
 
             fresh = MSAdapter(self.accelerator.unwrap_model(self.model).adapter.config)
             fresh.load_state_dict_checked({k: v.cpu() for k, v in state.items()})
-            fresh.save_pretrained(Path(output_dir) / "adapter")
+            fresh.save_pretrained(directory)
+
+    def export_adapter(self, directory: Path) -> Path:
+        """Write the adapter with ``save_pretrained`` (atomic; EMA weights when EMA is on)."""
+        with self.ema_weights():
+            state = self.adapter_state()
+        self._write_adapter(state, directory)
+        return directory
+
+    def _save_hook(self, models: list[Any], weights: list[Any], output_dir: str) -> None:
+        # Save only the adapter (not the frozen UNet) in our own format.
+        self._write_adapter(self.adapter_state(), Path(output_dir) / "adapter")
         while weights:
             weights.pop()
 
@@ -371,9 +305,7 @@ class Trainer:
         kind = self.noise_scheduler.config.prediction_type
         target = noise if kind == "epsilon" else \
             self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        pred = self.model(noisy, timesteps, inputs.prompt_embeds, inputs.pooled_prompt_embeds,
-                          inputs.time_ids, inputs.image_embeds, inputs.phrase_embeds,
-                          inputs.boxes, inputs.valid, inputs.drop_grounding)
+        pred = self.model(noisy, timesteps, inputs)
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
     def _micro_step(self, batch: dict[str, Any]) -> float:
@@ -459,21 +391,17 @@ class Trainer:
                            "folder with `msdiffusion generate --adapter` instead")
         elif self.is_main and v.requests:
             unwrapped = acc.unwrap_model(self.model)
-            if self.ema is not None:
-                self.ema.store(self.params)
-                self.ema.copy_to(self.params)
             if self.cached:
                 self._place_encoders(acc.device)
             devices = [acc.device] if acc.device.type == "cuda" else []
             try:
-                with torch.random.fork_rng(devices=devices):  # leave the training RNG untouched
+                # leave the training RNG untouched
+                with self.ema_weights(), torch.random.fork_rng(devices=devices):
                     requests = validation_requests(v, self.config.data.size)
                     path = self.output_dir / "validation" / f"step-{self.state.step:08d}.png"
                     grid = render_validation({**self.components, "unet": unwrapped.unet},
                                              unwrapped.adapter, requests, path, acc.autocast)
             finally:
-                if self.ema is not None:
-                    self.ema.restore(self.params)
                 if self.cached:
                     self._place_encoders(torch.device("cpu"))
             self._log_image(grid)
@@ -503,7 +431,7 @@ class Trainer:
             state = self.state
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.output_dir / "config.json", config.to_dict())
+            atomic_write_json(self.output_dir / "config.json", config.to_dict())
         if config.logging.report_to:
             acc.init_trackers(config.logging.project_name, config=_flat_hparams(config.to_dict()))
         stream = ShardedStream(len(self.dataset), config.batch_size, rank=acc.process_index,

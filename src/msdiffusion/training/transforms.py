@@ -8,7 +8,6 @@ normalised. A box with less than one pixel left in either direction is empty (``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..encoding import REFERENCE_SIZE
-from ..layout import Box
+from ..geometry import Box, box_to_pixels
 
 __all__ = ["CropGeometry", "crop_geometry", "resize_and_crop", "transform_box", "add_time_ids",
            "cut_reference", "reference_pixels", "image_to_tensor", "INTERPOLATION"]
@@ -89,16 +88,14 @@ def cut_reference(image: Image.Image, box: Box | None, mask: Image.Image | None)
     """Crop a reference to its box (in its own frame) and zero the pixels outside its mask.
 
     ``mask`` has the reference's size; pixels above 50 % are the subject. The box covers whole
-    pixels (floor of the start, ceil of the end).
+    pixels (``geometry.box_to_pixels``: floor of the start, ceil of the end).
     """
     if mask is not None and mask.size != image.size:
         raise ValueError(f"mask size {mask.size} != reference size {image.size}")
     if box is not None:
-        w, h = image.size
-        x0, y0 = math.floor(box[0] * w), math.floor(box[1] * h)
-        x1, y1 = max(math.ceil(box[2] * w), x0 + 1), max(math.ceil(box[3] * h), y0 + 1)
-        image = image.crop((x0, y0, x1, y1))
-        mask = None if mask is None else mask.crop((x0, y0, x1, y1))
+        rect = box_to_pixels(box, *image.size)
+        image = image.crop(rect)
+        mask = None if mask is None else mask.crop(rect)
     if mask is not None:
         keep = np.asarray(mask.convert("L"), dtype=np.uint8) > 127  # (h, w)
         pixels = np.asarray(image.convert("RGB"), dtype=np.uint8) * keep[..., None]  # (h, w, 3)

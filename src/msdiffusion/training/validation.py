@@ -10,6 +10,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..atomic import atomic_save_image
 from ..request import GenerationRequest
 from .config import ValidationConfig
 
@@ -35,7 +36,8 @@ def validation_requests(config: ValidationConfig, size: tuple[int, int]) -> list
 def render_validation(components: dict[str, Any], adapter: Any, requests: list[GenerationRequest],
                       out_path: Path, autocast: Any = contextlib.nullcontext) -> Image.Image:
     """Generate every request (one row each; overlays show boxes and references) → grid PNG."""
-    from ..inference import LoadedModel, generate
+    from ..inference import generate
+    from ..loading import LoadedModel
     from ..pipelines.pipeline_msdiffusion_xl import MSDiffusionXLPipeline
     from ..visualize import draw_overlay, image_grid
 
@@ -52,8 +54,5 @@ def render_validation(components: dict[str, Any], adapter: Any, requests: list[G
     tiles = [draw_overlay(image, result.request) for result in results for image in result.images]
     columns = max(len(result.images) for result in results)
     grid = image_grid(tiles, columns=columns)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    grid.save(tmp)
-    tmp.replace(out_path)
+    atomic_save_image(grid, out_path)
     return grid

@@ -28,7 +28,9 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: setup
 	$(PY) benchmarks/overhead.py

@@ -29,8 +29,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="random-base",
-                        help="random-base | random-tiny | a data-build JSON config (real models)")
+    parser.add_argument(
+        "--models",
+        default="random-base",
+        help="random-base | random-tiny | a data-build JSON config (real models)",
+    )
     parser.add_argument("--videos", help="folder of videos (default: synthetic ones)")
     parser.add_argument("--count", type=int, default=3, help="synthetic videos (3)")
     parser.add_argument("--size", default="640x360", help="synthetic video size (640x360)")
@@ -39,8 +42,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the work folder (videos, dataset, report) and print its path")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work folder (videos, dataset, report) and print its path",
+    )
     args = parser.parse_args()
 
     import torch
@@ -62,12 +68,16 @@ def main() -> int:
         write_demo_videos(videos, args.count, size=(width, height), fps=args.fps)
     if args.models.startswith("random-"):
         # default filters; small shapes on small frames need a smaller minimum side
-        cfg = BuildConfig.from_dict({"video": {"min_side": 64},
-                                    "models": {"preset": args.models, "device": device,
-                                               "batch_size": args.batch_size}})
+        cfg = BuildConfig.from_dict(
+            {
+                "video": {"min_side": 64},
+                "models": {"preset": args.models, "device": device, "batch_size": args.batch_size},
+            }
+        )
     else:
-        cfg = load_build_config(args.models, {"models": {"device": device,
-                                                   "batch_size": args.batch_size}})
+        cfg = load_build_config(
+            args.models, {"models": {"device": device, "batch_size": args.batch_size}}
+        )
 
     start = time.perf_counter()
     models = load_models(cfg.models, device)
@@ -75,22 +85,31 @@ def main() -> int:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    result = build_dataset(videos, work / "dataset", mode="videos", cfg=cfg, models=models,
-                           progress=False)
+    result = build_dataset(
+        videos, work / "dataset", mode="videos", cfg=cfg, models=models, progress=False
+    )
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
     report = result.report or {}
     funnel = {row["stage"]: row["count"] for row in report.get("funnel", [])}
     out = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "device": device,
-                    "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None},
-        "models": args.models, "batch_size": args.batch_size,
-        "videos": funnel.get("files", 0), "frames_decoded": funnel.get("frames_decoded", 0),
-        "targets": funnel.get("targets", 0), "samples": report.get("samples", 0),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": device,
+            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        },
+        "models": args.models,
+        "batch_size": args.batch_size,
+        "videos": funnel.get("files", 0),
+        "frames_decoded": funnel.get("frames_decoded", 0),
+        "targets": funnel.get("targets", 0),
+        "samples": report.get("samples", 0),
         "subjects": report.get("subjects", 0),
-        "model_load_seconds": round(load_seconds, 2), "wall_seconds": round(wall, 2),
+        "model_load_seconds": round(load_seconds, 2),
+        "wall_seconds": round(wall, 2),
         "videos_per_second": round(funnel.get("files", 0) / wall, 3),
         "frames_decoded_per_second": round(funnel.get("frames_decoded", 0) / wall, 1),
         "samples_per_second": round(report.get("samples", 0) / wall, 3),

@@ -51,17 +51,28 @@ def full_size_scorers(directory: Path) -> dict[str, str]:
 
     from msdiffusion.testing.tokenizers import char_tokenizer
 
-    paths = {"clip": directory / "clip", "dino": directory / "dino",
-             "detector": directory / "owlv2"}
+    paths = {
+        "clip": directory / "clip",
+        "dino": directory / "dino",
+        "detector": directory / "owlv2",
+    }
     CLIPModel(CLIPConfig()).save_pretrained(paths["clip"])  # the defaults are ViT-B/32
     char_tokenizer(paths["clip"])
     CLIPImageProcessorPil().save_pretrained(paths["clip"])
-    ViTModel(ViTConfig(hidden_size=384, num_attention_heads=6, intermediate_size=1536,
-                       patch_size=16, image_size=224), add_pooling_layer=False
-             ).save_pretrained(paths["dino"])
+    ViTModel(
+        ViTConfig(
+            hidden_size=384,
+            num_attention_heads=6,
+            intermediate_size=1536,
+            patch_size=16,
+            image_size=224,
+        ),
+        add_pooling_layer=False,
+    ).save_pretrained(paths["dino"])
     ViTImageProcessorPil(size={"height": 224, "width": 224}).save_pretrained(paths["dino"])
-    Owlv2ForObjectDetection(Owlv2Config(vision_config={"image_size": 960, "patch_size": 16})
-                            ).save_pretrained(paths["detector"])
+    Owlv2ForObjectDetection(
+        Owlv2Config(vision_config={"image_size": 960, "patch_size": 16})
+    ).save_pretrained(paths["detector"])
     char_tokenizer(paths["detector"])
     Owlv2ImageProcessorPil().save_pretrained(paths["detector"])
     return {k: str(v) for k, v in paths.items()}
@@ -90,47 +101,80 @@ def main() -> None:
     ap.add_argument("--json", default="outputs/eval_throughput.json")
     args = ap.parse_args()
 
-    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                           "torch_threads": torch.get_num_threads(), "device": args.device,
-                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
-                           else None,
-                           "load_average": os.getloadavg()}, "rows": []}
+    results = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": args.device,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "load_average": os.getloadavg(),
+        },
+        "rows": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bench = load_benchmark("msbench", write_standin(tmp / "data"))
 
-        cfg = GenerationConfig(steps=args.gen_steps, height=args.gen_size, width=args.gen_size,
-                               images_per_sample=1)
+        cfg = GenerationConfig(
+            steps=args.gen_steps, height=args.gen_size, width=args.gen_size, images_per_sample=1
+        )
         samples = bench.select(limit=args.gen_images)
-        run_generation(bench, tmp / "warm", cfg, samples=samples[:1], progress=False,
-                       device=args.device)
-        stats = run_generation(bench, tmp / "gen", cfg, samples=samples, progress=False,
-                               batch_size=args.gen_batch, device=args.device)
-        results["rows"].append({
-            "what": f"generate, tiny preset, {args.gen_size}², {args.gen_steps} steps, "
-                    f"batch {args.gen_batch}", "images": stats["generated"],
-            "seconds": stats["seconds"], "images_per_s": stats["images_per_s"]})
+        run_generation(
+            bench, tmp / "warm", cfg, samples=samples[:1], progress=False, device=args.device
+        )
+        stats = run_generation(
+            bench,
+            tmp / "gen",
+            cfg,
+            samples=samples,
+            progress=False,
+            batch_size=args.gen_batch,
+            device=args.device,
+        )
+        results["rows"].append(
+            {
+                "what": f"generate, tiny preset, {args.gen_size}², {args.gen_steps} steps, "
+                f"batch {args.gen_batch}",
+                "images": stats["generated"],
+                "seconds": stats["seconds"],
+                "images_per_s": stats["images_per_s"],
+            }
+        )
 
         suites = [("tiny scorers", write_tiny_scorers(tmp / "tiny"), args.score_images)]
         if args.full_size_scorers:
-            suites.append(("CLIP B/32 + DINO S/16 + OWLv2 B/16@960 (random weights)",
-                           full_size_scorers(tmp / "full"), args.full_size_images))
+            suites.append(
+                (
+                    "CLIP B/32 + DINO S/16 + OWLv2 B/16@960 (random weights)",
+                    full_size_scorers(tmp / "full"),
+                    args.full_size_images,
+                )
+            )
         for name, models, n in suites:
             run = fake_run(tmp / f"score-{len(results['rows'])}", bench, n, args.score_size)
-            config = ScoringConfig(clip_model=models["clip"], dino_model=models["dino"],
-                                   detector_model=models["detector"], device=args.device,
-                                   cache_dir=str(tmp / "cache"))
+            config = ScoringConfig(
+                clip_model=models["clip"],
+                dino_model=models["dino"],
+                detector_model=models["detector"],
+                device=args.device,
+                cache_dir=str(tmp / "cache"),
+            )
             inputs = resolve_run(run, benchmark="msbench", data=tmp / "data")
             t0 = time.perf_counter()
             report = score_run(inputs, config, progress=False)
             seconds = time.perf_counter() - t0
             scored = report["counts"]["images_scored"]
-            subjects = sum(len(inputs.benchmark.get(r.sample_id).subjects)
-                           for r in inputs.records)
-            results["rows"].append({
-                "what": f"score, {name}, {args.score_size}² images, {subjects / scored:.1f} "
-                        "subjects/image (models loaded, report written)",
-                "images": scored, "seconds": seconds, "images_per_s": scored / seconds})
+            subjects = sum(len(inputs.benchmark.get(r.sample_id).subjects) for r in inputs.records)
+            results["rows"].append(
+                {
+                    "what": f"score, {name}, {args.score_size}² images, {subjects / scored:.1f} "
+                    "subjects/image (models loaded, report written)",
+                    "images": scored,
+                    "seconds": seconds,
+                    "images_per_s": scored / seconds,
+                }
+            )
 
     print(f"machine: {results['machine']}")
     print("| what | images | seconds | images/s |\n|---|---|---|---|")

@@ -30,8 +30,12 @@ def sync(device: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=["tiny", "mid", "full"], default="mid",
-                        help="architecture (msdiffusion.testing.sdxl.ARCHITECTURES)")
+    parser.add_argument(
+        "--size",
+        choices=["tiny", "mid", "full"],
+        default="mid",
+        help="architecture (msdiffusion.testing.sdxl.ARCHITECTURES)",
+    )
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")

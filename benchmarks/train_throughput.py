@@ -42,16 +42,17 @@ def live_batch(batch_size: int, counts: list[int], slots: int, res: int, side: i
     """A collated live batch (as ManifestDataset + collate_samples make) of random content."""
     g = torch.Generator().manual_seed(0)
     valid = torch.tensor([[j < n for j in range(slots)] for n in counts])
-    return {"pixel_values": torch.rand(batch_size, 3, res, res, generator=g) * 2 - 1,
-            "caption": ["a dog and a cat on the beach"] * batch_size,
-            "reference_pixels": torch.randn(batch_size, slots, 3, side, side, generator=g)
-            * valid[..., None, None, None],
-            "phrases": [["dog", "cat", "hat", "ball"][:slots]] * batch_size,
-            "boxes": torch.tensor([0.1, 0.1, 0.6, 0.9]).expand(batch_size, slots, 4)
-            * valid[..., None],
-            "valid": valid, "drop_grounding": torch.zeros(batch_size, dtype=torch.bool),
-            "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * batch_size,
-                                     dtype=torch.float32)}
+    return {
+        "pixel_values": torch.rand(batch_size, 3, res, res, generator=g) * 2 - 1,
+        "caption": ["a dog and a cat on the beach"] * batch_size,
+        "reference_pixels": torch.randn(batch_size, slots, 3, side, side, generator=g)
+        * valid[..., None, None, None],
+        "phrases": [["dog", "cat", "hat", "ball"][:slots]] * batch_size,
+        "boxes": torch.tensor([0.1, 0.1, 0.6, 0.9]).expand(batch_size, slots, 4) * valid[..., None],
+        "valid": valid,
+        "drop_grounding": torch.zeros(batch_size, dtype=torch.bool),
+        "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * batch_size, dtype=torch.float32),
+    }
 
 
 def measure(recipe: str, args: argparse.Namespace) -> dict:
@@ -81,16 +82,18 @@ def measure(recipe: str, args: argparse.Namespace) -> dict:
     if args.gradient_checkpointing and not original:
         components["unet"].enable_gradient_checkpointing()
     encoders = FrozenEncoders(**components)
-    noise_scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                    beta_end=0.012)
+    noise_scheduler = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    )
     params = list(model.trainable_parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
     side = components["image_encoder"].config.image_size
     counts = [1 + i % args.max_subjects for i in range(args.batch_size)]  # e.g. 1, 2, 1, 2, ...
     slots = 4 if original else max(counts)
     batch = live_batch(args.batch_size, counts, slots, args.resolution, side)
-    autocast = torch.autocast(device.type, dtype=amp) if amp != torch.float32 \
-        else contextlib.nullcontext()
+    autocast = (
+        torch.autocast(device.type, dtype=amp) if amp != torch.float32 else contextlib.nullcontext()
+    )
 
     def inputs() -> ModelInputs:
         if original:  # the references are zero-padded to 4 and all encoded, every step
@@ -125,8 +128,13 @@ def measure(recipe: str, args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
-    out = {"recipe": recipe, "times": times, "weights": str(weight_dtype).removeprefix("torch."),
-           "autocast": str(amp).removeprefix("torch."), "subject_slots": slots}
+    out = {
+        "recipe": recipe,
+        "times": times,
+        "weights": str(weight_dtype).removeprefix("torch."),
+        "autocast": str(amp).removeprefix("torch."),
+        "subject_slots": slots,
+    }
     if cuda:
         out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         torch.cuda.empty_cache()
@@ -148,15 +156,26 @@ def main() -> None:
     parser.add_argument("--size", choices=["tiny", "mid", "full"], default="mid")
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-subjects", type=int, default=2,
-                        help="samples have 1..N subjects, cycling (default 2)")
+    parser.add_argument(
+        "--max-subjects",
+        type=int,
+        default=2,
+        help="samples have 1..N subjects, cycling (default 2)",
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="alternate the recipes this many times (a busy machine drifts)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternate the recipes this many times (a busy machine drifts)",
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--gradient-checkpointing", action="store_true",
-                        help="ours with gradient checkpointing (the 24 GB recipe)")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="ours with gradient checkpointing (the 24 GB recipe)",
+    )
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -165,10 +184,14 @@ def main() -> None:
         for recipe in runs:
             runs[recipe].append(measure(recipe, args))
     results = [summarise(runs[recipe], args.batch_size) for recipe in runs]
-    report = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda")
-              else "cpu", "size": args.size, "resolution": args.resolution,
-              "batch_size": args.batch_size, "results": results,
-              "speedup": round(results[1]["samples_per_s"] / results[0]["samples_per_s"], 2)}
+    report = {
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "size": args.size,
+        "resolution": args.resolution,
+        "batch_size": args.batch_size,
+        "results": results,
+        "speedup": round(results[1]["samples_per_s"] / results[0]["samples_per_s"], 2),
+    }
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -25,11 +25,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # (combinations, samples) per combination type, computed by hand from the paper's categories:
 # living 10, object 10, scene 4, upwearing 5, midwearing 6, downwearing 3, wholewearing 2.
 MSBENCH_EXPECTED = {
-    "living_living": (45, 270), "living_object": (100, 600), "object_object": (45, 270),
-    "living_upwearing": (50, 300), "living_midwearing": (60, 360),
-    "living_wholewearing": (20, 120), "midwearing_downwearing": (18, 108),
-    "living_scene": (40, 40), "object_scene": (40, 40), "living_living_living": (120, 720),
-    "object_object_object": (120, 720), "living_object_scene": (400, 400),
+    "living_living": (45, 270),
+    "living_object": (100, 600),
+    "object_object": (45, 270),
+    "living_upwearing": (50, 300),
+    "living_midwearing": (60, 360),
+    "living_wholewearing": (20, 120),
+    "midwearing_downwearing": (18, 108),
+    "living_scene": (40, 40),
+    "object_scene": (40, 40),
+    "living_living_living": (120, 720),
+    "object_object_object": (120, 720),
+    "living_object_scene": (400, 400),
     "upwearing_midwearing_downwearing": (90, 540),
 }
 
@@ -97,20 +104,38 @@ def test_dreambench_750_zero_shot_prompts_with_one_conditioning_reference(dreamb
         assert sub.box == DREAMBENCH_DEFAULT_BOX
         assert sub.image == sub.references[0] and sub.image.endswith("/00.jpg")
         assert len(sub.references) >= 4  # all of the subject's images are compared with
-    first = load_benchmark("dreambench", dreambench.data_dir, references="first",
-                           box=(0.1, 0.1, 0.9, 0.9))
+    first = load_benchmark(
+        "dreambench", dreambench.data_dir, references="first", box=(0.1, 0.1, 0.9, 0.9)
+    )
     assert all(len(s.subjects[0].references) == 1 for s in first.samples)
     assert first.samples[0].subjects[0].box == (0.1, 0.1, 0.9, 0.9)
 
 
 def test_dreambench_parser_reads_the_published_format():
-    text = "\n".join([
-        "Classes", "", "subject_name,class", "backpack,backpack", "dog,dog", "", "Prompts", "",
-        "Object Prompts", "", "prompt_list = [",
-        "'a {0} {1} in the jungle'.format(unique_token, class_token),",
-        "'a red {0} {1}'.format(unique_token, class_token)", "]", "",
-        "Live Subject Prompts", "", "prompt_list = [",
-        "'a {0} {1} wearing a red hat'.format(unique_token, class_token),", "]"])
+    text = "\n".join(
+        [
+            "Classes",
+            "",
+            "subject_name,class",
+            "backpack,backpack",
+            "dog,dog",
+            "",
+            "Prompts",
+            "",
+            "Object Prompts",
+            "",
+            "prompt_list = [",
+            "'a {0} {1} in the jungle'.format(unique_token, class_token),",
+            "'a red {0} {1}'.format(unique_token, class_token)",
+            "]",
+            "",
+            "Live Subject Prompts",
+            "",
+            "prompt_list = [",
+            "'a {0} {1} wearing a red hat'.format(unique_token, class_token),",
+            "]",
+        ]
+    )
     classes, objects, live = parse_dreambench_prompts(text)
     assert classes == {"backpack": "backpack", "dog": "dog"}
     assert objects == ["a {0} {1} in the jungle", "a red {0} {1}"]

@@ -108,7 +108,9 @@ def test_configs_are_built_typed_with_errors_at_the_key():
         assert (err.value.argument, err.value.rule) == (argument, rule)
 
 
-@pytest.mark.parametrize("box", [(0.1, 0.2, 0.55, 0.9), (0.0, 0.0, 1.0, 1.0), (0.33, 0.5, 0.34, 0.51)])
+@pytest.mark.parametrize(
+    "box", [(0.1, 0.2, 0.55, 0.9), (0.0, 0.0, 1.0, 1.0), (0.33, 0.5, 0.34, 0.51)]
+)
 @pytest.mark.parametrize("size", [(20, 10), (7, 13), (64, 64)])
 def test_pixels_and_attention_cells_round_a_box_alike(box, size):
     width, height = size

@@ -17,8 +17,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "subjects"
 
 @pytest.fixture()
 def demo(tmp_path) -> Path:
-    return build_demo_manifest(tmp_path / "demo", EXAMPLES if EXAMPLES.is_dir() else None,
-                               num_records=6)
+    return build_demo_manifest(
+        tmp_path / "demo", EXAMPLES if EXAMPLES.is_dir() else None, num_records=6
+    )
 
 
 def _good(demo: Path) -> dict:
@@ -50,26 +51,36 @@ def test_every_problem_kind_is_found_with_its_line(demo):
         return record
 
     lines = [
-        json.dumps(good),                                                   # 1 ok
-        "{not json",                                                        # 2
-        json.dumps(variant(id="a", image="missing.png")),                   # 3 missing file
+        json.dumps(good),  # 1 ok
+        "{not json",  # 2
+        json.dumps(variant(id="a", image="missing.png")),  # 3 missing file
         json.dumps(variant(id="b", subject={"box": [0.6, 0.1, 0.2, 0.5]})),  # 4 bad box
         json.dumps(variant(id="c", subject={"box": [0.1, 0.1, 1.2, 0.5]})),  # 5 outside
-        json.dumps(variant(id="d", subject={"phrase": "giraffe"})),         # 6 phrase
-        json.dumps(good),                                                   # 7 duplicate id
-        json.dumps(variant(id="e")),                                        # 8 same content
-        json.dumps(variant(id="f", image="broken.png")),                    # 9 unreadable
+        json.dumps(variant(id="d", subject={"phrase": "giraffe"})),  # 6 phrase
+        json.dumps(good),  # 7 duplicate id
+        json.dumps(variant(id="e")),  # 8 same content
+        json.dumps(variant(id="f", image="broken.png")),  # 9 unreadable
         json.dumps(variant(id="g", subject={"reference_mask": "small_mask.png"})),  # 10 mask
-        json.dumps(variant(id="h", extra=1)),                               # 11 unknown key
-        json.dumps(variant(id="i", subjects=[])),                           # 12 no subjects
+        json.dumps(variant(id="h", extra=1)),  # 11 unknown key
+        json.dumps(variant(id="i", subjects=[])),  # 12 no subjects
     ]
     manifest = root / "bad.jsonl"
     manifest.write_text("\n".join(lines) + "\n\n")
     scan = scan_manifest(manifest, open_images=True)
     found = {p.line: p.kind for p in scan.problems}
-    assert found == {2: "schema", 3: "missing file", 4: "box", 5: "box", 6: "phrase",
-                     7: "duplicate", 8: "duplicate", 9: "unreadable image", 10: "mask size",
-                     11: "schema", 12: "schema"}
+    assert found == {
+        2: "schema",
+        3: "missing file",
+        4: "box",
+        5: "box",
+        6: "phrase",
+        7: "duplicate",
+        8: "duplicate",
+        9: "unreadable image",
+        10: "mask size",
+        11: "schema",
+        12: "schema",
+    }
     assert [r.line for r in scan.records] == [1]
     assert scan.total == 12
     problem = next(p for p in scan.problems if p.line == 6)
@@ -92,5 +103,6 @@ def test_write_manifest_is_atomic_and_round_trips(tmp_path, demo):
     records = scan_manifest(demo).records
     out = write_manifest(records, tmp_path / "copy" / "m.jsonl")
     assert [p.name for p in out.parent.iterdir()] == ["m.jsonl"]  # no temp file left
-    assert [json.loads(x) for x in out.read_text().splitlines()] == \
-        [json.loads(x) for x in demo.read_text().splitlines()]
+    assert [json.loads(x) for x in out.read_text().splitlines()] == [
+        json.loads(x) for x in demo.read_text().splitlines()
+    ]

@@ -32,10 +32,13 @@ def videos(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("videos")
     make_video(root / "clip.mp4", standard_shots())
     (root / "clip.txt").write_text(STANDARD_CAPTION)
-    make_video(root / "more" / "walk.mp4", [
-        Shot(2.5, (60, 120, 60), (Shape("red", "circle", (30, 70), (160, 60), 36, 44),)),
-        Shot(1.0, (60, 60, 120), (Shape("yellow", "square", (60, 60), (70, 70), 30, 30),)),
-    ])
+    make_video(
+        root / "more" / "walk.mp4",
+        [
+            Shot(2.5, (60, 120, 60), (Shape("red", "circle", (30, 70), (160, 60), 36, 44),)),
+            Shot(1.0, (60, 60, 120), (Shape("yellow", "square", (60, 60), (70, 70), 30, 30),)),
+        ],
+    )
     (root / "more" / "walk.txt").write_text("a red circle and a yellow square")
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 3000)
     (root / "zero.mov").write_bytes(b"")
@@ -118,8 +121,15 @@ def test_resume_after_a_crash_equals_a_clean_run(videos, models, clean, tmp_path
         raise Crash(rel)
 
     with pytest.raises(Crash):
-        build_dataset(videos, out, mode="videos", cfg=CFG, models=models, progress=False,
-                      on_file_done=crash_after_first)
+        build_dataset(
+            videos,
+            out,
+            mode="videos",
+            cfg=CFG,
+            models=models,
+            progress=False,
+            on_file_done=crash_after_first,
+        )
     assert not (out / "manifest.jsonl").exists()  # nothing half-written looks complete
     assert len(list((out / "parts").glob("*.json"))) == 1
     # debris of a file that was in progress when the process died
@@ -136,17 +146,25 @@ def test_resume_after_a_crash_equals_a_clean_run(videos, models, clean, tmp_path
     assert again.processed == 0 and again.manifest.read_text() == clean.manifest.read_text()
     # resuming with other settings is refused, naming the folder
     with pytest.raises(InputError, match="--out: this dataset was started with other settings"):
-        build_dataset(videos, out, mode="videos", cfg=BuildConfig.from_dict(
-            settings_for_tests(seed=1)), models=models, progress=False)
+        build_dataset(
+            videos,
+            out,
+            mode="videos",
+            cfg=BuildConfig.from_dict(settings_for_tests(seed=1)),
+            models=models,
+            progress=False,
+        )
 
 
 def test_shards_merge_into_the_same_manifest(videos, models, clean, tmp_path):
     out = tmp_path / "ds"
-    first = build_dataset(videos, out, mode="videos", cfg=CFG, models=models, shard=(0, 2),
-                          progress=False)
+    first = build_dataset(
+        videos, out, mode="videos", cfg=CFG, models=models, shard=(0, 2), progress=False
+    )
     assert first.manifest is None and first.processed == 2 and first.remaining == 2
-    second = build_dataset(videos, out, mode="videos", cfg=CFG, models=models, shard=(1, 2),
-                           progress=False)
+    second = build_dataset(
+        videos, out, mode="videos", cfg=CFG, models=models, shard=(1, 2), progress=False
+    )
     assert second.processed == 2 and second.manifest.read_text() == clean.manifest.read_text()
     with pytest.raises(InputError, match="--shard"):
         build_dataset(videos, out, mode="videos", cfg=CFG, models=models, shard=(2, 2))
@@ -159,15 +177,32 @@ def test_cli_builds_with_tiny_real_models_and_the_manifest_trains(tmp_path, caps
     make_video(videos / "a.mp4", standard_shots()[:1], size=(192, 192))
     make_video(videos / "b.mp4", standard_shots()[1:2], size=(192, 192))
     # Random weights find random boxes: keep every box that is not degenerate.
-    settings = settings_for_tests(filters={"score_threshold": 0.0, "min_box_area": 0.0,
-                                           "max_box_area": 1.0, "max_aspect": 100.0,
-                                           "min_box_side": 4},
-                                  models=tiny_models_config(features="dinov2"))
+    settings = settings_for_tests(
+        filters={
+            "score_threshold": 0.0,
+            "min_box_area": 0.0,
+            "max_box_area": 1.0,
+            "max_aspect": 100.0,
+            "min_box_side": 4,
+        },
+        models=tiny_models_config(features="dinov2"),
+    )
     config = tmp_path / "data.json"
     config.write_text(json.dumps(settings))
     out = tmp_path / "ds"
-    code = main(["data", "build", "--videos", str(videos), "--out", str(out), "--config",
-                 str(config), "--no-progress"])
+    code = main(
+        [
+            "data",
+            "build",
+            "--videos",
+            str(videos),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "processed 2 files" in printed and "report:" in printed
@@ -178,17 +213,43 @@ def test_cli_builds_with_tiny_real_models_and_the_manifest_trains(tmp_path, caps
     # bad arguments are one line on stderr and exit code 2
     assert main(["data", "build", "--videos", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "--videos: must be an existing folder" in capsys.readouterr().err
-    assert main(["data", "build", "--videos", str(videos), "--out", str(tmp_path / "x"),
-                 "--shard", "5"]) == 2
+    assert (
+        main(
+            ["data", "build", "--videos", str(videos), "--out", str(tmp_path / "x"), "--shard", "5"]
+        )
+        == 2
+    )
 
-    pytest.importorskip("msdiffusion.training.trainer",
-                        reason="training engine not available in this checkout")
+    pytest.importorskip(
+        "msdiffusion.training.trainer", reason="training engine not available in this checkout"
+    )
     run = tmp_path / "run"
-    code = main(["train", "--preset", "tiny", "--manifest", str(out / "manifest.jsonl"),
-                 "--output-dir", str(run), "--max-steps", "2", "--batch-size", "2",
-                 "--resolution", "64", "--num-workers", "0", "--cpu",
-                 "--set", "logging.report_to=none", "--set", "checkpoint.every=0",
-                 "--set", "bad_data.max_skip_fraction=0.5"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--manifest",
+            str(out / "manifest.jsonl"),
+            "--output-dir",
+            str(run),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--resolution",
+            "64",
+            "--num-workers",
+            "0",
+            "--cpu",
+            "--set",
+            "logging.report_to=none",
+            "--set",
+            "checkpoint.every=0",
+            "--set",
+            "bad_data.max_skip_fraction=0.5",
+        ]
+    )
     assert code == 0
     assert any(run.rglob("*.safetensors")), "the run should export adapter weights"
 

@@ -30,17 +30,24 @@ from msdiffusion.layout import find_phrase
 STUFF = BuildConfig().stuff_words
 
 
-@pytest.mark.parametrize("caption, expected", [
-    ("a man riding a horse on a beach", ["man", "horse"]),
-    ("two dogs playing with a red ball in the snow", ["dogs", "red ball"]),
-    ("arafed woman in a blue dress holding a small white cat", ["woman", "blue dress",
-                                                                "small white cat"]),
-    ("a red square, a blue circle and a yellow square", ["red square", "blue circle",
-                                                         "yellow square"]),
-    ("A Dog and a dog", ["Dog"]),  # repeats dropped, case-insensitively
-    ("there is a building next to the sky", []),  # scenery only
-    ("", []),
-])
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        ("a man riding a horse on a beach", ["man", "horse"]),
+        ("two dogs playing with a red ball in the snow", ["dogs", "red ball"]),
+        (
+            "arafed woman in a blue dress holding a small white cat",
+            ["woman", "blue dress", "small white cat"],
+        ),
+        (
+            "a red square, a blue circle and a yellow square",
+            ["red square", "blue circle", "yellow square"],
+        ),
+        ("A Dog and a dog", ["Dog"]),  # repeats dropped, case-insensitively
+        ("there is a building next to the sky", []),  # scenery only
+        ("", []),
+    ],
+)
 def test_phrases_are_entities_and_appear_in_the_caption(caption, expected):
     phrases = extract_phrases(caption, stuff_words=STUFF)
     assert phrases == expected
@@ -53,8 +60,14 @@ def test_phrases_from_a_vocabulary_and_glued_words():
     got = extract_phrases(caption, vocabulary=["golden retriever", "cat", "dogs", "retriever"])
     assert got == ["Golden Retriever", "cat"]  # longest entry wins; "3dogs" is not a word
     assert extract_phrases("3dogs and cats_1", stuff_words=STUFF) == []
-    assert len(extract_phrases(" ".join(f"a {w}" for w in "abcdefghij".replace("", "x")[1:]),
-                               max_phrases=3)) <= 3
+    assert (
+        len(
+            extract_phrases(
+                " ".join(f"a {w}" for w in "abcdefghij".replace("", "x")[1:]), max_phrases=3
+            )
+        )
+        <= 3
+    )
 
 
 def _det(box, score=0.9, phrase=0):
@@ -62,8 +75,15 @@ def _det(box, score=0.9, phrase=0):
 
 
 def test_filters_in_order_with_counts():
-    cfg = FilterConfig(score_threshold=0.5, min_box_area=0.01, max_box_area=0.8, min_box_side=10,
-                       max_aspect=3.0, nms_iou=0.5, max_subjects=2)
+    cfg = FilterConfig(
+        score_threshold=0.5,
+        min_box_area=0.01,
+        max_box_area=0.8,
+        min_box_side=10,
+        max_aspect=3.0,
+        nms_iou=0.5,
+        max_subjects=2,
+    )
     dets = [
         _det((0.1, 0.1, 0.4, 0.4), 0.95),  # kept
         _det((0.12, 0.1, 0.42, 0.4), 0.90, 1),  # same object, another phrase: NMS
@@ -78,10 +98,21 @@ def test_filters_in_order_with_counts():
     kept = filter_detections(dets, cfg, (200, 200), stats)
     assert [d.score for d in kept] == [0.95, 0.80]
     c, s = stats.counts, stats.skipped
-    assert (c["detections"], c["after_score"], c["after_size"], c["after_aspect"], c["after_nms"],
-            c["after_top_n"]) == (8, 7, 5, 4, 3, 2)
-    assert s == {"detection:low_score": 1, "detection:box_size": 2, "detection:aspect": 1,
-                 "detection:nms": 1, "detection:over_max_subjects": 1}
+    assert (
+        c["detections"],
+        c["after_score"],
+        c["after_size"],
+        c["after_aspect"],
+        c["after_nms"],
+        c["after_top_n"],
+    ) == (8, 7, 5, 4, 3, 2)
+    assert s == {
+        "detection:low_score": 1,
+        "detection:box_size": 2,
+        "detection:aspect": 1,
+        "detection:nms": 1,
+        "detection:over_max_subjects": 1,
+    }
 
 
 def test_min_box_side_is_in_pixels_and_nms_is_greedy():
@@ -89,7 +120,11 @@ def test_min_box_side_is_in_pixels_and_nms_is_greedy():
     d = _det((0.0, 0.0, 0.1, 0.1))
     assert filter_detections([d], cfg, (100, 100), Stats()) == []  # 10 px
     assert filter_detections([d], cfg, (400, 400), Stats()) == [d]  # 40 px
-    a, b, c = _det((0, 0, .5, .5), .9), _det((.1, 0, .6, .5), .8), _det((.2, 0, .7, .5), .7)
+    a, b, c = (
+        _det((0, 0, 0.5, 0.5), 0.9),
+        _det((0.1, 0, 0.6, 0.5), 0.8),
+        _det((0.2, 0, 0.7, 0.5), 0.7),
+    )
     assert iou_matrix(np.array([a.box]), np.array([c.box]))[0, 0] < 0.5
     assert nms_detections([c, b, a], 0.5) == [a, c]  # b overlaps a; c only overlaps the dropped b
 
@@ -99,23 +134,31 @@ def _cands(phrases):
 
 
 def test_matching_threshold_duplicates_and_one_to_one():
-    cfg = MatchConfig(similarity_threshold=0.6, duplicate_similarity=0.98,
-                      duplicate_pixel_diff=0.02)
+    cfg = MatchConfig(
+        similarity_threshold=0.6, duplicate_similarity=0.98, duplicate_pixel_diff=0.02
+    )
     # subjects: phrase 0, phrase 0, phrase 1, phrase 2, phrase 3
     phrases = [0, 0, 1, 2, 3]
     cands = _cands([0, 1, 2, 3])
-    sim = np.array([[0.90, 0.0, 0.0, 0.0],   # s0 → c0
-                    [0.85, 0.0, 0.0, 0.0],   # s1 wants c0 too: taken
-                    [0.0, 0.50, 0.0, 0.0],   # s2: below threshold
-                    [0.0, 0.0, 0.99, 0.0],   # s3: near-duplicate by features
-                    [0.0, 0.0, 0.0, 0.80]])  # s4: near-duplicate by pixels
+    sim = np.array(
+        [
+            [0.90, 0.0, 0.0, 0.0],  # s0 → c0
+            [0.85, 0.0, 0.0, 0.0],  # s1 wants c0 too: taken
+            [0.0, 0.50, 0.0, 0.0],  # s2: below threshold
+            [0.0, 0.0, 0.99, 0.0],  # s3: near-duplicate by features
+            [0.0, 0.0, 0.0, 0.80],
+        ]
+    )  # s4: near-duplicate by pixels
     diff = np.full(sim.shape, 0.2)
     diff[4, 3] = 0.001
     stats = Stats()
     matches = match_subjects(phrases, cands, sim, diff, cfg, stats)
     assert [(m.subject, m.candidate) for m in matches] == [(0, 0)]
-    assert stats.skipped == {"subject:reference_taken": 1, "subject:low_similarity": 1,
-                             "subject:near_duplicate": 2}
+    assert stats.skipped == {
+        "subject:reference_taken": 1,
+        "subject:low_similarity": 1,
+        "subject:near_duplicate": 2,
+    }
     # phrase never detected in the references
     stats = Stats()
     assert match_subjects([5], cands, np.ones((1, 4)) * 0.9, np.ones((1, 4)), cfg, stats) == []
@@ -141,8 +184,14 @@ def test_augmented_reference_geometry_mask_and_seed():
     mask = np.zeros((80, 120), bool)
     mask[20:60, 30:90] = True
     box = (0.25, 0.25, 0.75, 0.75)
-    cfg = AugmentConfig(flip_p=1.0, margin=(0.2, 0.2), scale=(2.0, 2.0), brightness=0.0,
-                        contrast=0.0, saturation=0.0)
+    cfg = AugmentConfig(
+        flip_p=1.0,
+        margin=(0.2, 0.2),
+        scale=(2.0, 2.0),
+        brightness=0.0,
+        contrast=0.0,
+        saturation=0.0,
+    )
     crop, mask_image = augmented_reference(image, box, mask, cfg, random.Random(0))
     assert crop.image.size == mask_image.size == (168, 112)  # (60+24, 40+16) × 2
     x0, y0, x1, y1 = (round(v * s) for v, s in zip(crop.box, crop.image.size * 2, strict=True))

@@ -40,8 +40,7 @@ class ColourDetector:
     def __init__(self, tolerance: float = 70.0):
         self.tolerance = tolerance
 
-    def detect(self, images: list[Image.Image],
-               phrases: list[list[str]]) -> list[list[Detection]]:
+    def detect(self, images: list[Image.Image], phrases: list[list[str]]) -> list[list[Detection]]:
         out = []
         for image, names in zip(images, phrases, strict=True):
             pixels = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
@@ -68,6 +67,7 @@ def colour_detector(path, device, dtype, **options) -> ColourDetector:
 
 # --- tiny real transformers models ----------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=1)
 def tiny_model_dirs() -> dict[str, str]:
     """Folders with the tiny random-weight models saved by ``save_pretrained`` (built once)."""
@@ -82,22 +82,34 @@ def tiny_model_dirs() -> dict[str, str]:
 def tiny_models_config(detector: str = "grounding_dino", features: str = "clip") -> dict:
     """The ``models`` section of a config that loads the tiny models from disk."""
     dirs = tiny_model_dirs()
-    return {"captioner": {"kind": "blip", "path": dirs["blip"], "options": {"max_new_tokens": 8}},
-            "detector": {"kind": detector, "path": dirs[detector]},
-            "segmenter": {"kind": "sam", "path": dirs["sam"]},
-            "features": {"kind": "auto", "path": dirs[features]},
-            "batch_size": 4}
+    return {
+        "captioner": {"kind": "blip", "path": dirs["blip"], "options": {"max_new_tokens": 8}},
+        "detector": {"kind": detector, "path": dirs[detector]},
+        "segmenter": {"kind": "sam", "path": dirs["sam"]},
+        "features": {"kind": "auto", "path": dirs[features]},
+        "batch_size": 4,
+    }
 
 
 def settings_for_tests(**sections) -> dict:
     """Settings for the small synthetic inputs (192×144 videos, shapes of 30–45 px)."""
     base = {
         "image_format": "png",
-        "video": {"sample_fps": 4.0, "min_side": 64, "min_gap_s": 1.0, "min_shot_s": 1.0,
-                  "max_references": 2, "min_sharpness": 5.0},
+        "video": {
+            "sample_fps": 4.0,
+            "min_side": 64,
+            "min_gap_s": 1.0,
+            "min_shot_s": 1.0,
+            "max_references": 2,
+            "min_sharpness": 5.0,
+        },
         "filters": {"score_threshold": 0.3, "min_box_side": 8, "min_box_area": 0.005},
-        "match": {"similarity_threshold": -1.0, "duplicate_similarity": 1.5,
-                  "duplicate_pixel_diff": 0.02, "min_mask_fraction": 0.0},
+        "match": {
+            "similarity_threshold": -1.0,
+            "duplicate_similarity": 1.5,
+            "duplicate_pixel_diff": 0.02,
+            "min_mask_fraction": 0.0,
+        },
     }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values

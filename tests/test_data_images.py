@@ -26,8 +26,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def _load(path: Path, **kw) -> tuple[Image.Image, Stats]:
     stats = Stats()
-    image = load_rgb(path, max_side=kw.get("max_side", 1024),
-                     max_pixels=kw.get("max_pixels", 10**8), stats=stats)
+    image = load_rgb(
+        path, max_side=kw.get("max_side", 1024), max_pixels=kw.get("max_pixels", 10**8), stats=stats
+    )
     return image, stats
 
 
@@ -76,8 +77,11 @@ def test_huge_broken_and_empty_images(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.jpg").write_text("not an image")
-    for name, reason in (("cut.jpg", "truncated"), ("empty.png", "empty"),
-                         ("text.jpg", "unreadable")):
+    for name, reason in (
+        ("cut.jpg", "truncated"),
+        ("empty.png", "empty"),
+        ("text.jpg", "unreadable"),
+    ):
         with pytest.raises(BadInput) as err:
             _load(tmp_path / name)
         assert err.value.reason == reason, name
@@ -96,14 +100,25 @@ def _scene(colours: list[str], size=(160, 120), seed=0) -> Image.Image:
 @pytest.fixture(scope="module")
 def image_models():
     dirs = tiny_model_dirs()
-    cfg = BuildConfig.from_dict({"models": {"captioner": {"kind": "blip", "path": dirs["blip"]},
-                                           "detector": {"kind": "owlv2", "path": dirs["owlv2"]},
-                                           "segmenter": {"kind": "sam", "path": dirs["sam"]},
-                                           "batch_size": 3}})
+    cfg = BuildConfig.from_dict(
+        {
+            "models": {
+                "captioner": {"kind": "blip", "path": dirs["blip"]},
+                "detector": {"kind": "owlv2", "path": dirs["owlv2"]},
+                "segmenter": {"kind": "sam", "path": dirs["sam"]},
+                "batch_size": 3,
+            }
+        }
+    )
     loaded = load_models(cfg.models, "cpu", need_features=False)
     assert loaded.features is None  # image-only input needs no feature encoder
-    return Models(captioner=loaded.captioner, detector=ColourDetector(), features=None,
-                  segmenter=loaded.segmenter, batch_size=3)
+    return Models(
+        captioner=loaded.captioner,
+        detector=ColourDetector(),
+        features=None,
+        segmenter=loaded.segmenter,
+        batch_size=3,
+    )
 
 
 def test_image_only_build_flags_augmented_references(tmp_path, image_models):
@@ -116,12 +131,16 @@ def test_image_only_build_flags_augmented_references(tmp_path, image_models):
     _scene(["blue"], seed=3).save(photos / "d.png")  # no sidecar caption: the captioner runs
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     (photos / "empty.jpg").write_bytes(b"")
-    (photos / "captions.json").write_text(json.dumps({
-        "a.png": "a red square next to a blue square", "sub/b.jpg": "one yellow square"}))
+    (photos / "captions.json").write_text(
+        json.dumps(
+            {"a.png": "a red square next to a blue square", "sub/b.jpg": "one yellow square"}
+        )
+    )
     (photos / "c.txt").write_text("a green square and a red square\n")
     cfg = BuildConfig.from_dict(settings_for_tests(images_per_chunk=4))
-    result = build_dataset(photos, tmp_path / "ds", mode="images", cfg=cfg, models=image_models,
-                           progress=False)
+    result = build_dataset(
+        photos, tmp_path / "ds", mode="images", cfg=cfg, models=image_models, progress=False
+    )
     lines = result.manifest.read_text().splitlines()
     records = {r["meta"]["source"]: r for r in map(json.loads, lines)}
     assert set(records) == {"a.png", "c.png", "sub/b.jpg"}  # d.png's random caption has no colour
@@ -139,9 +158,14 @@ def test_image_only_build_flags_augmented_references(tmp_path, image_models):
             if s["reference_mask"] is not None:
                 assert Image.open(root / s["reference_mask"]).size == ref.size
             # the reference box frames the subject's colour in the augmented crop
-            inside = np.asarray(ref.convert("RGB"))[
-                int(y0 * ref.height) + 2: int(y1 * ref.height) - 2,
-                int(x0 * ref.width) + 2: int(x1 * ref.width) - 2].reshape(-1, 3).mean(0)
+            inside = (
+                np.asarray(ref.convert("RGB"))[
+                    int(y0 * ref.height) + 2 : int(y1 * ref.height) - 2,
+                    int(x0 * ref.width) + 2 : int(x1 * ref.width) - 2,
+                ]
+                .reshape(-1, 3)
+                .mean(0)
+            )
             colour = np.array(COLOURS[s["phrase"].split()[0]], dtype=float)
             a, b = inside - inside.mean(), colour - colour.mean()  # chroma survives the jitter
             assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.9, (s["phrase"], inside)
@@ -151,10 +175,12 @@ def test_image_only_build_flags_augmented_references(tmp_path, image_models):
     assert report["histograms"]["augmented_subjects"] == {"true": 5}
     assert (root / "report_grid.png").is_file() and (root / "report.md").is_file()
     # the same seed gives the same dataset, byte for byte
-    again = build_dataset(photos, tmp_path / "ds2", mode="images", cfg=cfg, models=image_models,
-                          progress=False)
+    again = build_dataset(
+        photos, tmp_path / "ds2", mode="images", cfg=cfg, models=image_models, progress=False
+    )
     assert again.manifest.read_text() == result.manifest.read_text()
     for record in records.values():
         for s in record["subjects"]:
-            assert (root / s["reference"]).read_bytes() == \
-                (again.manifest.parent / s["reference"]).read_bytes()
+            assert (root / s["reference"]).read_bytes() == (
+                again.manifest.parent / s["reference"]
+            ).read_bytes()

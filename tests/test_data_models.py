@@ -29,10 +29,15 @@ def _spec(kind, path):
 
 
 def test_captioner_blip(dirs):
-    models = load_models(ModelsConfig(
-        captioner=ModelSpec("blip", dirs["blip"], {"max_new_tokens": 6}),
-        detector=_spec("auto", dirs["grounding_dino"]), segmenter=None,
-        features=_spec("auto", dirs["clip"])), "cpu")
+    models = load_models(
+        ModelsConfig(
+            captioner=ModelSpec("blip", dirs["blip"], {"max_new_tokens": 6}),
+            detector=_spec("auto", dirs["grounding_dino"]),
+            segmenter=None,
+            features=_spec("auto", dirs["clip"]),
+        ),
+        "cpu",
+    )
     captions = models.captioner.caption(IMAGES)
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
     assert models.captioner.caption(IMAGES) == captions  # greedy decoding: deterministic
@@ -42,8 +47,7 @@ def test_captioner_blip(dirs):
 
 @pytest.mark.parametrize("kind", ["grounding_dino", "owlv2"])
 def test_detectors_return_normalised_boxes_per_phrase(dirs, kind):
-    detector = load_one("detector", ModelSpec(kind, dirs[kind]), torch.device("cpu"),
-                        torch.float32)
+    detector = load_one("detector", ModelSpec(kind, dirs[kind]), torch.device("cpu"), torch.float32)
     phrases = [["red square", "cat"], ["blue circle"]]
     found = detector.detect(IMAGES, phrases)
     assert len(found) == 2
@@ -60,8 +64,9 @@ def test_detectors_return_normalised_boxes_per_phrase(dirs, kind):
     both = detector.detect(frames, [["red square"], ["green square", "cat"]])
     alone = detector.detect(frames[1:], [["green square", "cat"]])[0]
     assert [d.phrase for d in alone] == [d.phrase for d in both[1]]
-    np.testing.assert_allclose([d.box + (d.score,) for d in alone],
-                               [d.box + (d.score,) for d in both[1]], atol=1e-4)
+    np.testing.assert_allclose(
+        [d.box + (d.score,) for d in alone], [d.box + (d.score,) for d in both[1]], atol=1e-4
+    )
     assert detector.detect([], []) == []
 
 
@@ -88,13 +93,16 @@ def test_sam_masks_and_features(dirs):
 def test_model_errors_name_the_setting(tmp_path):
     device, dtype = torch.device("cpu"), torch.float32
     with pytest.raises(ModelNotAvailableError, match=r"config\.models\.detector\.path"):
-        load_one("detector", ModelSpec("grounding_dino", str(tmp_path / "missing")), device,
-                 dtype)
+        load_one("detector", ModelSpec("grounding_dino", str(tmp_path / "missing")), device, dtype)
     with pytest.raises(InputError, match=r"config\.models\.segmenter\.kind: one of sam"):
         load_one("segmenter", ModelSpec("sam2", "x"), device, dtype)
     with pytest.raises(InputError, match=r"config\.models\.detector\.kind: cannot import"):
         load_one("detector", ModelSpec("no_such_module:Detector", None), device, dtype)
     # a plug-in: module:attribute, called with (path, device, dtype, **options)
-    plugin = load_one("detector", ModelSpec("test_data_helpers:colour_detector", None,
-                                            {"tolerance": 10.0}), device, dtype)
+    plugin = load_one(
+        "detector",
+        ModelSpec("test_data_helpers:colour_detector", None, {"tolerance": 10.0}),
+        device,
+        dtype,
+    )
     assert plugin.tolerance == 10.0

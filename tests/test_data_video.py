@@ -98,9 +98,10 @@ def test_bad_videos_raise_bad_input_or_keep_partial(tmp_path, video):
     else:
         assert 0 < len(part) < 11
     # a tiny, tail-less stream: an MPEG-TS cut mid-frame decodes what it has
-    ts = make_video(tmp_path / "clip.ts", [Shot(1.0, (100, 100, 100),
-                                                (Shape("red", "square", (40, 40), (80, 60), 20,
-                                                       30),))])
+    ts = make_video(
+        tmp_path / "clip.ts",
+        [Shot(1.0, (100, 100, 100), (Shape("red", "square", (40, 40), (80, 60), 20, 30),))],
+    )
     cut = tmp_path / "cut.ts"
     cut.write_bytes(ts.read_bytes()[: ts.stat().st_size * 2 // 3])
     stats = Stats()

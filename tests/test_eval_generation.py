@@ -72,16 +72,24 @@ def test_generate_index_resume_and_truncated_file(tmp_path, data_root):
     orphan.with_suffix(".json").unlink()
     stats = run_generation(bench, out, config, samples=samples, progress=False, model=model)
     assert stats["generated"] == 2 and sorted(stats["images"]) == sorted(
-        [records[1].image, records[2].image])
+        [records[1].image, records[2].image]
+    )
     assert cut.read_bytes() == original
 
     # More images per sample extends the run; other settings or benchmarks are refused.
     more = GenerationConfig(images_per_sample=3, **TINY)
-    assert run_generation(bench, out, more, samples=samples, progress=False,
-                          model=model)["generated"] == 2
+    assert (
+        run_generation(bench, out, more, samples=samples, progress=False, model=model)["generated"]
+        == 2
+    )
     with pytest.raises(InputError, match="other settings"):
-        run_generation(bench, out, GenerationConfig(images_per_sample=2, steps=2, height=64,
-                                                    width=64), samples=samples, progress=False)
+        run_generation(
+            bench,
+            out,
+            GenerationConfig(images_per_sample=2, steps=2, height=64, width=64),
+            samples=samples,
+            progress=False,
+        )
     with pytest.raises(InputError, match="holds a msbench run"):
         dream = load_benchmark("dreambench", data_root)
         run_generation(dream, out, config, samples=dream.select(limit=1), progress=False)
@@ -89,14 +97,51 @@ def test_generate_index_resume_and_truncated_file(tmp_path, data_root):
 
 def test_two_cpu_processes_take_disjoint_complete_slices(tmp_path, data_root):
     out = tmp_path / "run"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "MASTER_PORT": "29617"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", "29617",
-           "-m", "msdiffusion.cli", "eval", "generate", "dreambench", "--data", str(data_root),
-           "--out", str(out), "--limit", "3", "--images-per-sample", "2", "--batch-size", "2",
-           "--steps", "1", "--height", "64", "--width", "64", "--no-progress"]
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "MASTER_PORT": "29617",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29617",
+        "-m",
+        "msdiffusion.cli",
+        "eval",
+        "generate",
+        "dreambench",
+        "--data",
+        str(data_root),
+        "--out",
+        str(out),
+        "--limit",
+        "3",
+        "--images-per-sample",
+        "2",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     parts = [json.loads((out / "progress" / f"process-{i}.json").read_text()) for i in (0, 1)]

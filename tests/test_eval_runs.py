@@ -47,10 +47,15 @@ def test_shards_are_disjoint_and_complete():
 
 def test_index_files_in_every_accepted_form(tmp_path):
     run = RunFolder(tmp_path)
-    entries = [{"sample_id": "a/b/0", "image": "x.png"}, {"sample_id": "a/b/1", "image": "y.png",
-                                                          "index": 3}]
-    forms = {"lines.jsonl": "\n".join(json.dumps(e) for e in entries),
-             "list.json": json.dumps(entries), "obj.json": json.dumps({"images": entries})}
+    entries = [
+        {"sample_id": "a/b/0", "image": "x.png"},
+        {"sample_id": "a/b/1", "image": "y.png", "index": 3},
+    ]
+    forms = {
+        "lines.jsonl": "\n".join(json.dumps(e) for e in entries),
+        "list.json": json.dumps(entries),
+        "obj.json": json.dumps({"images": entries}),
+    }
     for name, text in forms.items():
         (tmp_path / name).write_text(text)
         recs = run.read_index(tmp_path / name)
@@ -66,17 +71,23 @@ def test_index_files_in_every_accepted_form(tmp_path):
 
 
 def test_bring_your_own_layout_is_discovered(tmp_path):
-    for rel in ("images/object/dog/3/0.png", "images/object/dog/3/1.jpg",
-                "images/live/cat/0/seed7.png", "images/live/cat/0/seed9.png",
-                "images/live/cat/0/notes.txt"):
+    for rel in (
+        "images/object/dog/3/0.png",
+        "images/object/dog/3/1.jpg",
+        "images/live/cat/0/seed7.png",
+        "images/live/cat/0/seed9.png",
+        "images/live/cat/0/notes.txt",
+    ):
         p = tmp_path / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
     recs = sorted((r.sample_id, r.index, r.image) for r in RunFolder(tmp_path).discover())
-    assert recs == [("live/cat/0", 0, "images/live/cat/0/seed7.png"),
-                    ("live/cat/0", 1, "images/live/cat/0/seed9.png"),
-                    ("object/dog/3", 0, "images/object/dog/3/0.png"),
-                    ("object/dog/3", 1, "images/object/dog/3/1.jpg")]
+    assert recs == [
+        ("live/cat/0", 0, "images/live/cat/0/seed7.png"),
+        ("live/cat/0", 1, "images/live/cat/0/seed9.png"),
+        ("object/dog/3", 0, "images/object/dog/3/0.png"),
+        ("object/dog/3", 1, "images/object/dog/3/1.jpg"),
+    ]
     with pytest.raises(InputError, match="images/"):
         RunFolder(tmp_path / "empty").discover()
 

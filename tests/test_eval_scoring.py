@@ -33,8 +33,13 @@ def scorers(tmp_path_factory) -> dict[str, str]:
 
 
 def _config(scorers, **kw) -> ScoringConfig:
-    settings = dict(clip_model=scorers["clip"], dino_model=scorers["dino"],
-                    detector_model=scorers["detector"], batch_size=8, chunk_images=4)
+    settings = dict(
+        clip_model=scorers["clip"],
+        dino_model=scorers["dino"],
+        detector_model=scorers["detector"],
+        batch_size=8,
+        chunk_images=4,
+    )
     return ScoringConfig(**{**settings, **kw})
 
 
@@ -60,8 +65,9 @@ def test_bring_your_own_images_scored_and_reported(tmp_path, data_root, scorers)
     run = _byo_run(tmp_path / "theirs", bench, samples)
     with pytest.raises(InputError, match="--benchmark"):
         resolve_run(run)
-    report = score_run(resolve_run(run, benchmark="msbench", data=data_root), _config(scorers),
-                       progress=False)
+    report = score_run(
+        resolve_run(run, benchmark="msbench", data=data_root), _config(scorers), progress=False
+    )
     assert report["counts"]["images_scored"] == 6 and report["run"]["kind"] == "external"
     assert report["counts"]["samples_expected"] == len(bench.runnable)
     assert report["models"]["clip"]["model"] == scorers["clip"]
@@ -83,7 +89,8 @@ def test_bring_your_own_images_scored_and_reported(tmp_path, data_root, scorers)
     saved = json.loads((run / "report.json").read_text())
     assert saved["overall"]["clip_t"]["n"] == 6
     assert saved["overall"]["dino_det"]["mean"] == pytest.approx(
-        sum(r["dino_det"] for r in rows) / 6)
+        sum(r["dino_det"] for r in rows) / 6
+    )
     md = (run / "report.md").read_text()
     assert scorers["dino"] in md and "| **all** | 6 |" in md and "M-DINO det" in md
     for metric in ("clip_t", "dino_det", "m_dino_box", "layout_iou"):
@@ -98,17 +105,21 @@ def test_an_exact_copy_of_the_reference_scores_one(tmp_path, data_root, scorers)
         path = tmp_path / "copy" / "images" / s.id / "0.png"
         path.parent.mkdir(parents=True)
         Image.open(bench.path(s.subjects[0].image)).convert("RGB").save(path)
-    inputs = resolve_run(tmp_path / "copy", benchmark="dreambench", data=data_root,
-                         references="first")
+    inputs = resolve_run(
+        tmp_path / "copy", benchmark="dreambench", data=data_root, references="first"
+    )
     report = score_run(inputs, _config(scorers), progress=False)
     assert report["overall"]["clip_i"]["mean"] == pytest.approx(1.0, abs=1e-5)
     assert report["overall"]["dino"]["mean"] == pytest.approx(1.0, abs=1e-5)
     pct = score_run(inputs, _config(scorers, percent=True, clip_t_weight=2.5), progress=False)
     assert pct["overall"]["dino"]["mean"] == pytest.approx(100.0, abs=1e-3)
-    raw = [json.loads(line)["clip_t"] for line in
-           (tmp_path / "copy" / "scores.jsonl").read_text().splitlines()]  # stays raw
+    raw = [
+        json.loads(line)["clip_t"]
+        for line in (tmp_path / "copy" / "scores.jsonl").read_text().splitlines()
+    ]  # stays raw
     assert pct["overall"]["clip_t"]["mean"] == pytest.approx(
-        sum(250 * max(c, 0.0) for c in raw) / len(raw))
+        sum(250 * max(c, 0.0) for c in raw) / len(raw)
+    )
 
 
 def test_missing_corrupt_and_foreign_images_are_counted_or_refused(tmp_path, data_root, scorers):
@@ -117,9 +128,11 @@ def test_missing_corrupt_and_foreign_images_are_counted_or_refused(tmp_path, dat
     run = _byo_run(tmp_path / "r", bench, [s1, s2], images_per_sample=1)
     cut = run / "images" / s2.id / "0.png"
     cut.write_bytes(cut.read_bytes()[:200])
-    index = [{"sample_id": s1.id, "image": str(run / "images" / s1.id / "0.png")},
-             {"sample_id": s2.id, "image": f"images/{s2.id}/0.png"},
-             {"sample_id": s3.id, "image": "images/absent.png"}]
+    index = [
+        {"sample_id": s1.id, "image": str(run / "images" / s1.id / "0.png")},
+        {"sample_id": s2.id, "image": f"images/{s2.id}/0.png"},
+        {"sample_id": s3.id, "image": "images/absent.png"},
+    ]
     (run / "list.json").write_text(json.dumps(index))
     inputs = resolve_run(run, benchmark="msbench", data=data_root, index=run / "list.json")
     report = score_run(inputs, _config(scorers, detector_model=None), progress=False)
@@ -150,16 +163,26 @@ def test_reference_features_are_cached_by_content(tmp_path, data_root, scorers):
     cached = load_file(str(files[1]))
     ref = bench.path(bench.select(limit=1)[0].subjects[0].image)
     fresh = DinoEmbedder(scorers["dino"]).embed_images([Image.open(ref)])[0]
-    assert any(math.isclose(float((v - fresh).abs().max()), 0.0, abs_tol=1e-6)
-               for v in cached.values())
+    assert any(
+        math.isclose(float((v - fresh).abs().max()), 0.0, abs_tol=1e-6) for v in cached.values()
+    )
 
 
 def test_compare_and_cli(tmp_path, data_root, scorers, capsys):
     bench = load_benchmark("msbench", data_root)
     a = _byo_run(tmp_path / "ours", bench, bench.select(limit=4), images_per_sample=1)
     b = _byo_run(tmp_path / "theirs", bench, bench.select(limit=2), images_per_sample=1)
-    common = ["--benchmark", "msbench", "--data", str(data_root), "--models", "tiny",
-              "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    common = [
+        "--benchmark",
+        "msbench",
+        "--data",
+        str(data_root),
+        "--models",
+        "tiny",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
     assert main(["eval", "score", str(a), *common]) == 0
     assert main(["eval", "score", str(b), *common]) == 0
     out = capsys.readouterr().out
@@ -175,15 +198,32 @@ def test_compare_and_cli(tmp_path, data_root, scorers, capsys):
     assert main(["eval", "compare", str(a), str(b), "--names", "ours,theirs"]) == 0
     assert "| theirs |" in capsys.readouterr().out
 
-    score_run(resolve_run(b, benchmark="msbench", data=data_root),
-              _config(scorers, detector_model=None), progress=False)  # other detector: none
+    score_run(
+        resolve_run(b, benchmark="msbench", data=data_root),
+        _config(scorers, detector_model=None),
+        progress=False,
+    )  # other detector: none
     with pytest.raises(InputError, match="different models"):
         compare_runs([a, b])
     assert compare_runs([a, b], allow_different_models=True)["common_samples"] == 2
 
     assert main(["eval", "score", str(tmp_path / "nope")]) == 2
-    assert main(["eval", "score", str(a), "--benchmark", "msbench", "--data", str(data_root),
-                 "--clip-model", str(tmp_path / "no-model")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "score",
+                str(a),
+                "--benchmark",
+                "msbench",
+                "--data",
+                str(data_root),
+                "--clip-model",
+                str(tmp_path / "no-model"),
+            ]
+        )
+        == 2
+    )
     assert "--clip-model" in capsys.readouterr().err
     assert main(["eval", "compare", str(a)]) == 2
     assert main(["eval", "list", "coco", "--data", str(data_root)]) == 2

@@ -30,8 +30,9 @@ def test_a_killed_save_leaves_the_previous_checkpoint_latest(tmp_path):
     with pytest.raises(Killed):
         manager.save(200, TrainState(step=200), dies_midway)
     assert manager.latest() == first  # the half-written one is invisible
-    assert [p.name for p in manager.root.iterdir() if not p.name.startswith(".")] == \
-        ["step-00000100"]
+    assert [p.name for p in manager.root.iterdir() if not p.name.startswith(".")] == [
+        "step-00000100"
+    ]
     assert manager.read_state(manager.resolve("latest")).position == 800
     # a folder that looks like a checkpoint but lacks its state is not one
     (manager.root / "step-00000300").mkdir()

@@ -16,40 +16,64 @@ def test_defaults_are_the_released_recipe():
     c = TrainConfig().validate()
     assert (c.optim.learning_rate, c.optim.weight_decay, c.optim.max_grad_norm) == (1e-4, 0.01, 1.0)
     assert c.optim.lr_scheduler == "constant"
-    assert (c.dropout.image, c.dropout.text, c.dropout.both, c.dropout.grounding) == \
-        (0.05, 0.05, 0.05, 0.1)
+    assert (c.dropout.image, c.dropout.text, c.dropout.both, c.dropout.grounding) == (
+        0.05,
+        0.05,
+        0.05,
+        0.1,
+    )
     assert c.batch_size == 8 and c.data.resolution == 512 and c.data.crop == "center"
     assert c.data.reference_interpolation == "bilinear"
 
 
 def test_file_then_flags_then_set(tmp_path):
     path = tmp_path / "train.json"
-    path.write_text(json.dumps({"max_steps": 10, "optim": {"learning_rate": 3e-4},
-                                "data": {"manifest": "a.jsonl", "resolution": [64, 96]}}))
+    path.write_text(
+        json.dumps(
+            {
+                "max_steps": 10,
+                "optim": {"learning_rate": 3e-4},
+                "data": {"manifest": "a.jsonl", "resolution": [64, 96]},
+            }
+        )
+    )
     args = build_parser().parse_args(
-        ["train", "--config", str(path), "--max-steps", "20", "--set", "max_steps=30",
-         "--set", "data.crop=random", "--ema"])
+        [
+            "train",
+            "--config",
+            str(path),
+            "--max-steps",
+            "20",
+            "--set",
+            "max_steps=30",
+            "--set",
+            "data.crop=random",
+            "--ema",
+        ]
+    )
     c = config_from_args(args)
     assert c.max_steps == 30  # --set beats the flag, which beats the file
     assert c.optim.learning_rate == 3e-4 and c.data.size == (64, 96)
     assert c.data.crop == "random" and c.ema.enabled
     assert c.data.manifest == "a.jsonl"
     # the same flags work on `train cache`
-    args = build_parser().parse_args(["train", "cache", "--config", str(path),
-                                      "--cache-dir", "c"])
+    args = build_parser().parse_args(["train", "cache", "--config", str(path), "--cache-dir", "c"])
     assert config_from_args(args).data.cache_dir == "c"
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"optim.lr": 1}, "optim.lr"),
-    ({"batch_size": "8"}, "batch_size"),
-    ({"dropout.image": 1.5}, "dropout.image"),
-    ({"data.resolution": 100}, "data.resolution"),
-    ({"data.cache_dir": "c", "data.crop": "random"}, "data.crop"),
-    ({"model.preset": "sd15"}, "model.preset"),
-    ({"validation.every": 5}, "validation.requests"),
-    ({"optim.lr_scheduler": "nope"}, "optim.lr_scheduler"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"optim.lr": 1}, "optim.lr"),
+        ({"batch_size": "8"}, "batch_size"),
+        ({"dropout.image": 1.5}, "dropout.image"),
+        ({"data.resolution": 100}, "data.resolution"),
+        ({"data.cache_dir": "c", "data.crop": "random"}, "data.crop"),
+        ({"model.preset": "sd15"}, "model.preset"),
+        ({"validation.every": 5}, "validation.requests"),
+        ({"optim.lr_scheduler": "nope"}, "optim.lr_scheduler"),
+    ],
+)
 def test_errors_name_the_key(overrides, key):
     with pytest.raises(InputError) as err:
         load_config(None, overrides)
@@ -69,7 +93,13 @@ def test_bad_file_and_override_syntax(tmp_path):
 
 
 def test_round_trip_through_json():
-    c = load_config(None, {"model.preset": "tiny", "validation.every": 2,
-                           "validation.requests": [{"prompt": "a dog"}]})
+    c = load_config(
+        None,
+        {
+            "model.preset": "tiny",
+            "validation.every": 2,
+            "validation.requests": [{"prompt": "a dog"}],
+        },
+    )
     again = TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))).validate()
     assert again == c

@@ -36,11 +36,13 @@ def _features() -> CLIPImageProcessorPil:  # the tiny preset's image preprocessi
 
 @pytest.fixture()
 def demo(tmp_path) -> Path:
-    return build_demo_manifest(tmp_path / "demo", EXAMPLES if EXAMPLES.is_dir() else None,
-                               num_records=8)
+    return build_demo_manifest(
+        tmp_path / "demo", EXAMPLES if EXAMPLES.is_dir() else None, num_records=8
+    )
 
 
 # ---- geometry ------------------------------------------------------------------------------------
+
 
 def test_resize_crop_arithmetic():
     g = crop_geometry((100, 200), (50, 50), "center")  # (h, w): landscape → short side 50
@@ -62,9 +64,10 @@ def test_boxes_follow_the_pixels(seed):
     x1, y1 = x0 + rng.uniform(0.3, 0.5), y0 + rng.uniform(0.3, 0.5)
     box = (x0, y0, min(x1, 1.0), min(y1, 1.0))
     image = Image.new("RGB", (w, h), (0, 0, 0))
-    ImageDraw.Draw(image).rectangle((round(box[0] * w), round(box[1] * h),
-                                     round(box[2] * w) - 1, round(box[3] * h) - 1),
-                                    fill=(255, 255, 255))
+    ImageDraw.Draw(image).rectangle(
+        (round(box[0] * w), round(box[1] * h), round(box[2] * w) - 1, round(box[3] * h) - 1),
+        fill=(255, 255, 255),
+    )
     g = crop_geometry((h, w), (64, 64), "random", rng)
     new = transform_box(box, g)
     out = np.asarray(resize_and_crop(image, g).convert("L")) > 127  # (64, 64)
@@ -89,6 +92,7 @@ def test_cut_reference_box_and_mask():
 
 # ---- dropouts ------------------------------------------------------------------------------------
 
+
 def test_dropout_frequencies_match_their_probabilities():
     config = DropoutConfig()  # 0.05 / 0.05 / 0.05, grounding 0.1
     n = 40_000
@@ -106,11 +110,13 @@ def test_dropout_frequencies_match_their_probabilities():
 
 # ---- samples and batches -------------------------------------------------------------------------
 
+
 def _dataset(demo: Path, **dropout) -> ManifestDataset:
     scan = scan_manifest(demo)
     data = DataConfig(manifest=str(demo), resolution=64, crop="random")
-    return ManifestDataset(scan.records, scan.root, data, DropoutConfig(**dropout), _features(),
-                           seed=3)
+    return ManifestDataset(
+        scan.records, scan.root, data, DropoutConfig(**dropout), _features(), seed=3
+    )
 
 
 def test_samples_are_deterministic_and_dropouts_apply(demo):
@@ -154,6 +160,7 @@ def test_bad_records_at_load_time_are_replaced_and_reported(demo):
 
 # ---- the stream ----------------------------------------------------------------------------------
 
+
 def test_stream_shards_disjointly_and_resumes():
     def take(stream, n):
         it = iter(stream)
@@ -164,10 +171,11 @@ def test_stream_shards_disjointly_and_resumes():
     epoch0 = [k for r in ranks for k in r if k[0] == 0]
     assert sorted(i for _, i in epoch0) == list(range(n))  # each sample once per epoch
     for step in range(5):  # the processes never share a sample within a global batch
-        assert not {k for k in ranks[0][step * b:(step + 1) * b]} & \
-            {k for k in ranks[1][step * b:(step + 1) * b]}
+        assert not {k for k in ranks[0][step * b : (step + 1) * b]} & {
+            k for k in ranks[1][step * b : (step + 1) * b]
+        }
     resumed = take(ShardedStream(n, b, rank=1, world_size=w, seed=1, start=3 * b * w), 4)
-    assert resumed == ranks[1][3 * b:3 * b + 4]
+    assert resumed == ranks[1][3 * b : 3 * b + 4]
     assert take(ShardedStream(n, b, seed=2), 10) != take(ShardedStream(n, b, seed=1), 10)
     with pytest.raises(ValueError):
         ShardedStream(n, b, world_size=w, start=3)

@@ -17,7 +17,7 @@ from msdiffusion.training.demo import build_demo_manifest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "subjects"
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, sys
 from pathlib import Path
 from safetensors.torch import save_file
@@ -55,7 +55,7 @@ save_file({k: v.contiguous() for k, v in adapter.state_dict().items()},
 (out / f"rank{rank}.json").write_text(json.dumps({
     "ids": trainer.dataset.ids, "world": trainer.accelerator.num_processes,
     "type": str(trainer.accelerator.distributed_type)}))
-'''
+"""
 
 
 def _free_port() -> int:
@@ -65,17 +65,38 @@ def _free_port() -> int:
 
 
 def test_two_cpu_processes_train_identically_on_different_samples(tmp_path):
-    manifest = build_demo_manifest(tmp_path / "data", EXAMPLES if EXAMPLES.is_dir() else None,
-                                   num_records=12)
+    manifest = build_demo_manifest(
+        tmp_path / "data", EXAMPLES if EXAMPLES.is_dir() else None, num_records=12
+    )
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     out = tmp_path / "out"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-              str(script), str(manifest), str(out)]
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(script),
+        str(manifest),
+        str(out),
+    ]
     proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]

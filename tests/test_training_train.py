@@ -42,14 +42,24 @@ def fresh_accelerate_state():
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    return build_demo_manifest(tmp_path_factory.mktemp("demo"),
-                               EXAMPLES if EXAMPLES.is_dir() else None, num_records=10)
+    return build_demo_manifest(
+        tmp_path_factory.mktemp("demo"), EXAMPLES if EXAMPLES.is_dir() else None, num_records=10
+    )
 
 
 def config(out: Path, manifest: Path, **overrides):
-    base = {"model.preset": "tiny", "data.manifest": str(manifest), "data.resolution": 64,
-            "data.num_workers": 0, "data.crop": "random", "batch_size": 2, "max_steps": 3,
-            "output_dir": str(out), "checkpoint.every": 0, "logging.report_to": "none"}
+    base = {
+        "model.preset": "tiny",
+        "data.manifest": str(manifest),
+        "data.resolution": 64,
+        "data.num_workers": 0,
+        "data.crop": "random",
+        "batch_size": 2,
+        "max_steps": 3,
+        "output_dir": str(out),
+        "checkpoint.every": 0,
+        "logging.report_to": "none",
+    }
     return load_config(None, {**base, **overrides})
 
 
@@ -59,6 +69,7 @@ def adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 # ---- the model, directly -------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_setup(manifest):
     from msdiffusion.manifest import scan_manifest
@@ -67,8 +78,13 @@ def tiny_setup(manifest):
 
     components = load_components(ModelConfig(preset="tiny"))
     scan = scan_manifest(manifest)
-    ds = ManifestDataset(scan.records, scan.root, DataConfig(resolution=64),
-                         DropoutConfig(0, 0, 0, 0), components["feature_extractor"])
+    ds = ManifestDataset(
+        scan.records,
+        scan.root,
+        DataConfig(resolution=64),
+        DropoutConfig(0, 0, 0, 0),
+        components["feature_extractor"],
+    )
     two = [i for i, r in enumerate(scan.records) if len(r.subjects) == 2][:2]
     batch = collate_samples([ds[(0, i)] for i in two])
     torch.manual_seed(0)
@@ -109,22 +125,32 @@ def test_steps_reduce_the_loss_and_change_only_the_adapter(tiny_setup):
 def test_padding_never_changes_the_output(tiny_setup):
     components, inputs = tiny_setup
     torch.manual_seed(0)
-    model = AdapterUNet(components["unet"], build_adapter(ModelConfig(preset="tiny"),
-                                                          components["unet"]))
+    model = AdapterUNet(
+        components["unet"], build_adapter(ModelConfig(preset="tiny"), components["unet"])
+    )
     try:
+
         def run(image, phrase, boxes, valid):
             torch.manual_seed(1)
             x = torch.randn_like(inputs.latents)
-            conditions = replace(inputs, image_embeds=image, phrase_embeds=phrase, boxes=boxes,
-                                 valid=valid, drop_grounding=torch.tensor([False, True]))
+            conditions = replace(
+                inputs,
+                image_embeds=image,
+                phrase_embeds=phrase,
+                boxes=boxes,
+                valid=valid,
+                drop_grounding=torch.tensor([False, True]),
+            )
             return model(x, torch.tensor([10, 900]), conditions)
 
         plain = run(inputs.image_embeds, inputs.phrase_embeds, inputs.boxes, inputs.valid)
         pad = 2  # two padding slots full of garbage: they must never reach the attention
-        image = torch.cat([inputs.image_embeds,
-                           torch.randn(2, pad, *inputs.image_embeds.shape[2:])], 1)
-        phrase = torch.cat([inputs.phrase_embeds,
-                            torch.randn(2, pad, inputs.phrase_embeds.shape[-1])], 1)
+        image = torch.cat(
+            [inputs.image_embeds, torch.randn(2, pad, *inputs.image_embeds.shape[2:])], 1
+        )
+        phrase = torch.cat(
+            [inputs.phrase_embeds, torch.randn(2, pad, inputs.phrase_embeds.shape[-1])], 1
+        )
         boxes = torch.cat([inputs.boxes, torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(2, pad, 4)], 1)
         valid = torch.cat([inputs.valid, torch.zeros(2, pad, dtype=torch.bool)], 1)
         padded = run(image, phrase, boxes, valid)
@@ -135,6 +161,7 @@ def test_padding_never_changes_the_output(tiny_setup):
 
 # ---- whole runs ----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, manifest):
     from accelerate.state import AcceleratorState, GradientState
@@ -142,8 +169,13 @@ def straight_run(tmp_path_factory, manifest):
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     out = tmp_path_factory.mktemp("straight")
-    cfg = config(out, manifest, max_steps=6, gradient_accumulation_steps=2,
-                 **{"checkpoint.every": 3, "ema.enabled": True, "ema.decay": 0.9})
+    cfg = config(
+        out,
+        manifest,
+        max_steps=6,
+        gradient_accumulation_steps=2,
+        **{"checkpoint.every": 3, "ema.enabled": True, "ema.decay": 0.9},
+    )
     return cfg, train(cfg)
 
 
@@ -152,8 +184,13 @@ def test_resume_after_a_crash_is_exact(tmp_path, manifest, straight_run):
     with gradient accumulation, EMA, random crops and dropouts all in play."""
     cfg, result = straight_run
     assert result.step == 6
-    crashed = config(tmp_path, manifest, max_steps=6, gradient_accumulation_steps=2,
-                     **{"checkpoint.every": 3, "ema.enabled": True, "ema.decay": 0.9})
+    crashed = config(
+        tmp_path,
+        manifest,
+        max_steps=6,
+        gradient_accumulation_steps=2,
+        **{"checkpoint.every": 3, "ema.enabled": True, "ema.decay": 0.9},
+    )
 
     def crash_at_4(trainer, state):
         if state.step == 4:
@@ -167,8 +204,9 @@ def test_resume_after_a_crash_is_exact(tmp_path, manifest, straight_run):
     assert resumed.step == 6
     a, b = adapter_weights(result.adapter_dir), adapter_weights(resumed.adapter_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    state = json.loads((tmp_path / "checkpoints" / "step-00000006" / "trainer_state.json")
-                       .read_text())
+    state = json.loads(
+        (tmp_path / "checkpoints" / "step-00000006" / "trainer_state.json").read_text()
+    )
     assert state["position"] == 6 * 2 * 2  # steps × accumulation × batch
 
 
@@ -184,9 +222,13 @@ def test_exported_adapter_loads_in_the_pipeline(straight_run):
     assert all(torch.equal(loaded[k], exported[k]) for k in exported)
     refs = Path(cfg.data.manifest).parent / "refs"
     ref = sorted(p for p in refs.glob("*.png") if "mask" not in p.name)[0]
-    request = GenerationRequest(prompt=f"a {ref.stem}", subjects=[
-        SubjectSpec(images=[str(ref)], box=(0.1, 0.1, 0.6, 0.6), phrase=ref.stem)],
-        height=64, width=64, num_inference_steps=2)
+    request = GenerationRequest(
+        prompt=f"a {ref.stem}",
+        subjects=[SubjectSpec(images=[str(ref)], box=(0.1, 0.1, 0.6, 0.6), phrase=ref.stem)],
+        height=64,
+        width=64,
+        num_inference_steps=2,
+    )
     images = generate(model, [request], progress=False)[0].images
     assert images[0].size == (64, 64)
 
@@ -195,8 +237,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, ma
     def poison_at_3(trainer, state):
         if state.step == 3:
             with torch.no_grad():
-                trainer.accelerator.unwrap_model(trainer.model).adapter.resampler.proj_out \
-                    .weight.fill_(float("nan"))
+                trainer.accelerator.unwrap_model(
+                    trainer.model
+                ).adapter.resampler.proj_out.weight.fill_(float("nan"))
 
     cfg = config(tmp_path, manifest, max_steps=5, **{"checkpoint.every": 2})
     with pytest.raises(TrainingDiverged, match="at step 4") as err:
@@ -204,8 +247,10 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, ma
     assert "step-00000002" in str(err.value)
     names = [p.name for p in (tmp_path / "checkpoints").iterdir()]
     assert names == ["step-00000002"]
-    assert all(torch.isfinite(v).all() for v in adapter_weights(
-        tmp_path / "checkpoints" / "step-00000002" / "adapter").values())
+    assert all(
+        torch.isfinite(v).all()
+        for v in adapter_weights(tmp_path / "checkpoints" / "step-00000002" / "adapter").values()
+    )
 
 
 def test_bad_records_are_skipped_counted_and_capped(tmp_path, manifest):
@@ -214,9 +259,12 @@ def test_bad_records_are_skipped_counted_and_capped(tmp_path, manifest):
     lines = [json.loads(x) for x in (data / "train.jsonl").read_text().splitlines()]
     (data / lines[3]["image"]).unlink()  # found by the file check before training
     (data / lines[6]["image"]).write_bytes(b"garbage")  # found when loaded
-    cfg = config(tmp_path / "run", data / "train.jsonl", max_steps=5,
-                 **{"bad_data.max_skip_fraction": 0.2, "bad_data.min_samples": 10,
-                    "logging.every": 1})
+    cfg = config(
+        tmp_path / "run",
+        data / "train.jsonl",
+        max_steps=5,
+        **{"bad_data.max_skip_fraction": 0.2, "bad_data.min_samples": 10, "logging.every": 1},
+    )
     trainer = Trainer(cfg)
     result = trainer.run()
     assert trainer.state.extra["manifest_skipped"] == 1
@@ -230,9 +278,18 @@ def test_cache_matches_live_encoding_and_trains_with_dropouts(tmp_path, manifest
     from msdiffusion.training.cache import CachedDataset, build_cache_for_config
     from msdiffusion.training.config import DropoutConfig
 
-    cfg = config(tmp_path / "run", manifest, max_steps=2,
-                 **{"data.crop": "center", "data.cache_dir": str(tmp_path / "cache"),
-                    "data.cache_shard_size": 4, "dropout.both": 0.5, "dropout.grounding": 0.5})
+    cfg = config(
+        tmp_path / "run",
+        manifest,
+        max_steps=2,
+        **{
+            "data.crop": "center",
+            "data.cache_dir": str(tmp_path / "cache"),
+            "data.cache_shard_size": 4,
+            "dropout.both": 0.5,
+            "dropout.grounding": 0.5,
+        },
+    )
     index = build_cache_for_config(cfg)
     assert len(index["records"]) == 10 and len(index["shards"]) == 3
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("shard-*")}
@@ -259,13 +316,19 @@ def test_cache_matches_live_encoding_and_trains_with_dropouts(tmp_path, manifest
     from msdiffusion.training.dataset import ManifestDataset
 
     scan = scan_manifest(manifest)
-    live = ManifestDataset(scan.records, scan.root, cfg.data, DropoutConfig(0, 0, 0, 0),
-                           components["feature_extractor"])
+    live = ManifestDataset(
+        scan.records,
+        scan.root,
+        cfg.data,
+        DropoutConfig(0, 0, 0, 0),
+        components["feature_extractor"],
+    )
     record = next(i for i, r in enumerate(scan.records) if r.id == plain["id"])
     batch = collate_samples([live[(0, record)]])
     prompt, _ = encoders.encode_prompts(batch["caption"])
-    image, phrase = encoders.encode_subjects(batch["reference_pixels"], batch["phrases"],
-                                             batch["valid"])
+    image, phrase = encoders.encode_subjects(
+        batch["reference_pixels"], batch["phrases"], batch["valid"]
+    )
     assert torch.allclose(plain["prompt_embeds"], prompt[0], atol=1e-5)
     assert torch.allclose(plain["image_embeds"], image[0], atol=1e-5)
     assert torch.allclose(plain["phrase_embeds"], phrase[0], atol=1e-5)
@@ -279,17 +342,43 @@ def test_cache_matches_live_encoding_and_trains_with_dropouts(tmp_path, manifest
 def test_cli_trains_validates_and_logs(tmp_path, manifest):
     refs = Path(manifest).parent / "refs"
     ref = sorted(p for p in refs.glob("*.png") if "mask" not in p.name)[0]
-    cfg = {"model": {"preset": "tiny"}, "data": {"manifest": str(manifest), "resolution": 64,
-                                                 "num_workers": 0},
-           "validation": {"every": 2, "num_inference_steps": 2, "base_dir": str(refs),
-                          "requests": [{"prompt": f"a {ref.stem}", "subjects": [
-                              {"images": [ref.name], "box": [0.1, 0.2, 0.7, 0.9],
-                               "phrase": ref.stem}]}]}}
+    cfg = {
+        "model": {"preset": "tiny"},
+        "data": {"manifest": str(manifest), "resolution": 64, "num_workers": 0},
+        "validation": {
+            "every": 2,
+            "num_inference_steps": 2,
+            "base_dir": str(refs),
+            "requests": [
+                {
+                    "prompt": f"a {ref.stem}",
+                    "subjects": [
+                        {"images": [ref.name], "box": [0.1, 0.2, 0.7, 0.9], "phrase": ref.stem}
+                    ],
+                }
+            ],
+        },
+    }
     path = tmp_path / "train.json"
     path.write_text(json.dumps(cfg))
     out = tmp_path / "run"
-    code = main(["train", "--config", str(path), "--output-dir", str(out), "--max-steps", "2",
-                 "--batch-size", "1", "--checkpoint-every", "1", "--set", "checkpoint.keep=1"])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(path),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "1",
+            "--checkpoint-every",
+            "1",
+            "--set",
+            "checkpoint.keep=1",
+        ]
+    )
     assert code == 0
     assert (out / "validation" / "step-00000002.png").is_file()
     assert list((out / "logs").rglob("events.out.tfevents.*"))  # TensorBoard

@@ -19,12 +19,21 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "ui.png"
 CHROMIUM = os.environ.get("MSD_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-INSTALL_HINT = ("install Debian's chromium (`apt-get install chromium`, or `bash "
-                "scripts/install_browser.sh`, which `make test` runs) and the Python package "
-                "(`pip install playwright==1.65.2`; never `playwright install`), or set "
-                "MSD_CHROMIUM to a Chromium binary")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+INSTALL_HINT = (
+    "install Debian's chromium (`apt-get install chromium`, or `bash "
+    "scripts/install_browser.sh`, which `make test` runs) and the Python package "
+    "(`pip install playwright==1.65.2`; never `playwright install`), or set "
+    "MSD_CHROMIUM to a Chromium binary"
+)
 
 
 def free_port() -> int:
@@ -59,8 +68,9 @@ def browser():
         try:
             chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         except Exception as err:  # a broken install: say what failed and what to install
-            pytest.fail(f"Chromium at {CHROMIUM} did not start ({err}): {INSTALL_HINT}",
-                        pytrace=False)
+            pytest.fail(
+                f"Chromium at {CHROMIUM} did not start ({err}): {INSTALL_HINT}", pytrace=False
+            )
         yield chromium
         chromium.close()
 
@@ -72,8 +82,10 @@ def page(browser, server):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     tab = context.new_page()
     outside: list[str] = []
-    tab.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:"))
-           else outside.append(r.url))
+    tab.on(
+        "request",
+        lambda r: None if r.url.startswith((url, "data:", "blob:")) else outside.append(r.url),
+    )
     tab.goto(url)
     tab.locator("#layout-canvas .msd-frame").wait_for(timeout=20_000)
     yield tab
@@ -161,8 +173,12 @@ def test_draw_boxes_generate_and_keep_the_recipe(page, server, tmp_path):
     assert (recipe["width"], recipe["height"], recipe["num_inference_steps"]) == (256, 256, 3)
     for subject, pixels in zip(recipe["subjects"], dragged, strict=True):
         box = subject["box"]
-        in_canvas_px = (box[0] * rect["width"], box[1] * rect["height"],
-                        box[2] * rect["width"], box[3] * rect["height"])
+        in_canvas_px = (
+            box[0] * rect["width"],
+            box[1] * rect["height"],
+            box[2] * rect["width"],
+            box[3] * rect["height"],
+        )
         gaps = [abs(a - b) for a, b in zip(in_canvas_px, pixels, strict=True)]
         assert max(gaps) <= 1.0, (box, pixels)  # within one canvas pixel
         reference = sidecars[0].parent / subject["images"][0]
@@ -180,7 +196,8 @@ def test_draw_boxes_generate_and_keep_the_recipe(page, server, tmp_path):
         tmp = SCREENSHOT.with_name(f".{SCREENSHOT.name}.tmp")
         with Image.open(shot) as image:  # 256 colours: a third of the size, same look
             image.convert("RGB").quantize(256, dither=Image.Dither.NONE).save(
-                tmp, format="PNG", optimize=True)
+                tmp, format="PNG", optimize=True
+            )
         os.replace(tmp, SCREENSHOT)
 
 
@@ -216,14 +233,26 @@ def test_example_layout_and_loading_a_sidecar(page, server, tmp_path):
     dog, cat = reference_images(tmp_path)
     form = h.Form(prompt="two pets", width=192, height=128, steps=7, seed=5)
     form.subjects[0] = h.SubjectForm(images=[str(dog)], phrase="dog", box="0.1, 0.2, 0.5, 0.9")
-    form.subjects[1] = h.SubjectForm(images=[str(cat)], phrase="cat", box="0.5, 0.1, 0.9, 0.8",
-                                     scale="0.9")
+    form.subjects[1] = h.SubjectForm(
+        images=[str(cat)], phrase="cat", box="0.5, 0.1, 0.9, 0.8", scale="0.9"
+    )
     run_dir = server[1] / "19990101-000000-test"
     copied = h.build_request(form)
-    copied.subjects = [type(s)(images=h.copy_files(s.images, run_dir / "references"), box=s.box,
-                               phrase=s.phrase, scale=s.scale) for s in copied.subjects]
-    [record] = write_result(GenerationResult(copied, [Image.new("RGB", (192, 128))], [5]),
-                            run_dir, {"preset": "tiny"}, stem="image")
+    copied.subjects = [
+        type(s)(
+            images=h.copy_files(s.images, run_dir / "references"),
+            box=s.box,
+            phrase=s.phrase,
+            scale=s.scale,
+        )
+        for s in copied.subjects
+    ]
+    [record] = write_result(
+        GenerationResult(copied, [Image.new("RGB", (192, 128))], [5]),
+        run_dir,
+        {"preset": "tiny"},
+        stem="image",
+    )
     page.get_by_text("Load or save a request", exact=True).click()
     page.locator("#load_request input[type=file]").set_input_files(record["sidecar"])
     page.locator("#load_status").get_by_text("Loaded").wait_for(timeout=15_000)
@@ -233,8 +262,10 @@ def test_example_layout_and_loading_a_sidecar(page, server, tmp_path):
         assert [field(page, f"s{k}-phrase").input_value() for k in range(3)] == ["dog", "cat", ""]
         assert field(page, "s1-box").input_value() == "0.5, 0.1, 0.9, 0.8"
         assert field(page, "s1-scale").input_value() == "0.9"
-        assert (field(page, "width").input_value(), field(page, "height").input_value()) == \
-            ("192", "128")
+        assert (field(page, "width").input_value(), field(page, "height").input_value()) == (
+            "192",
+            "128",
+        )
         assert page.locator("#s1-images img").count() >= 1
         labels = page.locator("#layout-canvas .msd-box .msd-label").all_inner_texts()
         assert labels == ["1. dog", "2. cat"]
@@ -252,8 +283,9 @@ def test_boxes_move_resize_and_clear(page):
         rect = frame.bounding_box()
         page.mouse.move(rect["x"] + start[0] * rect["width"], rect["y"] + start[1] * rect["height"])
         page.mouse.down()
-        page.mouse.move(rect["x"] + end[0] * rect["width"], rect["y"] + end[1] * rect["height"],
-                        steps=5)
+        page.mouse.move(
+            rect["x"] + end[0] * rect["width"], rect["y"] + end[1] * rect["height"], steps=5
+        )
         page.mouse.up()
 
     def box_is(expected, abs=2e-3, part=slice(0, 4)):
@@ -261,12 +293,13 @@ def test_boxes_move_resize_and_clear(page):
             text = field(page, "s0-box").input_value()
             assert text, "no box yet"
             assert [float(v) for v in text.split(",")][part] == pytest.approx(expected, abs=abs)
+
         eventually(check)
 
-    drag((0.1, 0.1), (0.4, 0.5))                 # draw subject 1
+    drag((0.1, 0.1), (0.4, 0.5))  # draw subject 1
     box_is([0.1, 0.1, 0.4, 0.5])
     page.locator("#layout-canvas .msd-chip").first.click()  # drawing moved on to subject 2
-    drag((0.25, 0.3), (0.45, 0.5))               # move it by (+0.2, +0.2)
+    drag((0.25, 0.3), (0.45, 0.5))  # move it by (+0.2, +0.2)
     box_is([0.3, 0.3, 0.6, 0.7])
     corner = page.locator('#layout-canvas .msd-box[data-k="0"] .msd-handle[data-corner="se"]')
     c = corner.bounding_box()
@@ -274,11 +307,11 @@ def test_boxes_move_resize_and_clear(page):
     page.mouse.move(c["x"] + c["width"] / 2, c["y"] + c["height"] / 2)
     page.mouse.down()
     page.mouse.move(rect["x"] + 0.9 * rect["width"], rect["y"] + 0.95 * rect["height"], steps=5)
-    page.mouse.up()                              # resize from the bottom-right corner
+    page.mouse.up()  # resize from the bottom-right corner
     box_is([0.9, 0.95], abs=0.01, part=slice(2, 4))
     box_is([0.3, 0.3], part=slice(0, 2))
     field(page, "s0-box").fill("0.05, 0.1, 0.5, 0.6")
-    field(page, "s0-box").press("Enter")         # typed numbers move the box on the canvas
+    field(page, "s0-box").press("Enter")  # typed numbers move the box on the canvas
 
     def moved():
         style = page.locator('#layout-canvas .msd-box[data-k="0"]').get_attribute("style")
@@ -286,7 +319,7 @@ def test_boxes_move_resize_and_clear(page):
 
     eventually(moved)
     page.locator('#layout-canvas .msd-box[data-k="0"]').click()
-    page.keyboard.press("Delete")                # the selected subject's box is removed
+    page.keyboard.press("Delete")  # the selected subject's box is removed
     page.locator('#layout-canvas .msd-box[data-k="0"]').wait_for(state="detached", timeout=15_000)
 
     def cleared():

@@ -33,12 +33,22 @@ def refs(tmp_path: Path) -> list[str]:
 
 
 def filled_form(refs: list[str]) -> h.Form:
-    form = h.Form(prompt="a dog and a cat on the beach", negative_prompt="blurry", width=256,
-                  height=192, steps=3, guidance=5.0, scale=0.7, seed=11, num_images=2)
+    form = h.Form(
+        prompt="a dog and a cat on the beach",
+        negative_prompt="blurry",
+        width=256,
+        height=192,
+        steps=3,
+        guidance=5.0,
+        scale=0.7,
+        seed=11,
+        num_images=2,
+    )
     form.subjects[0] = h.SubjectForm(images=[refs[0]], phrase="dog", box="0.05, 0.3, 0.5, 0.9")
     # slot 1 left empty: slot 2 becomes the request's second subject
-    form.subjects[2] = h.SubjectForm(images=[refs[1], refs[0]], phrase="cat",
-                                     box="0.5 0.3 0.95 0.9", scale="0.8")
+    form.subjects[2] = h.SubjectForm(
+        images=[refs[1], refs[0]], phrase="cat", box="0.5 0.3 0.95 0.9", scale="0.8"
+    )
     return form
 
 
@@ -60,12 +70,18 @@ def test_build_request_from_the_form(refs):
     request = h.build_request(filled_form(refs))
     assert (request.prompt, request.negative_prompt) == ("a dog and a cat on the beach", "blurry")
     assert (request.width, request.height, request.num_inference_steps) == (256, 192, 3)
-    assert (request.guidance_scale, request.scale, request.seed, request.num_images) == \
-        (5.0, 0.7, 11, 2)
+    assert (request.guidance_scale, request.scale, request.seed, request.num_images) == (
+        5.0,
+        0.7,
+        11,
+        2,
+    )
     assert request.mask_threshold is None  # auto layout off: the threshold field is ignored
     assert [s.phrase for s in request.subjects] == ["dog", "cat"]
-    assert [tuple(s.box) for s in request.subjects] == [(0.05, 0.3, 0.5, 0.9),
-                                                       (0.5, 0.3, 0.95, 0.9)]
+    assert [tuple(s.box) for s in request.subjects] == [
+        (0.05, 0.3, 0.5, 0.9),
+        (0.5, 0.3, 0.95, 0.9),
+    ]
     assert [s.scale for s in request.subjects] == [None, 0.8]
     assert request.subjects[1].images == [refs[1], refs[0]]
     assert h.build_request(filled_form(refs), seed=99).seed == 99
@@ -83,14 +99,24 @@ def test_validation_messages_name_their_field(refs, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     form = replace(filled_form(refs), prompt=" ", width=100, steps=0, guidance="x")
-    form.subjects[0] = replace(form.subjects[0], box="0.5, 0.2, 0.3")   # three numbers
-    form.subjects[1] = h.SubjectForm(phrase="hat")                      # a phrase, no image
-    form.subjects[2] = replace(form.subjects[2], scale="-1")            # negative scale
-    form.subjects[3] = h.SubjectForm(images=[str(broken)], phrase="cup", box="0,0,1,1",
-                                     mask=refs[1])  # a dark mask: no pixel inside
+    form.subjects[0] = replace(form.subjects[0], box="0.5, 0.2, 0.3")  # three numbers
+    form.subjects[1] = h.SubjectForm(phrase="hat")  # a phrase, no image
+    form.subjects[2] = replace(form.subjects[2], scale="-1")  # negative scale
+    form.subjects[3] = h.SubjectForm(
+        images=[str(broken)], phrase="cup", box="0,0,1,1", mask=refs[1]
+    )  # a dark mask: no pixel inside
     errors = h.validate_form(form)
-    assert set(errors) == {"prompt", "width", "steps", "guidance", "s0.box", "s1.images",
-                           "s2.scale", "s3.images", "s3.mask"}
+    assert set(errors) == {
+        "prompt",
+        "width",
+        "steps",
+        "guidance",
+        "s0.box",
+        "s1.images",
+        "s2.scale",
+        "s3.images",
+        "s3.mask",
+    }
     assert "empty" in errors["s3.mask"]
     assert "non-empty" in errors["prompt"]
     assert "multiple of 8" in errors["width"]
@@ -148,17 +174,26 @@ def test_sidecar_restores_every_field(refs, tmp_path):
     form.subjects[0] = replace(form.subjects[0], mask=str(mask))
     out_root = tmp_path / "outputs"
     run_dir = out_root / "run1"
-    copied = replace(form, subjects=[
-        replace(s, images=h.copy_files(s.images, run_dir / "references" / f"s{k}"),
-                mask=h.copy_files([s.mask], run_dir / "references" / "m")[0] if s.mask else None)
-        for k, s in enumerate(form.subjects)])
+    copied = replace(
+        form,
+        subjects=[
+            replace(
+                s,
+                images=h.copy_files(s.images, run_dir / "references" / f"s{k}"),
+                mask=h.copy_files([s.mask], run_dir / "references" / "m")[0] if s.mask else None,
+            )
+            for k, s in enumerate(form.subjects)
+        ],
+    )
     request = h.build_request(copied, seed=40)
-    result = GenerationResult(request, [Image.new("RGB", (256, 192)), Image.new("RGB", (256, 192))],
-                              [40, 41])
+    result = GenerationResult(
+        request, [Image.new("RGB", (256, 192)), Image.new("RGB", (256, 192))], [40, 41]
+    )
     records = write_result(result, run_dir, {"preset": "tiny"}, stem="image")
     sidecar = Path(records[1]["sidecar"])
-    assert json.loads(sidecar.read_text())["request"]["subjects"][0]["images"][0] \
-        .startswith("references/")  # the recipe points at copies kept with the result
+    assert json.loads(sidecar.read_text())["request"]["subjects"][0]["images"][0].startswith(
+        "references/"
+    )  # the recipe points at copies kept with the result
 
     uploaded = tmp_path / "upload-cache" / sidecar.name  # a browser upload loses the folder
     uploaded.parent.mkdir()
@@ -169,20 +204,36 @@ def test_sidecar_restores_every_field(refs, tmp_path):
     [loaded] = read_requests(h.find_own_sidecar(uploaded, out_root))
     back = h.form_from_request(loaded, default_size=1024, copy_to=tmp_path / "shown")
     expected = replace(form, seed=41, num_images=1)  # that image's seed; one image per sidecar
-    for name in ("prompt", "negative_prompt", "width", "height", "steps", "guidance", "scale",
-                 "seed", "num_images", "auto_layout", "start_step", "drop_grounding"):
+    for name in (
+        "prompt",
+        "negative_prompt",
+        "width",
+        "height",
+        "steps",
+        "guidance",
+        "scale",
+        "seed",
+        "num_images",
+        "auto_layout",
+        "start_step",
+        "drop_grounding",
+    ):
         assert getattr(back, name) == getattr(expected, name), name
     # the used slots come back in order, first slots first (slot positions are not in a recipe)
     used = [s for s in expected.subjects if not s.is_empty()]
     assert [s.is_empty() for s in back.subjects] == [False, False, True, True]
     for k, (got, want) in enumerate(zip(back.subjects[:2], used, strict=True)):
         assert got.phrase == want.phrase, k
-        assert h.canvas_for(replace(back, subjects=[got]))["subjects"][0]["box"] == \
-            h.canvas_for(replace(back, subjects=[want]))["subjects"][0]["box"]
-        assert (float(got.scale) if got.scale is not None else None) == \
-            (float(want.scale) if want.scale is not None else None)
-        assert [Path(p).read_bytes() for p in got.images] == \
-            [Path(p).read_bytes() for p in want.images]
+        assert (
+            h.canvas_for(replace(back, subjects=[got]))["subjects"][0]["box"]
+            == h.canvas_for(replace(back, subjects=[want]))["subjects"][0]["box"]
+        )
+        assert (float(got.scale) if got.scale is not None else None) == (
+            float(want.scale) if want.scale is not None else None
+        )
+        assert [Path(p).read_bytes() for p in got.images] == [
+            Path(p).read_bytes() for p in want.images
+        ]
         assert (got.mask is None) == (want.mask is None)
         assert all(Path(p).is_relative_to(tmp_path / "shown") for p in got.images)
     assert h.build_request(back).to_dict()["subjects"][1]["box"] == [0.5, 0.3, 0.95, 0.9]
@@ -212,8 +263,12 @@ def test_example_layouts_are_msbench_presets(refs):
     form = filled_form(refs)
     form.subjects[3] = h.SubjectForm(box="0, 0, 1, 1")
     three = h.apply_layout(replace(form, prompt=""), h.EXAMPLE_LAYOUTS[1])
-    assert [s.box for s in three.subjects] == ["0, 0.25, 0.35, 0.75", "0.35, 0.25, 0.65, 0.75",
-                                               "0.65, 0.25, 1, 0.75", ""]
+    assert [s.box for s in three.subjects] == [
+        "0, 0.25, 0.35, 0.75",
+        "0.35, 0.25, 0.65, 0.75",
+        "0.65, 0.25, 1, 0.75",
+        "",
+    ]
     assert [s.phrase for s in three.subjects] == ["dog", "cat", "cat", ""]  # typed ones kept
     assert three.prompt == "a dog, a cat, and a cat in a room"
     assert h.apply_layout(form, h.EXAMPLE_LAYOUTS[0]).prompt == form.prompt
@@ -225,8 +280,12 @@ def test_canvas_value_follows_the_form(refs):
     value = h.canvas_for(form, active=2)
     assert (value["width"], value["height"], value["active"]) == (256, 192, 2)
     assert [s["label"] for s in value["subjects"]] == ["dog", "hat", "cat", ""]
-    assert [s["box"] for s in value["subjects"]] == [[0.05, 0.3, 0.5, 0.9], None,
-                                                    [0.5, 0.3, 0.95, 0.9], None]
+    assert [s["box"] for s in value["subjects"]] == [
+        [0.05, 0.3, 0.5, 0.9],
+        None,
+        [0.5, 0.3, 0.95, 0.9],
+        None,
+    ]
     assert h.format_box((0.0, 0.25, 1 / 3, 1.0)) == "0, 0.25, 0.3333, 1"
     assert h.format_box(None) == ""
 
@@ -241,7 +300,9 @@ def test_ui_command_arguments():
     args = parser.parse_args(["ui", "--host", "0.0.0.0", "--port", "0", "--share"])
     assert (args.host, args.port, args.share) == ("0.0.0.0", 0, True)
     # the CLI imports the module for --help: no gradio, no torch there
-    code = ("import sys, msdiffusion.ui; "
-            "print(sorted(m for m in ('gradio', 'torch') if m in sys.modules))")
+    code = (
+        "import sys, msdiffusion.ui; "
+        "print(sorted(m for m in ('gradio', 'torch') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

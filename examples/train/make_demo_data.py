@@ -23,8 +23,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=16, help="training records to make")
     parser.add_argument("--size", type=int, default=128, help="target image side in pixels")
     args = parser.parse_args()
-    manifest = build_demo_manifest(args.out, args.subjects, num_records=args.records,
-                                   size=args.size)
+    manifest = build_demo_manifest(
+        args.out, args.subjects, num_records=args.records, size=args.size
+    )
     print(f"manifest: {manifest}")
 
 

@@ -71,8 +71,13 @@ class BenchSubject:
     references: tuple[str, ...]  # the references identity metrics compare with
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "phrase": self.phrase, "box": list(self.box),
-                "image": self.image, "references": list(self.references)}
+        return {
+            "name": self.name,
+            "phrase": self.phrase,
+            "box": list(self.box),
+            "image": self.image,
+            "references": list(self.references),
+        }
 
 
 @dataclass(frozen=True)
@@ -86,8 +91,13 @@ class BenchSample:
     subjects: tuple[BenchSubject, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sample_id": self.id, "group": self.group, "combination": self.combination,
-                "prompt": self.prompt, "subjects": [s.to_dict() for s in self.subjects]}
+        return {
+            "sample_id": self.id,
+            "group": self.group,
+            "combination": self.combination,
+            "prompt": self.prompt,
+            "subjects": [s.to_dict() for s in self.subjects],
+        }
 
 
 @dataclass
@@ -132,13 +142,20 @@ class Benchmark:
         for group in self.groups + ["total"]:
             members = [s for s in self.samples if group in ("total", s.group)]
             skipped = sum(s.id in self.skipped for s in members)
-            rows.append({"group": group, "combinations": len({s.combination for s in members}),
-                         "samples": len(members), "runnable": len(members) - skipped,
-                         "skipped": skipped})
+            rows.append(
+                {
+                    "group": group,
+                    "combinations": len({s.combination for s in members}),
+                    "samples": len(members),
+                    "runnable": len(members) - skipped,
+                    "skipped": skipped,
+                }
+            )
         return rows
 
-    def select(self, *, groups: Sequence[str] | None = None,
-               limit: int | None = None) -> list[BenchSample]:
+    def select(
+        self, *, groups: Sequence[str] | None = None, limit: int | None = None
+    ) -> list[BenchSample]:
         """Runnable samples of ``groups`` (all by default), in benchmark order.
 
         ``limit`` keeps that many in total, round-robin over the groups (a small subset still
@@ -149,8 +166,9 @@ class Benchmark:
         if groups:
             unknown = sorted(set(groups) - set(self.groups))
             if unknown:
-                raise InputError("groups", f"unknown for {self.name} (known: "
-                                 f"{', '.join(self.groups)})", unknown)
+                raise InputError(
+                    "groups", f"unknown for {self.name} (known: {', '.join(self.groups)})", unknown
+                )
         chosen = [s for s in self.runnable if not groups or s.group in groups]
         if limit is None:
             return chosen
@@ -169,17 +187,21 @@ class Benchmark:
             return ""
         per_group = Counter(self.get(i).group for i in self.skipped)
         groups = ", ".join(f"{g} {n}" for g, n in per_group.items())
-        return (f"{self.name}: {len(self.missing)} reference image(s) missing in {self.data_dir}: "
-                f"{', '.join(self.missing)} — {len(self.skipped)} of {len(self.samples)} samples "
-                f"skipped ({groups})")
+        return (
+            f"{self.name}: {len(self.missing)} reference image(s) missing in {self.data_dir}: "
+            f"{', '.join(self.missing)} — {len(self.skipped)} of {len(self.samples)} samples "
+            f"skipped ({groups})"
+        )
 
     def table(self) -> str:
         """The counts as an aligned text table (what ``msdiffusion eval list`` prints)."""
         width = max(len(r["group"]) for r in self.counts())
         lines = [f"{'group':<{width}}  combinations  samples  runnable  skipped"]
         for r in self.counts():
-            lines.append(f"{r['group']:<{width}}  {r['combinations']:>12}  {r['samples']:>7}  "
-                         f"{r['runnable']:>8}  {r['skipped']:>7}")
+            lines.append(
+                f"{r['group']:<{width}}  {r['combinations']:>12}  {r['samples']:>7}  "
+                f"{r['runnable']:>8}  {r['skipped']:>7}"
+            )
         return "\n".join(lines)
 
 
@@ -198,9 +220,12 @@ def _resolve_data_dir(data_dir: str | Path, name: str, marker: Iterable[str]) ->
     for child in (name, "dataset", "data"):  # the hub/repo layouts people download
         if any((root / child / m).exists() for m in markers):
             return (root / child).resolve()
-    raise InputError("data", f"does not look like {name} (none of {', '.join(markers[:4])} "
-                     f"found, nor under {name}/); see docs/evaluation.md for how to get it",
-                     str(root))
+    raise InputError(
+        "data",
+        f"does not look like {name} (none of {', '.join(markers[:4])} "
+        f"found, nor under {name}/); see docs/evaluation.md for how to get it",
+        str(root),
+    )
 
 
 def _find_image(root: Path, relative: str) -> str | None:
@@ -237,8 +262,9 @@ def load_msbench_spec(path: str | Path | None = None) -> tuple[dict[str, Any], s
     try:
         spec = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise InputError("spec", f"is not valid JSON ({err.msg}, line {err.lineno})",
-                         str(path)) from err
+        raise InputError(
+            "spec", f"is not valid JSON ({err.msg}, line {err.lineno})", str(path)
+        ) from err
     _validate_spec(spec)
     return spec, hashlib.sha256(raw).hexdigest()
 
@@ -254,22 +280,29 @@ def _validate_spec(spec: Any) -> None:
     for ctype, t in spec["combination_types"].items():
         cats, boxes, prompts = t.get("categories"), t.get("boxes"), t.get("prompts")
         if not cats or not prompts or boxes is None or len(boxes) != len(cats):
-            raise InputError("spec", f"type {ctype} needs categories, one box per category "
-                             "and prompts", t)
+            raise InputError(
+                "spec", f"type {ctype} needs categories, one box per category and prompts", t
+            )
         unknown = [c for c in cats if c not in spec["categories"]]
         if unknown:
             raise InputError("spec", f"type {ctype} uses unknown categories", unknown)
         for box in boxes:
             x0, y0, x1, y1 = box
             if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-                raise InputError("spec", f"type {ctype}: box must satisfy 0 <= x0 < x1 <= 1 "
-                                 "and 0 <= y0 < y1 <= 1", box)
+                raise InputError(
+                    "spec",
+                    f"type {ctype}: box must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1",
+                    box,
+                )
         for template in prompts:
             try:
                 template.format(*(["x"] * len(cats)))
             except (IndexError, KeyError) as err:
-                raise InputError("spec", f"type {ctype}: prompt template uses a placeholder "
-                                 f"beyond {{{len(cats) - 1}}}", template) from err
+                raise InputError(
+                    "spec",
+                    f"type {ctype}: prompt template uses a placeholder beyond {{{len(cats) - 1}}}",
+                    template,
+                ) from err
 
 
 def _msbench_combinations(categories: Sequence[str], members: dict[str, list[str]]):
@@ -292,37 +325,60 @@ def _load_msbench(data_dir: str | Path, spec_path: str | Path | None) -> Benchma
         for names in _msbench_combinations(t["categories"], spec["categories"]):
             combos += 1
             subjects = tuple(
-                BenchSubject(name=n, phrase=spec["classes"][n], box=box,
-                             image=found[n] or spec["files"][n],
-                             references=(found[n] or spec["files"][n],))
-                for n, box in zip(names, boxes, strict=True))
+                BenchSubject(
+                    name=n,
+                    phrase=spec["classes"][n],
+                    box=box,
+                    image=found[n] or spec["files"][n],
+                    references=(found[n] or spec["files"][n],),
+                )
+                for n, box in zip(names, boxes, strict=True)
+            )
             combination = f"{ctype}/{'+'.join(_check_id(n, 'spec') for n in names)}"
             for p, template in enumerate(t["prompts"]):
-                samples.append(BenchSample(
-                    id=f"{combination}/{p}", group=ctype, combination=combination,
-                    prompt=template.format(*(s.phrase for s in subjects)), subjects=subjects))
+                samples.append(
+                    BenchSample(
+                        id=f"{combination}/{p}",
+                        group=ctype,
+                        combination=combination,
+                        prompt=template.format(*(s.phrase for s in subjects)),
+                        subjects=subjects,
+                    )
+                )
     expected = spec.get("expected", {})
     declared = (expected.get("combinations"), expected.get("samples"))
     if expected and declared != (combos, len(samples)):
-        raise InputError("spec", f"enumerates {combos} combinations / {len(samples)} samples, but "
-                         f"declares {expected.get('combinations')} / {expected.get('samples')}",
-                         str(spec_path or "packaged msbench.json"))
+        raise InputError(
+            "spec",
+            f"enumerates {combos} combinations / {len(samples)} samples, but "
+            f"declares {expected.get('combinations')} / {expected.get('samples')}",
+            str(spec_path or "packaged msbench.json"),
+        )
     used = {s.image for sample in samples for s in sample.subjects}
-    missing = sorted(rel for name, rel in spec["files"].items()
-                     if found[name] is None and rel in used)
+    missing = sorted(
+        rel for name, rel in spec["files"].items() if found[name] is None and rel in used
+    )
     return Benchmark(
-        name="msbench", data_dir=root, samples=samples, missing=missing,
+        name="msbench",
+        data_dir=root,
+        samples=samples,
+        missing=missing,
         options={"spec_sha256": sha},
-        definition={"spec": str(spec_path) if spec_path else "packaged:specs/msbench.json",
-                    "spec_sha256": sha, "combinations": combos,
-                    "images_per_sample_in_paper": spec.get("images_per_sample_in_paper")})
+        definition={
+            "spec": str(spec_path) if spec_path else "packaged:specs/msbench.json",
+            "spec_sha256": sha,
+            "combinations": combos,
+            "images_per_sample_in_paper": spec.get("images_per_sample_in_paper"),
+        },
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # DreamBench
 
 _PROMPT_LINE = re.compile(
-    r"""^\s*(['"])(.*)\1\s*\.format\(\s*unique_token\s*,\s*class_token\s*\)""")
+    r"""^\s*(['"])(.*)\1\s*\.format\(\s*unique_token\s*,\s*class_token\s*\)"""
+)
 
 
 def parse_dreambench_prompts(text: str) -> tuple[dict[str, str], list[str], list[str]]:
@@ -360,45 +416,74 @@ def _zero_shot(template: str, cls: str) -> str:
     return " ".join(template.format("", cls).split())
 
 
-def _load_dreambench(data_dir: str | Path, box: Sequence[float] | None,
-                     references: str) -> Benchmark:
+def _load_dreambench(
+    data_dir: str | Path, box: Sequence[float] | None, references: str
+) -> Benchmark:
     if references not in ("all", "first"):
         raise InputError("references", "must be 'all' or 'first'", references)
     box = tuple(float(v) for v in (box if box is not None else DREAMBENCH_DEFAULT_BOX))
     if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
-        raise InputError("box", "must be x0,y0,x1,y1 with 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1",
-                         box)
+        raise InputError(
+            "box", "must be x0,y0,x1,y1 with 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1", box
+        )
     root = _resolve_data_dir(data_dir, "dreambench", ["prompts_and_classes.txt"])
     prompts_file = root / "prompts_and_classes.txt"
     text = prompts_file.read_text(encoding="utf-8")
     classes, object_prompts, live_prompts = parse_dreambench_prompts(text)
     if (len(classes), len(object_prompts), len(live_prompts)) != (
-            DREAMBENCH_SUBJECTS, DREAMBENCH_PROMPTS, DREAMBENCH_PROMPTS):
-        raise InputError("data", f"{prompts_file.name} must list {DREAMBENCH_SUBJECTS} subjects "
-                         f"and {DREAMBENCH_PROMPTS} object + {DREAMBENCH_PROMPTS} live prompts",
-                         (len(classes), len(object_prompts), len(live_prompts)))
+        DREAMBENCH_SUBJECTS,
+        DREAMBENCH_PROMPTS,
+        DREAMBENCH_PROMPTS,
+    ):
+        raise InputError(
+            "data",
+            f"{prompts_file.name} must list {DREAMBENCH_SUBJECTS} subjects "
+            f"and {DREAMBENCH_PROMPTS} object + {DREAMBENCH_PROMPTS} live prompts",
+            (len(classes), len(object_prompts), len(live_prompts)),
+        )
     samples, missing = [], []
     for name, cls in classes.items():
         folder = root / _check_id(name, "data")
-        files = sorted(p.name for p in folder.iterdir()
-                       if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+        files = (
+            sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if folder.is_dir()
+            else []
+        )
         if not files:
             missing.append(f"{name}/00.jpg")
         refs = tuple(f"{name}/{f}" for f in files) or (f"{name}/00.jpg",)
         group = "live" if cls in LIVE_CLASSES else "object"
-        subject = BenchSubject(name=name, phrase=cls, box=box, image=refs[0],
-                               references=refs if references == "all" else refs[:1])
+        subject = BenchSubject(
+            name=name,
+            phrase=cls,
+            box=box,
+            image=refs[0],
+            references=refs if references == "all" else refs[:1],
+        )
         for p, template in enumerate(live_prompts if group == "live" else object_prompts):
-            samples.append(BenchSample(id=f"{group}/{name}/{p}", group=group,
-                                       combination=f"{group}/{name}",
-                                       prompt=_zero_shot(template, cls), subjects=(subject,)))
+            samples.append(
+                BenchSample(
+                    id=f"{group}/{name}/{p}",
+                    group=group,
+                    combination=f"{group}/{name}",
+                    prompt=_zero_shot(template, cls),
+                    subjects=(subject,),
+                )
+            )
     sha = hashlib.sha256(text.encode()).hexdigest()
     return Benchmark(
-        name="dreambench", data_dir=root, samples=samples, missing=sorted(missing),
+        name="dreambench",
+        data_dir=root,
+        samples=samples,
+        missing=sorted(missing),
         options={"box": list(box)},
-        definition={"prompts_file": str(prompts_file), "prompts_sha256": sha,
-                    "conditioning_reference": "first image by file name (00.jpg)",
-                    "scoring_references": references})
+        definition={
+            "prompts_file": str(prompts_file),
+            "prompts_sha256": sha,
+            "conditioning_reference": "first image by file name (00.jpg)",
+            "scoring_references": references,
+        },
+    )
 
 
 def load_toy_spec(data_dir: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -408,11 +493,16 @@ def load_toy_spec(data_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise InputError("data", f"toy/spec.json is unreadable ({err.__class__.__name__}); "
-                         "write it again with `msdiffusion eval standin DIR`", str(path)) from None
+        raise InputError(
+            "data",
+            f"toy/spec.json is unreadable ({err.__class__.__name__}); "
+            "write it again with `msdiffusion eval standin DIR`",
+            str(path),
+        ) from None
     if not isinstance(spec, dict) or spec.get("format") != "msdiffusion-toy-benchmark":
-        raise InputError("data", "is not a toy benchmark spec (format "
-                         "msdiffusion-toy-benchmark)", str(path))
+        raise InputError(
+            "data", "is not a toy benchmark spec (format msdiffusion-toy-benchmark)", str(path)
+        )
     return root, spec
 
 
@@ -420,24 +510,54 @@ def _load_toy(data_dir: str | Path) -> Benchmark:
     root, spec = load_toy_spec(data_dir)
     samples = []
     for entry in spec["samples"]:
-        subjects = tuple(BenchSubject(name=s["name"], phrase=s["phrase"], box=tuple(s["box"]),
-                                      image=s["image"], references=(s["image"],))
-                         for s in entry["subjects"])
-        samples.append(BenchSample(id=entry["sample_id"], group=entry["group"],
-                                   combination=entry["combination"], prompt=entry["prompt"],
-                                   subjects=subjects))
-    needed = sorted({s.image for x in samples for s in x.subjects}
-                    | {d["image"] for e in spec["samples"] for d in e["distractors"]})
+        subjects = tuple(
+            BenchSubject(
+                name=s["name"],
+                phrase=s["phrase"],
+                box=tuple(s["box"]),
+                image=s["image"],
+                references=(s["image"],),
+            )
+            for s in entry["subjects"]
+        )
+        samples.append(
+            BenchSample(
+                id=entry["sample_id"],
+                group=entry["group"],
+                combination=entry["combination"],
+                prompt=entry["prompt"],
+                subjects=subjects,
+            )
+        )
+    needed = sorted(
+        {s.image for x in samples for s in x.subjects}
+        | {d["image"] for e in spec["samples"] for d in e["distractors"]}
+    )
     missing = [p for p in needed if not (root / p).is_file()]
     digest = hashlib.sha256((root / "spec.json").read_bytes()).hexdigest()
-    return Benchmark("toy", root, samples, missing, options={},
-                     definition={"spec": str(root / "spec.json"), "spec_sha256": digest,
-                                 "world_seed": spec.get("world_seed"),
-                                 "candidates": spec.get("candidates")})
+    return Benchmark(
+        "toy",
+        root,
+        samples,
+        missing,
+        options={},
+        definition={
+            "spec": str(root / "spec.json"),
+            "spec_sha256": digest,
+            "world_seed": spec.get("world_seed"),
+            "candidates": spec.get("candidates"),
+        },
+    )
 
 
-def load_benchmark(name: str, data_dir: str | Path, *, spec: str | Path | None = None,
-                   box: Sequence[float] | None = None, references: str = "all") -> Benchmark:
+def load_benchmark(
+    name: str,
+    data_dir: str | Path,
+    *,
+    spec: str | Path | None = None,
+    box: Sequence[float] | None = None,
+    references: str = "all",
+) -> Benchmark:
     """Enumerate benchmark ``name`` ("msbench" | "dreambench" | "toy") over ``data_dir``.
 
     ``spec`` replaces the packaged MS-Bench definition; ``box`` and ``references`` are DreamBench's
@@ -446,21 +566,23 @@ def load_benchmark(name: str, data_dir: str | Path, *, spec: str | Path | None =
     key = canonical_name(name)
     if key == "msbench":
         if box is not None:
-            raise InputError("box", "MS-Bench boxes are part of the benchmark; --box is for "
-                             "dreambench", box)
+            raise InputError(
+                "box", "MS-Bench boxes are part of the benchmark; --box is for dreambench", box
+            )
         return _load_msbench(data_dir, spec)
     if spec is not None:
         raise InputError("spec", "is an MS-Bench option", spec)
     if key == "toy":
         if box is not None:
-            raise InputError("box", "toy boxes are part of the benchmark; --box is for "
-                             "dreambench", box)
+            raise InputError(
+                "box", "toy boxes are part of the benchmark; --box is for dreambench", box
+            )
         return _load_toy(data_dir)
     return _load_dreambench(data_dir, box, references)
 
 
 def canonical_name(name: str) -> str:
-    """"MS-Bench", "ms_bench", "msbench" -> "msbench"; "DreamBooth" -> "dreambench"."""
+    """ "MS-Bench", "ms_bench", "msbench" -> "msbench"; "DreamBooth" -> "dreambench"."""
     key = str(name).lower().replace("-", "").replace("_", "")
     key = "dreambench" if key == "dreambooth" else key
     if key not in BENCHMARKS:

@@ -15,8 +15,16 @@ from .atomic import atomic_save_image
 
 __all__ = ["PALETTE", "BACKGROUND", "INK", "font", "text_width", "bar_chart", "line_chart"]
 
-PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (128, 128, 0)]
+PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (128, 128, 0),
+]
 BACKGROUND, INK, _GRID = (255, 255, 255), (30, 30, 30), (225, 225, 225)
 
 
@@ -34,8 +42,15 @@ def text_width(draw: ImageDraw.ImageDraw, text: str, font: Any) -> int:
     return right - left
 
 
-def bar_chart(title: str, categories: Sequence[str], series: dict[str, Sequence[float | None]],
-              path: str | Path, *, subtitle: str = "", value_format: str = "{:.3f}") -> None:
+def bar_chart(
+    title: str,
+    categories: Sequence[str],
+    series: dict[str, Sequence[float | None]],
+    path: str | Path,
+    *,
+    subtitle: str = "",
+    value_format: str = "{:.3f}",
+) -> None:
     """Horizontal grouped bars: one row per category, one bar per series (e.g. per run).
 
     ``series[name][i]`` is the value of ``categories[i]`` (None: no bar, "n/a").
@@ -72,8 +87,9 @@ def bar_chart(title: str, categories: Sequence[str], series: dict[str, Sequence[
     if legend_h:
         lx = x0
         for k, name in enumerate(names):
-            d.rectangle([lx, top - legend_h, lx + 10, top - legend_h + 10],
-                        fill=PALETTE[k % len(PALETTE)])
+            d.rectangle(
+                [lx, top - legend_h, lx + 10, top - legend_h + 10], fill=PALETTE[k % len(PALETTE)]
+            )
             d.text((lx + 14, top - legend_h - 2), name, fill=INK, font=f_small)
             lx += 24 + text_width(d, name, f_small)
     for i, cat in enumerate(categories):
@@ -85,17 +101,30 @@ def bar_chart(title: str, categories: Sequence[str], series: dict[str, Sequence[
             if v is None:
                 d.text((x0 + 4, by + 1), "n/a", fill=(150, 150, 150), font=f_small)
                 continue
-            d.rectangle([x_of(min(v, 0.0)), by + 2, max(x_of(max(v, 0.0)), x_of(min(v, 0.0)) + 1),
-                         by + bar_h - 2], fill=PALETTE[k % len(PALETTE)])
-            d.text((x_of(max(v, 0.0)) + 4, by + 1), value_format.format(v), fill=INK,
-                   font=f_small)
+            d.rectangle(
+                [
+                    x_of(min(v, 0.0)),
+                    by + 2,
+                    max(x_of(max(v, 0.0)), x_of(min(v, 0.0)) + 1),
+                    by + bar_h - 2,
+                ],
+                fill=PALETTE[k % len(PALETTE)],
+            )
+            d.text((x_of(max(v, 0.0)) + 4, by + 1), value_format.format(v), fill=INK, font=f_small)
     d.line([(x_of(0.0), top - 4), (x_of(0.0), height - 30)], fill=INK)
     atomic_save_image(im, path)
 
 
-def line_chart(title: str, series: dict[str, Sequence[tuple[float, float]]], path: str | Path,
-               *, x_label: str = "step", y_label: str = "", subtitle: str = "",
-               size: tuple[int, int] = (640, 320)) -> None:
+def line_chart(
+    title: str,
+    series: dict[str, Sequence[tuple[float, float]]],
+    path: str | Path,
+    *,
+    x_label: str = "step",
+    y_label: str = "",
+    subtitle: str = "",
+    size: tuple[int, int] = (640, 320),
+) -> None:
     """Lines of (x, y) points, one per series, with a labelled zero-based x axis and y ticks."""
     f_small, f_title = font(12), font(16)
     width, height = size
@@ -116,8 +145,10 @@ def line_chart(title: str, series: dict[str, Sequence[tuple[float, float]]], pat
     plot_w, plot_h = width - left - pad, height - top - bottom
 
     def at(x: float, y: float) -> tuple[int, int]:
-        return (int(left + (x - x_lo) / (x_hi - x_lo) * plot_w),
-                int(top + (1 - (y - y_lo) / (y_hi - y_lo)) * plot_h))
+        return (
+            int(left + (x - x_lo) / (x_hi - x_lo) * plot_w),
+            int(top + (1 - (y - y_lo) / (y_hi - y_lo)) * plot_h),
+        )
 
     for t in range(5):  # grid and ticks
         y = y_lo + (y_hi - y_lo) * t / 4

@@ -108,12 +108,12 @@ class InputErrors(InputError):
 class ErrorList:
     """Gathers the ``InputError`` of several independent checks, to report them all at once::
 
-        errors = ErrorList()
-        with errors.check():
-            validate_box(box, ("subjects", 0, "box"))
-        with errors.check():
-            ...
-        errors.raise_if_any()  # one error: itself; several: InputErrors
+    errors = ErrorList()
+    with errors.check():
+        validate_box(box, ("subjects", 0, "box"))
+    with errors.check():
+        ...
+    errors.raise_if_any()  # one error: itself; several: InputErrors
     """
 
     def __init__(self) -> None:

@@ -24,6 +24,7 @@ from .visualize import draw_overlay
 
 __all__ = ["GenerationResult", "generate", "write_result"]
 
+
 @dataclass
 class GenerationResult:
     request: GenerationRequest

@@ -195,6 +195,7 @@ def validate_layout(
     the output's aspect ratio, a region for each subject (or auto layout), phrases in the prompt
     (required under auto layout, a warning otherwise). Reports every error at once."""
     height, width = size
+    aspect_rule = f"must have the output's aspect ratio (width x height {width}x{height})"
     errors = ErrorList()
     layouts: list[list[SubjectLayout]] = []
     for i, (group, prompt) in enumerate(zip(subjects, prompts)):
@@ -205,23 +206,25 @@ def validate_layout(
             if mask is not None:
                 mh, mw = mask.shape
                 if abs(mh * width - mw * height) > max(height, width, mh, mw):
-                    errors.add(InputError(
-                        (*where, "mask"),
-                        f"must have the output's aspect ratio (width x height {width}x{height})",
-                        f"{mw}x{mh}",
-                    ))
+                    errors.add(InputError((*where, "mask"), aspect_rule, f"{mw}x{mh}"))
             if subject.box is None and mask is None and mask_threshold is None:
-                errors.add(InputError(
-                    (*where, "box"), "needs a box or a mask (or auto layout: mask_threshold)", None
-                ))
+                errors.add(
+                    InputError(
+                        (*where, "box"),
+                        "needs a box or a mask (or auto layout: mask_threshold)",
+                        None,
+                    )
+                )
             span = phrase_token_span(tokenizer, prompt, subject.phrase)
             if span is None:
                 if mask_threshold is not None:
-                    errors.add(InputError(
-                        (*where, "phrase"),
-                        f"must appear in the prompt {prompt!r} for auto layout",
-                        subject.phrase,
-                    ))
+                    errors.add(
+                        InputError(
+                            (*where, "phrase"),
+                            f"must appear in the prompt {prompt!r} for auto layout",
+                            subject.phrase,
+                        )
+                    )
                 else:
                     logger.warning(
                         "%s.phrase %r is not in the prompt %r",

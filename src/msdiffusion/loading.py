@@ -159,5 +159,3 @@ def load_pipeline(
         pipe.to(dtype=torch_dtype)
     pipe.to(torch_device)
     return LoadedModel(pipe=pipe, info=info, default_size=spec.default_size)
-
-

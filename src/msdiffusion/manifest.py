@@ -30,8 +30,17 @@ from .errors import InputError
 from .geometry import Box, validate_box
 from .layout import find_phrase
 
-__all__ = ["SubjectEntry", "Record", "RecordProblem", "ManifestScan", "parse_record",
-           "check_record_files", "scan_manifest", "write_manifest", "format_report"]
+__all__ = [
+    "SubjectEntry",
+    "Record",
+    "RecordProblem",
+    "ManifestScan",
+    "parse_record",
+    "check_record_files",
+    "scan_manifest",
+    "write_manifest",
+    "format_report",
+]
 
 RECORD_KEYS = {"id", "image", "caption", "subjects", "meta"}
 SUBJECT_KEYS = {"phrase", "box", "reference", "reference_box", "reference_mask", "augmented"}
@@ -70,10 +79,17 @@ class Record:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        subjects = [{"phrase": s.phrase, "box": list(s.box), "reference": s.reference,
-                     "reference_box": None if s.reference_box is None else list(s.reference_box),
-                     "reference_mask": s.reference_mask, "augmented": s.augmented}
-                    for s in self.subjects]
+        subjects = [
+            {
+                "phrase": s.phrase,
+                "box": list(s.box),
+                "reference": s.reference,
+                "reference_box": None if s.reference_box is None else list(s.reference_box),
+                "reference_mask": s.reference_mask,
+                "augmented": s.augmented,
+            }
+            for s in self.subjects
+        ]
         out = {"id": self.id, "image": self.image, "caption": self.caption, "subjects": subjects}
         if self.meta:
             out["meta"] = self.meta
@@ -83,14 +99,23 @@ class Record:
 class RecordProblem(InputError):
     """Why a record cannot be used; ``kind`` groups problems in summaries."""
 
-    def __init__(self, kind: str, argument: str, rule: str, value: Any = None, *,
-                 line: int = 0, record_id: str | None = None):
+    def __init__(
+        self,
+        kind: str,
+        argument: str,
+        rule: str,
+        value: Any = None,
+        *,
+        line: int = 0,
+        record_id: str | None = None,
+    ):
         super().__init__(argument, rule, value)
         self.kind, self.line, self.record_id = kind, line, record_id
 
     def located(self, line: int, record_id: str | None) -> RecordProblem:
-        return RecordProblem(self.kind, self.argument, self.rule, self.value, line=line,
-                             record_id=record_id)
+        return RecordProblem(
+            self.kind, self.argument, self.rule, self.value, line=line, record_id=record_id
+        )
 
     def describe(self) -> str:
         where = f"line {self.line}" + (f" (id {self.record_id!r})" if self.record_id else "")
@@ -99,14 +124,19 @@ class RecordProblem(InputError):
 
 # ---- pass 1: schema, boxes, phrases ------------------------------------------------------------
 
+
 def parse_record(obj: Any, line: int = 0) -> Record:
     """A decoded JSON line → Record; raises RecordProblem for the first thing wrong."""
     if not isinstance(obj, dict):
         raise RecordProblem("schema", "record", "must be a JSON object", type(obj).__name__)
     unknown = sorted(set(obj) - RECORD_KEYS)
     if unknown:
-        raise RecordProblem("schema", unknown[0], "unknown key (allowed: id, image, caption, "
-                            "subjects, meta)", unknown)
+        raise RecordProblem(
+            "schema",
+            unknown[0],
+            "unknown key (allowed: id, image, caption, subjects, meta)",
+            unknown,
+        )
     record_id = _string(obj, "id", "id")
     image = _string(obj, "image", "image")
     caption = obj.get("caption")
@@ -131,8 +161,12 @@ def _parse_subject(obj: Any, i: int, caption: str) -> SubjectEntry:
         raise RecordProblem("schema", f"{name}.{unknown[0]}", "unknown key", unknown)
     phrase = _string(obj, "phrase", f"{name}.phrase")
     if find_phrase(caption, phrase) is None:
-        raise RecordProblem("phrase", f"{name}.phrase", "does not appear in the caption (whole "
-                            "words, case-insensitive)", phrase)
+        raise RecordProblem(
+            "phrase",
+            f"{name}.phrase",
+            "does not appear in the caption (whole words, case-insensitive)",
+            phrase,
+        )
     box = _box(obj.get("box"), f"{name}.box")
     reference = _string(obj, "reference", f"{name}.reference")
     ref_box = obj.get("reference_box")
@@ -164,6 +198,7 @@ def _box(value: Any, name: str) -> Box:
 
 # ---- pass 2: files ------------------------------------------------------------------------------
 
+
 @dataclass
 class FileInfo:
     """Sizes found while checking a record's files (None where images were not opened)."""
@@ -171,8 +206,9 @@ class FileInfo:
     image_size: tuple[int, int] | None = None  # (width, height)
 
 
-def check_record_files(record: Record, root: Path, *, open_images: bool = False,
-                       decode: bool = False) -> FileInfo:
+def check_record_files(
+    record: Record, root: Path, *, open_images: bool = False, decode: bool = False
+) -> FileInfo:
     """Check that the record's files exist (and, if asked, open as images of matching sizes).
 
     ``open_images`` reads each header (fast) and checks masks against their reference's size;
@@ -188,11 +224,16 @@ def check_record_files(record: Record, root: Path, *, open_images: bool = False,
     for i, s in enumerate(record.subjects):
         ref_size = _image_size(root / s.reference, f"subjects[{i}].reference", decode)
         if s.reference_mask is not None:
-            mask_size = _image_size(root / s.reference_mask, f"subjects[{i}].reference_mask",
-                                    decode)
+            mask_size = _image_size(
+                root / s.reference_mask, f"subjects[{i}].reference_mask", decode
+            )
             if mask_size != ref_size:
-                raise RecordProblem("mask size", f"subjects[{i}].reference_mask",
-                                    f"must be the reference's size {ref_size}", mask_size)
+                raise RecordProblem(
+                    "mask size",
+                    f"subjects[{i}].reference_mask",
+                    f"must be the reference's size {ref_size}",
+                    mask_size,
+                )
     return info
 
 
@@ -205,14 +246,19 @@ def _image_size(path: Path, name: str, decode: bool) -> tuple[int, int]:
             if decode:
                 im.load()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise RecordProblem("unreadable image", name, f"is not a readable image "
-                            f"({err.__class__.__name__})", str(path)) from None
+        raise RecordProblem(
+            "unreadable image",
+            name,
+            f"is not a readable image ({err.__class__.__name__})",
+            str(path),
+        ) from None
     if size[0] < 1 or size[1] < 1:
         raise RecordProblem("unreadable image", name, "has no pixels", str(path))
     return size
 
 
 # ---- whole manifests --------------------------------------------------------------------------
+
 
 @dataclass
 class ManifestScan:
@@ -247,9 +293,12 @@ class ManifestScan:
             heights = [h for _, h in self.image_sizes]
             shorts = [min(s) for s in self.image_sizes]
             out["image_sizes"] = {
-                "width": _stats(widths), "height": _stats(heights), "short_side": _stats(shorts),
-                "most_common": [[f"{w}x{h}", n] for (w, h), n in
-                                Counter(self.image_sizes).most_common(5)],
+                "width": _stats(widths),
+                "height": _stats(heights),
+                "short_side": _stats(shorts),
+                "most_common": [
+                    [f"{w}x{h}", n] for (w, h), n in Counter(self.image_sizes).most_common(5)
+                ],
             }
         return out
 
@@ -267,12 +316,27 @@ def iter_manifest(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield number, json.loads(text)
             except json.JSONDecodeError as err:
-                yield number, RecordProblem("schema", "line", f"is not valid JSON ({err.msg})",
-                                            text.strip()[:80], line=number)
+                yield (
+                    number,
+                    RecordProblem(
+                        "schema",
+                        "line",
+                        f"is not valid JSON ({err.msg})",
+                        text.strip()[:80],
+                        line=number,
+                    ),
+                )
 
 
-def scan_manifest(path: str | Path, *, check_files: bool = True, open_images: bool = False,
-                  decode: bool = False, workers: int = 8, progress: bool = False) -> ManifestScan:
+def scan_manifest(
+    path: str | Path,
+    *,
+    check_files: bool = True,
+    open_images: bool = False,
+    decode: bool = False,
+    workers: int = 8,
+    progress: bool = False,
+) -> ManifestScan:
     """Parse and check every record; bad ones land in ``problems`` with line, id and reason.
 
     Duplicate ids, and records identical to an earlier one (same image, caption and subjects),
@@ -298,14 +362,29 @@ def scan_manifest(path: str | Path, *, check_files: bool = True, open_images: bo
             problems.append(err.located(number, raw_id if isinstance(raw_id, str) else None))
             continue
         if record.id in seen_ids:
-            problems.append(RecordProblem("duplicate", "id", f"repeats line {seen_ids[record.id]}",
-                                          record.id, line=number, record_id=record.id))
+            problems.append(
+                RecordProblem(
+                    "duplicate",
+                    "id",
+                    f"repeats line {seen_ids[record.id]}",
+                    record.id,
+                    line=number,
+                    record_id=record.id,
+                )
+            )
             continue
         content = (record.image, record.caption, record.subjects)
         if content in seen_content:
-            problems.append(RecordProblem("duplicate", "record", "has the same image, caption and "
-                                          f"subjects as line {seen_content[content]}", record.image,
-                                          line=number, record_id=record.id))
+            problems.append(
+                RecordProblem(
+                    "duplicate",
+                    "record",
+                    f"has the same image, caption and subjects as line {seen_content[content]}",
+                    record.image,
+                    line=number,
+                    record_id=record.id,
+                )
+            )
             continue
         seen_ids[record.id] = number
         seen_content[content] = number
@@ -324,8 +403,15 @@ def scan_manifest(path: str | Path, *, check_files: bool = True, open_images: bo
         from tqdm.auto import tqdm
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = list(tqdm(pool.map(check, parsed), total=len(parsed), desc="checking files",
-                                disable=not progress, unit="record"))
+            results = list(
+                tqdm(
+                    pool.map(check, parsed),
+                    total=len(parsed),
+                    desc="checking files",
+                    disable=not progress,
+                    unit="record",
+                )
+            )
         records = []
         for record, result in zip(parsed, results, strict=True):
             if isinstance(result, RecordProblem):
@@ -350,20 +436,27 @@ def write_manifest(records: Iterable[Record | dict[str, Any]], path: str | Path)
 
 # ---- the summary `msdiffusion data check` prints ----------------------------------------------
 
+
 def format_report(scan: ManifestScan, max_problems: int = 20) -> str:
     """Human-readable summary + the first ``max_problems`` problems."""
     s = scan.summary()
-    lines = [f"manifest: {s['manifest']}",
-             f"records: {s['records']}  valid: {s['valid']}  with problems: {s['with_problems']}"]
+    lines = [
+        f"manifest: {s['manifest']}",
+        f"records: {s['records']}  valid: {s['valid']}  with problems: {s['with_problems']}",
+    ]
     hist = ", ".join(f"{k}: {v}" for k, v in s["subjects_per_record"].items()) or "-"
     lines.append(f"subjects per record (valid records): {hist}")
-    lines.append(f"subjects: {s['subjects']}  augmented references: {s['augmented_references']}"
-                 f"  reference masks: {s['reference_masks']}")
+    lines.append(
+        f"subjects: {s['subjects']}  augmented references: {s['augmented_references']}"
+        f"  reference masks: {s['reference_masks']}"
+    )
     if "image_sizes" in s:
         sz = s["image_sizes"]
-        lines.append("image sizes: width {min}-{max} (median {median}), ".format(**sz["width"])
-                     + "height {min}-{max} (median {median}), ".format(**sz["height"])
-                     + "short side {min}-{max} (median {median})".format(**sz["short_side"]))
+        lines.append(
+            "image sizes: width {min}-{max} (median {median}), ".format(**sz["width"])
+            + "height {min}-{max} (median {median}), ".format(**sz["height"])
+            + "short side {min}-{max} (median {median})".format(**sz["short_side"])
+        )
         lines.append("most common sizes: " + ", ".join(f"{k} ({n})" for k, n in sz["most_common"]))
     if scan.problems:
         kinds = ", ".join(f"{k}: {n}" for k, n in s["problems_by_kind"].items())

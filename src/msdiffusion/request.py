@@ -203,9 +203,7 @@ class GenerationRequest:
         """(height, width) of the output; ``default_size`` where the request leaves it open."""
         return (self.height or default_size, self.width or default_size)
 
-    def prepare(
-        self, tokenizer: Any, default_size: int, size_multiple: int = 8
-    ) -> list[Subject]:
+    def prepare(self, tokenizer: Any, default_size: int, size_multiple: int = 8) -> list[Subject]:
         """The request against a model: an output size that is a multiple of the model's
         ``size_multiple`` (its VAE's), every reference and mask readable, and the layout rules
         (masks of the output's aspect ratio, phrases in the prompt under auto layout) with the
@@ -223,7 +221,11 @@ class GenerationRequest:
         if not errors:
             with errors.check():
                 validate_layout(
-                    [subjects], [self.prompt], tokenizer, (height, width), self.scale,
+                    [subjects],
+                    [self.prompt],
+                    tokenizer,
+                    (height, width),
+                    self.scale,
                     self.mask_threshold,
                 )
         errors.raise_if_any()
@@ -305,7 +307,9 @@ def _path_in(value: Any, base_dir: str | os.PathLike[str] | None) -> Any:
 def _path_out(value: Any, base_dir: str | os.PathLike[str] | None) -> Any:
     if isinstance(value, Image.Image):
         raise InputError(
-            ("subjects", "images"), "in-memory images must be saved before writing JSON", "PIL.Image"
+            ("subjects", "images"),
+            "in-memory images must be saved before writing JSON",
+            "PIL.Image",
         )
     path = Path(value).resolve()
     if base_dir is not None:

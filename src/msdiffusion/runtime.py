@@ -30,7 +30,11 @@ __all__ = [
 
 T = TypeVar("T")
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 _ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 DTYPE_NAMES: tuple[str, ...] = (*DTYPES, *_ALIASES)  # every name a dtype setting accepts
 

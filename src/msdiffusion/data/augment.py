@@ -21,8 +21,9 @@ from .crops import Crop, crop_with_margin
 __all__ = ["augmented_reference"]
 
 
-def augmented_reference(image: Image.Image, box: Box, mask: np.ndarray | None,
-                        cfg: AugmentConfig, rng: random.Random) -> tuple[Crop, Image.Image | None]:
+def augmented_reference(
+    image: Image.Image, box: Box, mask: np.ndarray | None, cfg: AugmentConfig, rng: random.Random
+) -> tuple[Crop, Image.Image | None]:
     """Crop + flip + resize + colour jitter of ``box`` in ``image``; the mask follows the geometry.
 
     Returns the crop (its ``box`` is the subject's box inside the augmented crop) and the mask
@@ -44,9 +45,11 @@ def augmented_reference(image: Image.Image, box: Box, mask: np.ndarray | None,
     out = out.resize(size, Image.Resampling.BICUBIC)
     if mask_image is not None:
         mask_image = mask_image.resize(size, Image.Resampling.NEAREST)
-    for enhance, amount in ((ImageEnhance.Brightness, cfg.brightness),
-                            (ImageEnhance.Contrast, cfg.contrast),
-                            (ImageEnhance.Color, cfg.saturation)):
+    for enhance, amount in (
+        (ImageEnhance.Brightness, cfg.brightness),
+        (ImageEnhance.Contrast, cfg.contrast),
+        (ImageEnhance.Color, cfg.saturation),
+    ):
         factor = rng.uniform(1.0 - amount, 1.0 + amount)
         out = enhance(out).enhance(factor)
     return Crop(out, inner, crop.rect), mask_image

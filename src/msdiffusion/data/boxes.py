@@ -32,8 +32,9 @@ def nms_detections(detections: list[Detection], iou: float) -> list[Detection]:
     return [order[i] for i in kept]
 
 
-def filter_detections(detections: list[Detection], cfg: FilterConfig, size: tuple[int, int],
-                      stats: Stats) -> list[Detection]:
+def filter_detections(
+    detections: list[Detection], cfg: FilterConfig, size: tuple[int, int], stats: Stats
+) -> list[Detection]:
     """Apply score, size, aspect, NMS and top-N filters; best-scoring subjects first."""
     w, h = size
     stats.add("detections", len(detections))
@@ -44,8 +45,11 @@ def filter_detections(detections: list[Detection], cfg: FilterConfig, size: tupl
     def size_ok(d: Detection) -> bool:
         bw, bh = (d.box[2] - d.box[0]), (d.box[3] - d.box[1])
         area = bw * bh
-        return (cfg.min_box_area <= area <= cfg.max_box_area
-                and bw * w >= cfg.min_box_side and bh * h >= cfg.min_box_side)
+        return (
+            cfg.min_box_area <= area <= cfg.max_box_area
+            and bw * w >= cfg.min_box_side
+            and bh * h >= cfg.min_box_side
+        )
 
     before = len(kept)
     kept = [d for d in kept if size_ok(d)]
@@ -67,7 +71,7 @@ def filter_detections(detections: list[Detection], cfg: FilterConfig, size: tupl
     stats.skip("detection:nms", before - len(kept))
 
     before = len(kept)
-    kept = kept[:cfg.max_subjects]
+    kept = kept[: cfg.max_subjects]
     stats.add("after_top_n", len(kept))
     stats.skip("detection:over_max_subjects", before - len(kept))
     return kept

@@ -47,10 +47,18 @@ class BuildResult:
     shard: tuple[int, int] = (0, 1)  # (index, count) this run processed
 
 
-def build_dataset(inputs: str | Path, out: str | Path, *, mode: str, cfg: BuildConfig | None = None,
-                  models: Models | None = None, shard: tuple[int, int] | None = None,
-                  limit: int | None = None, progress: bool = True,
-                  on_file_done: Callable[[str], None] | None = None) -> BuildResult:
+def build_dataset(
+    inputs: str | Path,
+    out: str | Path,
+    *,
+    mode: str,
+    cfg: BuildConfig | None = None,
+    models: Models | None = None,
+    shard: tuple[int, int] | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    on_file_done: Callable[[str], None] | None = None,
+) -> BuildResult:
     """Build (or resume building) a training dataset from the ``mode`` files under ``inputs``.
 
     ``models``: already loaded models (default: loaded from ``cfg.models`` once, if any file needs
@@ -74,7 +82,7 @@ def build_dataset(inputs: str | Path, out: str | Path, *, mode: str, cfg: BuildC
 
     keys = {rel: file_key(rel) for rel in files}
     size = 1 if mode == "videos" else cfg.images_per_chunk
-    units = [files[i:i + size] for i in range(0, len(files), size)]
+    units = [files[i : i + size] for i in range(0, len(files), size)]
     state: Any = None
     if shard is None:  # the process layout of `accelerate launch` / `torchrun`, if any
         import torch
@@ -97,8 +105,13 @@ def build_dataset(inputs: str | Path, out: str | Path, *, mode: str, cfg: BuildC
         from tqdm.auto import tqdm
 
         label = "data build" + (f" [{shard[0]}/{shard[1]}]" if shard[1] > 1 else "")
-        bar = tqdm(total=sum(len(u) for u in todo), desc=label, unit="file", disable=not progress,
-                   position=shard[0] if shard[1] > 1 else None)
+        bar = tqdm(
+            total=sum(len(u) for u in todo),
+            desc=label,
+            unit="file",
+            disable=not progress,
+            position=shard[0] if shard[1] > 1 else None,
+        )
         for unit in todo:
             _process_unit(unit, root, mode, keys, captions, cfg, models, writer, on_file_done)
             processed += len(unit)
@@ -116,28 +129,46 @@ def build_dataset(inputs: str | Path, out: str | Path, *, mode: str, cfg: BuildC
 
 def _claim(out: Path, cfg: BuildConfig, mode: str, root: Path) -> None:
     """Write ``build.json``, or check that the existing one was built with the same settings."""
-    info = {"mode": mode, "config_fingerprint": cfg.fingerprint(), "config": cfg.to_dict(),
-            "msdiffusion_version": __version__}
+    info = {
+        "mode": mode,
+        "config_fingerprint": cfg.fingerprint(),
+        "config": cfg.to_dict(),
+        "msdiffusion_version": __version__,
+    }
     path = out / "build.json"
     started = any((out / "parts").glob("*.json"))  # nothing done yet: settings may change
     if path.is_file() and started:
         old = json.loads(path.read_text())
         if old.get("mode") != mode:
-            raise InputError("--out", f"this dataset was built from --{old.get('mode')}; use "
-                             "another folder", str(out))
+            raise InputError(
+                "--out",
+                f"this dataset was built from --{old.get('mode')}; use another folder",
+                str(out),
+            )
         if old.get("config_fingerprint") != info["config_fingerprint"]:
-            raise InputError("--out", "this dataset was started with other settings (a different "
-                             "--config); resume with the same config, or use another folder",
-                             str(out))
+            raise InputError(
+                "--out",
+                "this dataset was started with other settings (a different "
+                "--config); resume with the same config, or use another folder",
+                str(out),
+            )
         return
     out.mkdir(parents=True, exist_ok=True)
     info["input"] = str(root.resolve())
     atomic_write_text(path, json.dumps(info, indent=2))
 
 
-def _process_unit(unit: list[str], root: Path, mode: str, keys: dict[str, str],
-                  captions: SidecarCaptions, cfg: BuildConfig, models: Models,
-                  writer: DatasetWriter, on_file_done: Callable[[str], None] | None) -> None:
+def _process_unit(
+    unit: list[str],
+    root: Path,
+    mode: str,
+    keys: dict[str, str],
+    captions: SidecarCaptions,
+    cfg: BuildConfig,
+    models: Models,
+    writer: DatasetWriter,
+    on_file_done: Callable[[str], None] | None,
+) -> None:
     """Decode the unit's files, run the model stages on their targets, write one part per file."""
     per_file: dict[str, Stats] = {}
     targets: list[Target] = []
@@ -166,8 +197,9 @@ def _process_unit(unit: list[str], root: Path, mode: str, keys: dict[str, str],
             on_file_done(rel)
 
 
-def merge_parts(out: Path, files: list[str], keys: dict[str, str], cfg: BuildConfig,
-                mode: str) -> tuple[Path, dict[str, Any]]:
+def merge_parts(
+    out: Path, files: list[str], keys: dict[str, str], cfg: BuildConfig, mode: str
+) -> tuple[Path, dict[str, Any]]:
     """All parts → ``manifest.jsonl`` + report; returns the manifest path and the report.
 
     Streams: one part in memory at a time, whatever the dataset's size.
@@ -183,8 +215,11 @@ def merge_parts(out: Path, files: list[str], keys: dict[str, str], cfg: BuildCon
         for rel in files:
             part = writer.read_part(keys[rel])
             if part.get("config") != fingerprint:
-                raise InputError("--out", f"part of {rel!r} was built with other settings; use "
-                                 "another folder", str(out))
+                raise InputError(
+                    "--out",
+                    f"part of {rel!r} was built with other settings; use another folder",
+                    str(out),
+                )
             for record in part["records"]:
                 handle.write(json.dumps(record) + "\n")
                 summary.add(record)

@@ -30,14 +30,22 @@ class HFCaptioner:
     the start of the output.
     """
 
-    def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 30,
-                 num_beams: int = 1, prompt: str | None = None):
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        prompt: str | None = None,
+    ):
         self.model, self.processor = model.eval(), processor
         self.max_new_tokens, self.num_beams, self.prompt = max_new_tokens, num_beams, prompt
 
     @classmethod
-    def load(cls, path: str, device: torch.device | str, dtype: torch.dtype,
-             **options: Any) -> HFCaptioner:
+    def load(
+        cls, path: str, device: torch.device | str, dtype: torch.dtype, **options: Any
+    ) -> HFCaptioner:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
@@ -50,14 +58,17 @@ class HFCaptioner:
         text = [self.prompt] * len(images) if self.prompt else None
         inputs = self.processor(images=images, text=text, return_tensors="pt")
         param = next(self.model.parameters())
-        inputs = {k: v.to(param.device, param.dtype) if v.is_floating_point()
-                  else v.to(param.device) for k, v in inputs.items()}
-        out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
-                                  num_beams=self.num_beams, do_sample=False)
+        inputs = {
+            k: v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device)
+            for k, v in inputs.items()
+        }
+        out = self.model.generate(
+            **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False
+        )
         captions = []
         for text_out in self.processor.batch_decode(out, skip_special_tokens=True):
             text_out = " ".join(text_out.split())
             if self.prompt and text_out.lower().startswith(self.prompt.lower()):
-                text_out = text_out[len(self.prompt):].strip()
+                text_out = text_out[len(self.prompt) :].strip()
             captions.append(text_out)
         return captions

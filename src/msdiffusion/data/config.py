@@ -21,20 +21,85 @@ from ..errors import InputError
 from ..runtime import check_dtype_name
 
 __all__ = [
-    "VideoConfig", "FilterConfig", "MatchConfig", "AugmentConfig", "ModelSpec", "ModelsConfig",
-    "BuildConfig", "load_build_config",
+    "VideoConfig",
+    "FilterConfig",
+    "MatchConfig",
+    "AugmentConfig",
+    "ModelSpec",
+    "ModelsConfig",
+    "BuildConfig",
+    "load_build_config",
 ]
 
 # Words that name scenery rather than a subject; phrases whose head word is one of them are not
 # grounded (a "beach" box teaches the adapter nothing about identity).
 DEFAULT_STUFF = (
-    "background", "beach", "building", "buildings", "camera", "ceiling", "city", "cloud", "clouds",
-    "day", "desert", "distance", "field", "floor", "forest", "front", "grass", "ground", "hill",
-    "hills", "image", "lake", "light", "middle", "mountain", "mountains", "night", "ocean", "park",
-    "photo", "picture", "river", "road", "room", "sand", "scene", "sea", "side", "sky", "snow",
-    "stage", "street", "sun", "sunset", "top", "view", "wall", "walls", "water", "way", "window",
-    "woods", "air", "shot", "close", "closeup", "image", "video", "frame", "area", "lot", "couple",
-    "group", "bunch", "pair", "piece",
+    "background",
+    "beach",
+    "building",
+    "buildings",
+    "camera",
+    "ceiling",
+    "city",
+    "cloud",
+    "clouds",
+    "day",
+    "desert",
+    "distance",
+    "field",
+    "floor",
+    "forest",
+    "front",
+    "grass",
+    "ground",
+    "hill",
+    "hills",
+    "image",
+    "lake",
+    "light",
+    "middle",
+    "mountain",
+    "mountains",
+    "night",
+    "ocean",
+    "park",
+    "photo",
+    "picture",
+    "river",
+    "road",
+    "room",
+    "sand",
+    "scene",
+    "sea",
+    "side",
+    "sky",
+    "snow",
+    "stage",
+    "street",
+    "sun",
+    "sunset",
+    "top",
+    "view",
+    "wall",
+    "walls",
+    "water",
+    "way",
+    "window",
+    "woods",
+    "air",
+    "shot",
+    "close",
+    "closeup",
+    "image",
+    "video",
+    "frame",
+    "area",
+    "lot",
+    "couple",
+    "group",
+    "bunch",
+    "pair",
+    "piece",
 )
 
 
@@ -103,8 +168,9 @@ class ModelSpec:
 
 def _default_models() -> dict[str, ModelSpec]:
     return {
-        "captioner": ModelSpec("blip", "Salesforce/blip-image-captioning-large",
-                               {"max_new_tokens": 30}),
+        "captioner": ModelSpec(
+            "blip", "Salesforce/blip-image-captioning-large", {"max_new_tokens": 30}
+        ),
         "detector": ModelSpec("grounding_dino", "IDEA-Research/grounding-dino-base"),
         "segmenter": ModelSpec("sam", "facebook/sam-vit-base"),
         "features": ModelSpec("auto", "facebook/dinov2-base"),
@@ -193,6 +259,7 @@ def load_build_config(
 
 # --- range checks --------------------------------------------------------------------------
 
+
 def _check(where: str, ok: bool, rule: str, value: Any) -> None:
     if not ok:
         raise InputError(where, rule, value)
@@ -201,8 +268,12 @@ def _check(where: str, ok: bool, rule: str, value: Any) -> None:
 def _validate(cfg: BuildConfig) -> None:
     """Range checks, each naming the key (types are checked when reading JSON)."""
     v, f, m, a, mo = cfg.video, cfg.filters, cfg.match, cfg.augment, cfg.models
-    _check("config.image_format", cfg.image_format in ("jpg", "png"), "one of jpg, png",
-           cfg.image_format)
+    _check(
+        "config.image_format",
+        cfg.image_format in ("jpg", "png"),
+        "one of jpg, png",
+        cfg.image_format,
+    )
     _check("config.jpeg_quality", 1 <= cfg.jpeg_quality <= 100, "in 1..100", cfg.jpeg_quality)
     _check("config.max_image_side", cfg.max_image_side >= 64, ">= 64", cfg.max_image_side)
     _check("config.max_input_pixels", cfg.max_input_pixels > 0, "> 0", cfg.max_input_pixels)
@@ -210,41 +281,77 @@ def _validate(cfg: BuildConfig) -> None:
     _check("config.max_phrases", cfg.max_phrases >= 1, ">= 1", cfg.max_phrases)
     for name in ("phrase_vocabulary", "stuff_words"):
         words = getattr(cfg, name) or []
-        _check(f"config.{name}", all(w.strip() for w in words), "a list of non-empty strings",
-               words)
+        _check(
+            f"config.{name}", all(w.strip() for w in words), "a list of non-empty strings", words
+        )
     _check("config.video.sample_fps", v.sample_fps > 0, "> 0", v.sample_fps)
     _check("config.video.max_frames", v.max_frames >= 2, ">= 2", v.max_frames)
     _check("config.video.cut_threshold", 0 < v.cut_threshold <= 1, "in (0, 1]", v.cut_threshold)
     _check("config.video.cut_ratio", v.cut_ratio >= 1, ">= 1", v.cut_ratio)
     _check("config.video.min_shot_s", v.min_shot_s >= 0, ">= 0", v.min_shot_s)
     _check("config.video.min_gap_s", v.min_gap_s > 0, "> 0", v.min_gap_s)
-    _check("config.video.max_gap_s", v.max_gap_s is None or v.max_gap_s >= v.min_gap_s,
-           ">= min_gap_s", v.max_gap_s)
+    _check(
+        "config.video.max_gap_s",
+        v.max_gap_s is None or v.max_gap_s >= v.min_gap_s,
+        ">= min_gap_s",
+        v.max_gap_s,
+    )
     _check("config.video.max_references", v.max_references >= 1, ">= 1", v.max_references)
-    _check("config.video.min_brightness", 0 <= v.min_brightness < 1, "in [0, 1)",
-           v.min_brightness)
+    _check("config.video.min_brightness", 0 <= v.min_brightness < 1, "in [0, 1)", v.min_brightness)
     _check("config.video.min_sharpness", v.min_sharpness >= 0, ">= 0", v.min_sharpness)
     _check("config.video.min_side", v.min_side >= 1, ">= 1", v.min_side)
-    _check("config.filters.score_threshold", 0 <= f.score_threshold <= 1, "in [0, 1]",
-           f.score_threshold)
-    _check("config.filters.min_box_area", 0 <= f.min_box_area < f.max_box_area <= 1,
-           "0 <= min_box_area < max_box_area <= 1", (f.min_box_area, f.max_box_area))
+    _check(
+        "config.filters.score_threshold",
+        0 <= f.score_threshold <= 1,
+        "in [0, 1]",
+        f.score_threshold,
+    )
+    _check(
+        "config.filters.min_box_area",
+        0 <= f.min_box_area < f.max_box_area <= 1,
+        "0 <= min_box_area < max_box_area <= 1",
+        (f.min_box_area, f.max_box_area),
+    )
     _check("config.filters.min_box_side", f.min_box_side >= 1, ">= 1", f.min_box_side)
     _check("config.filters.max_aspect", f.max_aspect >= 1, ">= 1", f.max_aspect)
     _check("config.filters.nms_iou", 0 < f.nms_iou <= 1, "in (0, 1]", f.nms_iou)
     _check("config.filters.max_subjects", f.max_subjects >= 1, ">= 1", f.max_subjects)
-    _check("config.filters.min_subjects", 1 <= f.min_subjects <= f.max_subjects,
-           "in 1..max_subjects", f.min_subjects)
-    _check("config.match.similarity_threshold", -1 <= m.similarity_threshold <= 1, "in [-1, 1]",
-           m.similarity_threshold)
-    _check("config.match.duplicate_similarity", m.duplicate_similarity > m.similarity_threshold,
-           "> similarity_threshold", m.duplicate_similarity)
-    _check("config.match.duplicate_pixel_diff", 0 <= m.duplicate_pixel_diff <= 1, "in [0, 1]",
-           m.duplicate_pixel_diff)
-    _check("config.match.reference_margin", 0 <= m.reference_margin <= 2, "in [0, 2]",
-           m.reference_margin)
-    _check("config.match.min_mask_fraction", 0 <= m.min_mask_fraction <= 1, "in [0, 1]",
-           m.min_mask_fraction)
+    _check(
+        "config.filters.min_subjects",
+        1 <= f.min_subjects <= f.max_subjects,
+        "in 1..max_subjects",
+        f.min_subjects,
+    )
+    _check(
+        "config.match.similarity_threshold",
+        -1 <= m.similarity_threshold <= 1,
+        "in [-1, 1]",
+        m.similarity_threshold,
+    )
+    _check(
+        "config.match.duplicate_similarity",
+        m.duplicate_similarity > m.similarity_threshold,
+        "> similarity_threshold",
+        m.duplicate_similarity,
+    )
+    _check(
+        "config.match.duplicate_pixel_diff",
+        0 <= m.duplicate_pixel_diff <= 1,
+        "in [0, 1]",
+        m.duplicate_pixel_diff,
+    )
+    _check(
+        "config.match.reference_margin",
+        0 <= m.reference_margin <= 2,
+        "in [0, 2]",
+        m.reference_margin,
+    )
+    _check(
+        "config.match.min_mask_fraction",
+        0 <= m.min_mask_fraction <= 1,
+        "in [0, 1]",
+        m.min_mask_fraction,
+    )
     _check("config.augment.flip_p", 0 <= a.flip_p <= 1, "in [0, 1]", a.flip_p)
     for name in ("margin", "scale"):
         low, high = getattr(a, name)
@@ -254,7 +361,11 @@ def _validate(cfg: BuildConfig) -> None:
     for name in ("brightness", "contrast", "saturation"):
         value = getattr(a, name)
         _check(f"config.augment.{name}", 0 <= value < 1, "in [0, 1)", value)
-    _check("config.models.preset", mo.preset in (None, "random-tiny", "random-base"),
-           "null, random-tiny or random-base", mo.preset)
+    _check(
+        "config.models.preset",
+        mo.preset in (None, "random-tiny", "random-base"),
+        "null, random-tiny or random-base",
+        mo.preset,
+    )
     check_dtype_name(mo.dtype, "config.models.dtype")
     _check("config.models.batch_size", mo.batch_size >= 1, ">= 1", mo.batch_size)

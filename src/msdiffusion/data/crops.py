@@ -27,8 +27,9 @@ class Crop:
     rect: tuple[int, int, int, int]  # (left, top, right, bottom) in the source image's pixels
 
 
-def crop_with_margin(image: Image.Image, box: Box,
-                     margins: tuple[float, float, float, float]) -> Crop:
+def crop_with_margin(
+    image: Image.Image, box: Box, margins: tuple[float, float, float, float]
+) -> Crop:
     """Crop ``box`` grown by ``margins`` (left, top, right, bottom; fractions of the box size)."""
     w, h = image.size
     x0, y0, x1, y1 = box_to_pixels(box, w, h)

@@ -27,8 +27,7 @@ __all__ = ["Detector", "GroundingDinoDetector", "Owlv2Detector", "cxcywh_to_xyxy
 class Detector(Protocol):
     """Anything that finds phrases in images."""
 
-    def detect(self, images: list[Image.Image],
-               phrases: list[list[str]]) -> list[list[Detection]]:
+    def detect(self, images: list[Image.Image], phrases: list[list[str]]) -> list[list[Detection]]:
         """``phrases[i]`` are looked for in ``images[i]``; all candidate boxes, any score."""
         ...
 
@@ -41,8 +40,10 @@ def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
 
 def _to_model(inputs: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
     param = next(model.parameters())
-    return {k: (v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device))
-            for k, v in inputs.items()}
+    return {
+        k: (v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device))
+        for k, v in inputs.items()
+    }
 
 
 class GroundingDinoDetector:
@@ -52,8 +53,9 @@ class GroundingDinoDetector:
         self.model, self.processor, self.top_k = model.eval(), processor, top_k
 
     @classmethod
-    def load(cls, path: str, device: torch.device | str, dtype: torch.dtype,
-             **options: Any) -> GroundingDinoDetector:
+    def load(
+        cls, path: str, device: torch.device | str, dtype: torch.dtype, **options: Any
+    ) -> GroundingDinoDetector:
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         model = AutoModelForZeroShotObjectDetection.from_pretrained(path, dtype=dtype)
@@ -71,15 +73,19 @@ class GroundingDinoDetector:
         return text.strip(), spans
 
     @torch.inference_mode()
-    def detect(self, images: list[Image.Image],
-               phrases: list[list[str]]) -> list[list[Detection]]:
+    def detect(self, images: list[Image.Image], phrases: list[list[str]]) -> list[list[Detection]]:
         if not images:
             return []
         prompts = [self.prompt(p) for p in phrases]
         max_len = int(getattr(self.model.config, "max_text_len", 256))
-        text = self.processor.tokenizer([t for t, _ in prompts], padding="longest",
-                                        truncation=True, max_length=max_len,
-                                        return_offsets_mapping=True, return_tensors="pt")
+        text = self.processor.tokenizer(
+            [t for t, _ in prompts],
+            padding="longest",
+            truncation=True,
+            max_length=max_len,
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
         offsets = text.pop("offset_mapping")  # (B, T, 2) character spans of the tokens
         pixels = self.processor.image_processor(images, return_tensors="pt")
         out = self.model(**_to_model({**pixels, **text}, self.model))
@@ -90,8 +96,11 @@ class GroundingDinoDetector:
         for b, (_, spans) in enumerate(prompts):
             starts, ends = offsets[b, :, 0], offsets[b, :, 1]  # (T,); special tokens are (0, 0)
             bounds = torch.tensor(spans, dtype=starts.dtype).reshape(-1, 2)  # (P, 2)
-            member = ((starts[None] >= bounds[:, :1]) & (ends[None] <= bounds[:, 1:])
-                      & (ends > starts)[None])  # (P, T): token t belongs to phrase p
+            member = (
+                (starts[None] >= bounds[:, :1])
+                & (ends[None] <= bounds[:, 1:])
+                & (ends > starts)[None]
+            )  # (P, T): token t belongs to phrase p
             alive = member.any(-1)  # (P,) phrases that survived truncation
             if not alive.any():
                 results.append([])
@@ -99,8 +108,13 @@ class GroundingDinoDetector:
             per_phrase = torch.where(member[None], probs[b, :, None, :t], 0.0)  # (Q, P, T)
             scores, best = per_phrase.amax(-1).max(-1)  # (Q,), (Q,): best phrase per box
             order = scores.argsort(descending=True, stable=True)[: self.top_k]
-            results.append([Detection(clamp_box(boxes[b, q].tolist()), float(scores[q]),
-                                      int(best[q])) for q in order.tolist() if alive[best[q]]])
+            results.append(
+                [
+                    Detection(clamp_box(boxes[b, q].tolist()), float(scores[q]), int(best[q]))
+                    for q in order.tolist()
+                    if alive[best[q]]
+                ]
+            )
         return results
 
 
@@ -115,26 +129,30 @@ class Owlv2Detector:
         self.mean, self.std = image_processor.image_mean, image_processor.image_std
 
     @classmethod
-    def load(cls, path: str, device: torch.device | str, dtype: torch.dtype,
-             **options: Any) -> Owlv2Detector:
+    def load(
+        cls, path: str, device: torch.device | str, dtype: torch.dtype, **options: Any
+    ) -> Owlv2Detector:
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         model = AutoModelForZeroShotObjectDetection.from_pretrained(path, dtype=dtype)
         return cls(model.to(device), AutoProcessor.from_pretrained(path), **options)
 
     @torch.inference_mode()
-    def detect(self, images: list[Image.Image],
-               phrases: list[list[str]]) -> list[list[Detection]]:
+    def detect(self, images: list[Image.Image], phrases: list[list[str]]) -> list[list[Detection]]:
         if not images:
             return []
         width = max(1, max(len(p) for p in phrases))
         queries = [q for p in phrases for q in (list(p) + [""] * (width - len(p)))]  # (B·P,)
         max_len = int(self.model.config.text_config.max_position_embeddings)
-        text = self.processor.tokenizer(queries, padding="max_length", truncation=True,
-                                        max_length=max_len, return_tensors="pt")
+        text = self.processor.tokenizer(
+            queries, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt"
+        )
         pixel_values = owlv2_pixels(images, self.side, self.mean, self.std)  # (B, 3, s, s)
-        inputs = {"input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
-                  "pixel_values": pixel_values}
+        inputs = {
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+            "pixel_values": pixel_values,
+        }
         out = self.model(**_to_model(inputs, self.model))
         logits = out.logits.float().sigmoid().cpu()  # (B, patches, P)
         boxes = out.pred_boxes.float().cpu()  # (B, patches, 4) cx, cy, w, h of the square
@@ -147,6 +165,10 @@ class Owlv2Detector:
             scores, best = logits[b, :, :n].max(-1)  # (patches,)
             xyxy = owlv2_boxes(boxes[b], image.size)  # (patches, 4) of the image
             order = scores.argsort(descending=True, stable=True)[: self.top_k]
-            results.append([Detection(clamp_box(xyxy[q].tolist()), float(scores[q]),
-                                      int(best[q])) for q in order.tolist()])
+            results.append(
+                [
+                    Detection(clamp_box(xyxy[q].tolist()), float(scores[q]), int(best[q]))
+                    for q in order.tolist()
+                ]
+            )
         return results

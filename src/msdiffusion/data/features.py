@@ -32,8 +32,9 @@ class HFFeatureEncoder:
         self.model, self.image_processor = model.eval(), image_processor
 
     @classmethod
-    def load(cls, path: str, device: torch.device | str, dtype: torch.dtype,
-             **options: Any) -> HFFeatureEncoder:
+    def load(
+        cls, path: str, device: torch.device | str, dtype: torch.dtype, **options: Any
+    ) -> HFFeatureEncoder:
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
         config = AutoConfig.from_pretrained(path)

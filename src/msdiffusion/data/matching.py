@@ -40,8 +40,14 @@ class Match:
     similarity: float
 
 
-def match_subjects(phrases: list[int], candidates: list[Candidate], similarity: np.ndarray,
-                   pixel_diff: np.ndarray, cfg: MatchConfig, stats: Stats) -> list[Match]:
+def match_subjects(
+    phrases: list[int],
+    candidates: list[Candidate],
+    similarity: np.ndarray,
+    pixel_diff: np.ndarray,
+    cfg: MatchConfig,
+    stats: Stats,
+) -> list[Match]:
     """Pair subjects (their phrase indices) with candidates; counts why the others failed.
 
     ``similarity`` and ``pixel_diff`` are (S, C): subject × candidate. Returns matches sorted by
@@ -49,13 +55,17 @@ def match_subjects(phrases: list[int], candidates: list[Candidate], similarity: 
     """
     n_subjects, n_candidates = len(phrases), len(candidates)
     assert similarity.shape == pixel_diff.shape == (n_subjects, n_candidates)
-    same = np.array([[c.phrase == p for c in candidates] for p in phrases],
-                    dtype=bool).reshape(n_subjects, n_candidates)
-    duplicate = same & ((similarity >= cfg.duplicate_similarity)
-                        | (pixel_diff < cfg.duplicate_pixel_diff))
+    same = np.array([[c.phrase == p for c in candidates] for p in phrases], dtype=bool).reshape(
+        n_subjects, n_candidates
+    )
+    duplicate = same & (
+        (similarity >= cfg.duplicate_similarity) | (pixel_diff < cfg.duplicate_pixel_diff)
+    )
     similar = same & ~duplicate & (similarity >= cfg.similarity_threshold)
-    pairs = sorted(zip(*np.nonzero(similar), strict=True),
-                   key=lambda sc: (-float(similarity[sc]), int(sc[0]), int(sc[1])))
+    pairs = sorted(
+        zip(*np.nonzero(similar), strict=True),
+        key=lambda sc: (-float(similarity[sc]), int(sc[0]), int(sc[1])),
+    )
     matched: dict[int, Match] = {}
     used: set[int] = set()
     for s, c in pairs:

@@ -50,24 +50,36 @@ def _detector_auto(path: str, device: Any, dtype: torch.dtype, **options: Any) -
         return GroundingDinoDetector.load(path, device, dtype, **options)
     if model_type in ("owlv2",):
         return Owlv2Detector.load(path, device, dtype, **options)
-    raise InputError("config.models.detector.kind", "auto works for grounding-dino and owlv2 "
-                     "checkpoints", model_type)
+    raise InputError(
+        "config.models.detector.kind",
+        "auto works for grounding-dino and owlv2 checkpoints",
+        model_type,
+    )
 
 
 FACTORIES: dict[str, dict[str, Callable[..., Any]]] = {
     "captioner": {"blip": HFCaptioner.load, "auto": HFCaptioner.load},
-    "detector": {"grounding_dino": GroundingDinoDetector.load, "owlv2": Owlv2Detector.load,
-                 "auto": _detector_auto},
+    "detector": {
+        "grounding_dino": GroundingDinoDetector.load,
+        "owlv2": Owlv2Detector.load,
+        "auto": _detector_auto,
+    },
     "segmenter": {"sam": SamSegmenter.load},
-    "features": {"auto": HFFeatureEncoder.load, "clip": HFFeatureEncoder.load,
-                 "dinov2": HFFeatureEncoder.load},
+    "features": {
+        "auto": HFFeatureEncoder.load,
+        "clip": HFFeatureEncoder.load,
+        "dinov2": HFFeatureEncoder.load,
+    },
 }
 
 
 def _guard(role: str, path: str | None, load: Callable[[], Any]) -> Any:
-    return load_or_explain(load, what=f"{role} model", source=path,
-                           fix=f"set config.models.{role}.path to a local folder, or a hub id "
-                               "in the local cache")
+    return load_or_explain(
+        load,
+        what=f"{role} model",
+        source=path,
+        fix=f"set config.models.{role}.path to a local folder, or a hub id in the local cache",
+    )
 
 
 def load_one(role: str, spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Any:
@@ -77,45 +89,66 @@ def load_one(role: str, spec: ModelSpec, device: torch.device, dtype: torch.dtyp
         try:
             factory = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as err:
-            raise InputError(f"config.models.{role}.kind", f"cannot import ({err})",
-                             spec.kind) from None
+            raise InputError(
+                f"config.models.{role}.kind", f"cannot import ({err})", spec.kind
+            ) from None
     else:
         known = FACTORIES[role]
         if spec.kind not in known:
-            raise InputError(f"config.models.{role}.kind",
-                             f"one of {', '.join(sorted(known))} or module:attribute", spec.kind)
+            raise InputError(
+                f"config.models.{role}.kind",
+                f"one of {', '.join(sorted(known))} or module:attribute",
+                spec.kind,
+            )
         factory = known[spec.kind]
         if not spec.path:
-            raise InputError(f"config.models.{role}.path", "a hub id or a folder is needed",
-                             spec.path)
+            raise InputError(
+                f"config.models.{role}.path", "a hub id or a folder is needed", spec.path
+            )
     return _guard(role, spec.path, lambda: factory(spec.path, device, dtype, **spec.options))
 
 
-def load_models(cfg: ModelsConfig, device: torch.device | str, *,
-                need_features: bool = True) -> Models:
+def load_models(
+    cfg: ModelsConfig, device: torch.device | str, *, need_features: bool = True
+) -> Models:
     """Load the configured models onto ``device`` (features only if ``need_features``)."""
     device = torch.device(device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.preset is not None:
         detector = cfg.detector.kind if cfg.detector.kind == "owlv2" else "grounding_dino"
-        return random_models(cfg.preset.removeprefix("random-"), detector=detector,
-                             segmenter=cfg.segmenter is not None, device=device, dtype=dtype,
-                             batch_size=cfg.batch_size)
+        return random_models(
+            cfg.preset.removeprefix("random-"),
+            detector=detector,
+            segmenter=cfg.segmenter is not None,
+            device=device,
+            dtype=dtype,
+            batch_size=cfg.batch_size,
+        )
     return Models(
-        captioner=None if cfg.captioner is None else load_one("captioner", cfg.captioner,
-                                                              device, dtype),
+        captioner=None
+        if cfg.captioner is None
+        else load_one("captioner", cfg.captioner, device, dtype),
         detector=load_one("detector", cfg.detector, device, dtype),
         features=load_one("features", cfg.features, device, dtype) if need_features else None,
-        segmenter=None if cfg.segmenter is None else load_one("segmenter", cfg.segmenter,
-                                                              device, dtype),
+        segmenter=None
+        if cfg.segmenter is None
+        else load_one("segmenter", cfg.segmenter, device, dtype),
         batch_size=cfg.batch_size,
     )
 
 
-def random_models(size: str = "tiny", *, seed: int = 0, detector: str = "grounding_dino",
-                  features: str = "dinov2", segmenter: bool = True,
-                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                  batch_size: int = 8, max_new_tokens: int = 20) -> Models:
+def random_models(
+    size: str = "tiny",
+    *,
+    seed: int = 0,
+    detector: str = "grounding_dino",
+    features: str = "dinov2",
+    segmenter: bool = True,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 8,
+    max_new_tokens: int = 20,
+) -> Models:
     """All four pipeline models with random weights, in memory (see the module docstring)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -130,5 +163,6 @@ def random_models(size: str = "tiny", *, seed: int = 0, detector: str = "groundi
         model, processor = build(features)
         encoder = HFFeatureEncoder(model, getattr(processor, "image_processor", processor))
         sam = SamSegmenter(*build("sam")) if segmenter else None
-    return Models(captioner=captioner, detector=found, features=encoder, segmenter=sam,
-                  batch_size=batch_size)
+    return Models(
+        captioner=captioner, detector=found, features=encoder, segmenter=sam, batch_size=batch_size
+    )

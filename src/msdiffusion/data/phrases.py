@@ -23,7 +23,8 @@ __all__ = ["extract_phrases"]
 # check finds phrases as whole words (``layout.find_phrase``).
 _WORD = re.compile(r"(?<!\w)[A-Za-z](?:[A-Za-z'\-]*[A-Za-z])?(?!\w)")
 
-_BREAK = frozenset("""
+_BREAK = frozenset(
+    """
 a an the this that these those there here it its it's his her hers their theirs my your our
 he she they we you i me him them us who whom which what whose where when while as than then
 and or but nor so yet both either neither of in on at by for with without within from to into
@@ -37,18 +38,26 @@ sits sit sitting stands stand standing lies lying looks look looking holds hold 
 play playing walks walk walking runs run running rides ride riding wears wear wearing shows
 show showing appears made being getting gets get has having seen shown taken
 arafed araffe arafe arafly there's that's
-""".split())
+""".split()
+)
 
 # -ing words that are usually nouns, not verb forms.
-_ING_NOUNS = frozenset("""
+_ING_NOUNS = frozenset(
+    """
 building buildings painting paintings ceiling clothing ring rings king kings wing wings string
 strings thing things swing swings sibling siblings pudding stocking stockings wedding icing
 earring earrings railing railings awning duckling ducklings sling
-""".split())
+""".split()
+)
 
 
-def extract_phrases(caption: str, *, stuff_words: list[str] | tuple[str, ...] = (),
-                    vocabulary: list[str] | None = None, max_phrases: int = 8) -> list[str]:
+def extract_phrases(
+    caption: str,
+    *,
+    stuff_words: list[str] | tuple[str, ...] = (),
+    vocabulary: list[str] | None = None,
+    max_phrases: int = 8,
+) -> list[str]:
     """Entity phrases of ``caption`` (verbatim substrings, first occurrence order, no repeats)."""
     if vocabulary:
         return _from_vocabulary(caption, vocabulary, max_phrases)
@@ -58,7 +67,7 @@ def extract_phrases(caption: str, *, stuff_words: list[str] | tuple[str, ...] = 
     for word, start, end in words:
         lower = word.lower()
         is_break = lower in _BREAK or (lower.endswith("ing") and lower not in _ING_NOUNS)
-        gap = caption[runs[-1][-1][2]:start] if runs[-1] else ""
+        gap = caption[runs[-1][-1][2] : start] if runs[-1] else ""
         if is_break or (gap and gap.strip()):  # punctuation also ends a phrase
             runs.append([])
         if not is_break:
@@ -69,7 +78,7 @@ def extract_phrases(caption: str, *, stuff_words: list[str] | tuple[str, ...] = 
         if not run or run[-1][0].lower() in stuff or len(run[-1][0]) < 2:
             continue
         run = run[-3:]
-        phrase = caption[run[0][1]:run[-1][2]]
+        phrase = caption[run[0][1] : run[-1][2]]
         if phrase.lower() not in seen:
             seen.add(phrase.lower())
             phrases.append(phrase)
@@ -82,8 +91,8 @@ def _from_vocabulary(caption: str, vocabulary: list[str], max_phrases: int) -> l
     for entry in sorted({v.strip() for v in vocabulary}, key=lambda v: (-len(v), v)):
         pattern = re.compile(r"(?<!\w)" + re.escape(entry) + r"(?!\w)", re.IGNORECASE)
         for match in pattern.finditer(caption):
-            if not any(taken[match.start():match.end()]):
-                taken[match.start():match.end()] = [True] * (match.end() - match.start())
+            if not any(taken[match.start() : match.end()]):
+                taken[match.start() : match.end()] = [True] * (match.end() - match.start())
                 found.append((match.start(), match.group(0)))
                 break  # first occurrence only
     return [phrase for _, phrase in sorted(found)][:max_phrases]

@@ -26,16 +26,26 @@ from .stats import STAGES, Stats
 
 __all__ = ["RecordSummary", "write_report", "draw_grid"]
 
-PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60))
+PALETTE = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+)
 AREA_BINS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)
 ASPECT_BINS = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0, float("inf"))
 SIMILARITY_BINS = (-1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001)
 
 
 def _bin_names(edges: tuple[float, ...]) -> list[str]:
-    return [f"{a:g}–{b:g}" if math.isfinite(b) else f"≥{a:g}"
-            for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return [
+        f"{a:g}–{b:g}" if math.isfinite(b) else f"≥{a:g}"
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
 
 
 def _bin(value: float, edges: tuple[float, ...]) -> int:
@@ -55,9 +65,14 @@ class RecordSummary:
         self.phrases: Counter[str] = Counter()
         self.caption_source: Counter[str] = Counter()
         self.augmented: Counter[str] = Counter()
-        self.bins = {name: [0] * (len(edges) - 1) for name, edges in (
-            ("box_area_fraction", AREA_BINS), ("box_aspect_normalised", ASPECT_BINS),
-            ("match_similarity", SIMILARITY_BINS))}
+        self.bins = {
+            name: [0] * (len(edges) - 1)
+            for name, edges in (
+                ("box_area_fraction", AREA_BINS),
+                ("box_aspect_normalised", ASPECT_BINS),
+                ("match_similarity", SIMILARITY_BINS),
+            )
+        }
 
     def add(self, record: dict[str, Any]) -> None:
         self.samples += 1
@@ -76,8 +91,9 @@ class RecordSummary:
             x0, y0, x1, y1 = s["box"]
             w, h = x1 - x0, y1 - y0
             self.bins["box_area_fraction"][_bin(w * h, AREA_BINS)] += 1
-            self.bins["box_aspect_normalised"][_bin(max(w, h) / max(min(w, h), 1e-9),
-                                                    ASPECT_BINS)] += 1
+            self.bins["box_aspect_normalised"][
+                _bin(max(w, h) / max(min(w, h), 1e-9), ASPECT_BINS)
+            ] += 1
             if "similarity" in meta:
                 self.bins["match_similarity"][_bin(meta["similarity"], SIMILARITY_BINS)] += 1
             self.phrases[s["phrase"].lower()] += 1
@@ -86,10 +102,14 @@ class RecordSummary:
     def histograms(self) -> dict[str, dict[str, int]]:
         """Subjects per sample, box area/aspect (normalised coordinates), match similarity
         (video input), the 20 commonest phrases, caption sources, augmented subjects."""
-        edges = {"box_area_fraction": AREA_BINS, "box_aspect_normalised": ASPECT_BINS,
-                 "match_similarity": SIMILARITY_BINS}
-        out = {"subjects_per_sample": dict(sorted(self.per_sample.items(),
-                                                  key=lambda kv: int(kv[0])))}
+        edges = {
+            "box_area_fraction": AREA_BINS,
+            "box_aspect_normalised": ASPECT_BINS,
+            "match_similarity": SIMILARITY_BINS,
+        }
+        out = {
+            "subjects_per_sample": dict(sorted(self.per_sample.items(), key=lambda kv: int(kv[0])))
+        }
         for name, counts in self.bins.items():
             if name != "match_similarity" or any(counts):
                 out[name] = dict(zip(_bin_names(edges[name]), counts, strict=True))
@@ -99,8 +119,9 @@ class RecordSummary:
         return out
 
 
-def write_report(root: Path, summary: RecordSummary, stats: Stats, cfg: BuildConfig,
-                 mode: str) -> dict[str, Any]:
+def write_report(
+    root: Path, summary: RecordSummary, stats: Stats, cfg: BuildConfig, mode: str
+) -> dict[str, Any]:
     """Write report.json, report.md and report_grid.png into ``root``; return the report."""
     files = stats.counts.get("files", 0)
     busy = sum(stats.seconds.values())
@@ -108,8 +129,11 @@ def write_report(root: Path, summary: RecordSummary, stats: Stats, cfg: BuildCon
         "mode": mode,
         "samples": summary.samples,
         "subjects": summary.subjects,
-        "funnel": [{"stage": k, "meaning": m, "count": int(stats.counts.get(k, 0))}
-                   for k, m in STAGES if mode == "videos" or not k.startswith(("frames", "shots"))],
+        "funnel": [
+            {"stage": k, "meaning": m, "count": int(stats.counts.get(k, 0))}
+            for k, m in STAGES
+            if mode == "videos" or not k.startswith(("frames", "shots"))
+        ],
         "skipped": dict(sorted(stats.skipped.items())),
         "converted": dict(sorted(stats.converted.items())),
         "histograms": summary.histograms(),
@@ -120,14 +144,21 @@ def write_report(root: Path, summary: RecordSummary, stats: Stats, cfg: BuildCon
             "samples_per_processing_second": round(summary.samples / busy, 4) if busy else None,
             "frames_decoded_per_decode_second": (
                 round(stats.counts["frames_decoded"] / stats.seconds["decode"], 1)
-                if stats.seconds.get("decode") and stats.counts.get("frames_decoded") else None),
-            **{f"{step}_images_per_second": round(stats.counts[f"images:{step}"]
-                                                   / stats.seconds[step], 2)
-               for step in ("caption", "detect", "features", "segment")
-               if stats.seconds.get(step) and stats.counts.get(f"images:{step}")},
+                if stats.seconds.get("decode") and stats.counts.get("frames_decoded")
+                else None
+            ),
+            **{
+                f"{step}_images_per_second": round(
+                    stats.counts[f"images:{step}"] / stats.seconds[step], 2
+                )
+                for step in ("caption", "detect", "features", "segment")
+                if stats.seconds.get(step) and stats.counts.get(f"images:{step}")
+            },
         },
-        "model_images": {step: int(stats.counts.get(f"images:{step}", 0))
-                         for step in ("caption", "detect", "features", "segment")},
+        "model_images": {
+            step: int(stats.counts.get(f"images:{step}", 0))
+            for step in ("caption", "detect", "features", "segment")
+        },
         "config_fingerprint": cfg.fingerprint(),
         "grid": "report_grid.png",
     }
@@ -142,16 +173,25 @@ def _bar(count: int, top: int, width: int = 30) -> str:
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Data build report ({report['mode']})", "",
-             f"**{report['samples']} samples, {report['subjects']} subjects.** "
-             f"Random samples: ![grid]({report['grid']})", "", "## Funnel", "",
-             "| stage | count | meaning |", "|---|---:|---|"]
+    lines = [
+        f"# Data build report ({report['mode']})",
+        "",
+        f"**{report['samples']} samples, {report['subjects']} subjects.** "
+        f"Random samples: ![grid]({report['grid']})",
+        "",
+        "## Funnel",
+        "",
+        "| stage | count | meaning |",
+        "|---|---:|---|",
+    ]
     lines += [f"| {row['stage']} | {row['count']} | {row['meaning']} |" for row in report["funnel"]]
-    for title, table in (("Skipped (unit:reason)", report["skipped"]),
-                         ("Inputs converted or partly used", report["converted"]),
-                         ("Seconds per step (summed over processes)", report["seconds"]),
-                         ("Images through each model", report["model_images"]),
-                         ("Throughput", report["throughput"])):
+    for title, table in (
+        ("Skipped (unit:reason)", report["skipped"]),
+        ("Inputs converted or partly used", report["converted"]),
+        ("Seconds per step (summed over processes)", report["seconds"]),
+        ("Images through each model", report["model_images"]),
+        ("Throughput", report["throughput"]),
+    ):
         lines += ["", f"## {title}", ""]
         if not table:
             lines.append("(none)")
@@ -182,8 +222,9 @@ def _fit(image: Image.Image, side: int) -> Image.Image:
 
 def _cell(root: Path, record: dict[str, Any], font: Any) -> Image.Image:
     target_side, ref_side, pad = 320, 112, 6
-    cell = Image.new("RGB", (target_side + 2 * (ref_side + pad) + 3 * pad, target_side + 70),
-                     (250, 250, 250))
+    cell = Image.new(
+        "RGB", (target_side + 2 * (ref_side + pad) + 3 * pad, target_side + 70), (250, 250, 250)
+    )
     draw = ImageDraw.Draw(cell)
     target = _fit(Image.open(root / record["image"]).convert("RGB"), target_side)
     cell.paste(target, (pad, pad))
@@ -194,8 +235,10 @@ def _cell(root: Path, record: dict[str, Any], font: Any) -> Image.Image:
         rect = (pad + x0 * tw, pad + y0 * th, pad + x1 * tw, pad + y1 * th)
         draw.rectangle(rect, outline=colour, width=3)
         label = s["phrase"] + (" (aug)" if s["augmented"] else "")
-        draw.rectangle((rect[0], rect[1], rect[0] + draw.textlength(label, font=font) + 4,
-                        rect[1] + 14), fill=colour)
+        draw.rectangle(
+            (rect[0], rect[1], rect[0] + draw.textlength(label, font=font) + 4, rect[1] + 14),
+            fill=colour,
+        )
         draw.text((rect[0] + 2, rect[1]), label, fill=(255, 255, 255), font=font)
         ref = Image.open(root / s["reference"]).convert("RGB")
         if s.get("reference_mask"):
@@ -205,8 +248,11 @@ def _cell(root: Path, record: dict[str, Any], font: Any) -> Image.Image:
         if s.get("reference_box"):
             rd = ImageDraw.Draw(ref)
             bx0, by0, bx1, by1 = s["reference_box"]
-            rd.rectangle((bx0 * ref.width, by0 * ref.height, bx1 * ref.width - 1,
-                          by1 * ref.height - 1), outline=colour, width=max(1, ref.width // 60))
+            rd.rectangle(
+                (bx0 * ref.width, by0 * ref.height, bx1 * ref.width - 1, by1 * ref.height - 1),
+                outline=colour,
+                width=max(1, ref.width // 60),
+            )
         ref = _fit(ref, ref_side)
         col, row = k % 2, k // 2
         x, y = target_side + 2 * pad + col * (ref_side + pad), pad + row * (ref_side + 16)

@@ -80,8 +80,9 @@ class _Work:
     subjects: list[Detection]
 
 
-def _batched(step: str, stats: Stats, fn: Callable[..., Sequence[Any]], *lists: Sequence[Any],
-             size: int) -> list[Any]:
+def _batched(
+    step: str, stats: Stats, fn: Callable[..., Sequence[Any]], *lists: Sequence[Any], size: int
+) -> list[Any]:
     """``fn`` over aligned slices of ``lists``, ``size`` items at a time; results concatenated.
 
     Counts the seconds (``seconds[step]``) and the images (``counts["images:<step>"]``).
@@ -89,19 +90,21 @@ def _batched(step: str, stats: Stats, fn: Callable[..., Sequence[Any]], *lists: 
     out: list[Any] = []
     with stats.timed(step):
         for start in range(0, len(lists[0]), size):
-            out.extend(fn(*(list(items[start:start + size]) for items in lists)))
+            out.extend(fn(*(list(items[start : start + size]) for items in lists)))
     stats.add(f"images:{step}", len(lists[0]))
     return out
 
 
-def build_samples(targets: list[Target], models: Models, cfg: BuildConfig,
-                  stats: Stats) -> list[BuiltSample]:
+def build_samples(
+    targets: list[Target], models: Models, cfg: BuildConfig, stats: Stats
+) -> list[BuiltSample]:
     """Run the model stages over ``targets``; see the module docstring."""
     work = _ground(targets, models, cfg, stats)
     video = [w for w in work if w.target.references]
     images = [w for w in work if not w.target.references]
-    built = _from_references(video, models, cfg, stats) + _from_augmentation(images, models,
-                                                                             cfg, stats)
+    built = _from_references(video, models, cfg, stats) + _from_augmentation(
+        images, models, cfg, stats
+    )
     built.sort(key=lambda s: (s.target.key, s.target.index))
     for sample in built:
         sample.target.stats.add("samples")
@@ -114,8 +117,9 @@ def _ground(targets: list[Target], models: Models, cfg: BuildConfig, stats: Stat
     size = models.batch_size
     uncaptioned = [t for t in targets if not t.caption]
     if uncaptioned and models.captioner is not None:
-        captions = _batched("caption", stats, models.captioner.caption,
-                            [t.image for t in uncaptioned], size=size)
+        captions = _batched(
+            "caption", stats, models.captioner.caption, [t.image for t in uncaptioned], size=size
+        )
         for target, caption in zip(uncaptioned, captions, strict=True):
             target.caption, target.caption_source = caption.strip(), "model"
     grounded: list[tuple[Target, list[str]]] = []
@@ -124,16 +128,26 @@ def _ground(targets: list[Target], models: Models, cfg: BuildConfig, stats: Stat
             target.stats.skip("sample:no_caption")
             continue
         target.stats.add("captioned")
-        phrases = extract_phrases(target.caption, stuff_words=cfg.stuff_words,
-                                  vocabulary=cfg.phrase_vocabulary, max_phrases=cfg.max_phrases)
+        phrases = extract_phrases(
+            target.caption,
+            stuff_words=cfg.stuff_words,
+            vocabulary=cfg.phrase_vocabulary,
+            max_phrases=cfg.max_phrases,
+        )
         if not phrases:
             target.stats.skip("sample:no_phrases")
             continue
         target.stats.add("with_phrases")
         target.stats.add("phrases", len(phrases))
         grounded.append((target, phrases))
-    detections = _batched("detect", stats, models.detector.detect,
-                          [t.image for t, _ in grounded], [p for _, p in grounded], size=size)
+    detections = _batched(
+        "detect",
+        stats,
+        models.detector.detect,
+        [t.image for t, _ in grounded],
+        [p for _, p in grounded],
+        size=size,
+    )
     work = []
     for (target, phrases), found in zip(grounded, detections, strict=True):
         subjects = filter_detections(found, cfg.filters, target.image.size, target.stats)
@@ -145,8 +159,9 @@ def _ground(targets: list[Target], models: Models, cfg: BuildConfig, stats: Stat
     return work
 
 
-def _from_references(work: list[_Work], models: Models, cfg: BuildConfig,
-                     stats: Stats) -> list[BuiltSample]:
+def _from_references(
+    work: list[_Work], models: Models, cfg: BuildConfig, stats: Stats
+) -> list[BuiltSample]:
     """Step 3 for video input: find, match and segment each subject in a reference frame."""
     if not work:
         return []
@@ -155,9 +170,14 @@ def _from_references(work: list[_Work], models: Models, cfg: BuildConfig,
     # Reference frames are searched for the subjects' phrases only (deduplicated, in order).
     queries: list[list[int]] = [sorted({d.phrase for d in w.subjects}) for w in work]
     frames = [(k, f) for k, w in enumerate(work) for f in range(len(w.target.references))]
-    found = _batched("detect", stats, models.detector.detect,
-                     [work[k].target.references[f] for k, f in frames],
-                     [[work[k].phrases[p] for p in queries[k]] for k, _ in frames], size=size)
+    found = _batched(
+        "detect",
+        stats,
+        models.detector.detect,
+        [work[k].target.references[f] for k, f in frames],
+        [[work[k].phrases[p] for p in queries[k]] for k, _ in frames],
+        size=size,
+    )
     # Candidates: reference detections through the same filters, except the top-N cut.
     relaxed = dataclasses.replace(cfg.filters, max_subjects=10**9)
     candidates: list[list[Candidate]] = [[] for _ in work]
@@ -182,32 +202,45 @@ def _from_references(work: list[_Work], models: Models, cfg: BuildConfig,
     offset = 0
     for k, w in enumerate(work):
         n_s, n_c = len(w.subjects), len(candidates[k])
-        subj, cand = features[offset:offset + n_s], features[offset + n_s:offset + n_s + n_c]
-        sig_s, sig_c = signatures[offset:offset + n_s], signatures[offset + n_s:offset + n_s + n_c]
+        subj, cand = features[offset : offset + n_s], features[offset + n_s : offset + n_s + n_c]
+        sig_s, sig_c = (
+            signatures[offset : offset + n_s],
+            signatures[offset + n_s : offset + n_s + n_c],
+        )
         offset += n_s + n_c
         similarity = subj @ cand.T if n_c else np.zeros((n_s, 0))  # (S, C) cosine
-        pixel_diff = np.array([[signature_diff(a, b) for b in sig_c] for a in sig_s],
-                              dtype=np.float64).reshape(n_s, n_c)
+        pixel_diff = np.array(
+            [[signature_diff(a, b) for b in sig_c] for a in sig_s], dtype=np.float64
+        ).reshape(n_s, n_c)
         counts = w.target.stats
         counts.add("subject_candidates", n_s)
-        matches = match_subjects([d.phrase for d in w.subjects], candidates[k], similarity,
-                                 pixel_diff, cfg.match, counts)
+        matches = match_subjects(
+            [d.phrase for d in w.subjects], candidates[k], similarity, pixel_diff, cfg.match, counts
+        )
         counts.add("subjects_matched", len(matches))
         if len(matches) < cfg.filters.min_subjects:
             counts.skip("sample:too_few_matched_subjects")
             continue
-        matched.append((k, [(m.subject, candidates[k][m.candidate], m.similarity)
-                            for m in matches]))
+        matched.append(
+            (k, [(m.subject, candidates[k][m.candidate], m.similarity) for m in matches])
+        )
 
     # SAM on each reference frame that holds a matched subject, all its boxes at once.
     seg_keys = sorted({(k, c.frame) for k, ms in matched for _, c, _ in ms})
-    seg_boxes = {key: [c.box for k, ms in matched for _, c, _ in ms if (k, c.frame) == key]
-                 for key in seg_keys}
+    seg_boxes = {
+        key: [c.box for k, ms in matched for _, c, _ in ms if (k, c.frame) == key]
+        for key in seg_keys
+    }
     masks: dict[tuple[int, int], list[np.ndarray]] = {}
     if models.segmenter is not None and seg_keys:
-        out = _batched("segment", stats, models.segmenter.segment,
-                       [work[k].target.references[f] for k, f in seg_keys],
-                       [seg_boxes[key] for key in seg_keys], size=size)
+        out = _batched(
+            "segment",
+            stats,
+            models.segmenter.segment,
+            [work[k].target.references[f] for k, f in seg_keys],
+            [seg_boxes[key] for key in seg_keys],
+            size=size,
+        )
         masks = dict(zip(seg_keys, out, strict=True))
     used: dict[tuple[int, int], int] = {}
 
@@ -223,28 +256,50 @@ def _from_references(work: list[_Work], models: Models, cfg: BuildConfig,
             if (k, cand.frame) in masks:
                 slot = used.get((k, cand.frame), 0)
                 used[(k, cand.frame)] = slot + 1
-                mask = _mask_crop(masks[(k, cand.frame)][slot], cand.box, crop.rect, frame.size,
-                                  cfg.match.min_mask_fraction, w.target.stats)
-            subjects.append(BuiltSubject(
-                phrase=w.phrases[w.subjects[s].phrase], box=w.subjects[s].box,
-                reference=crop.image, reference_box=crop.box, reference_mask=mask, augmented=False,
-                meta={"score": round(w.subjects[s].score, 4), "similarity": round(similarity, 4),
-                      "reference_score": round(cand.score, 4),
-                      "reference_time": w.target.reference_times[cand.frame]}))
+                mask = _mask_crop(
+                    masks[(k, cand.frame)][slot],
+                    cand.box,
+                    crop.rect,
+                    frame.size,
+                    cfg.match.min_mask_fraction,
+                    w.target.stats,
+                )
+            subjects.append(
+                BuiltSubject(
+                    phrase=w.phrases[w.subjects[s].phrase],
+                    box=w.subjects[s].box,
+                    reference=crop.image,
+                    reference_box=crop.box,
+                    reference_mask=mask,
+                    augmented=False,
+                    meta={
+                        "score": round(w.subjects[s].score, 4),
+                        "similarity": round(similarity, 4),
+                        "reference_score": round(cand.score, 4),
+                        "reference_time": w.target.reference_times[cand.frame],
+                    },
+                )
+            )
         samples.append(BuiltSample(w.target, w.target.caption or "", subjects))
     return samples
 
 
-def _from_augmentation(work: list[_Work], models: Models, cfg: BuildConfig,
-                       stats: Stats) -> list[BuiltSample]:
+def _from_augmentation(
+    work: list[_Work], models: Models, cfg: BuildConfig, stats: Stats
+) -> list[BuiltSample]:
     """Step 3 for image-only input: segment on the target, then an augmented crop per subject."""
     if not work:
         return []
     masks: list[list[np.ndarray]] = [[] for _ in work]
     if models.segmenter is not None:
-        masks = _batched("segment", stats, models.segmenter.segment,
-                         [w.target.image for w in work],
-                         [[d.box for d in w.subjects] for w in work], size=models.batch_size)
+        masks = _batched(
+            "segment",
+            stats,
+            models.segmenter.segment,
+            [w.target.image for w in work],
+            [[d.box for d in w.subjects] for w in work],
+            size=models.batch_size,
+        )
     samples = []
     for w, target_masks in zip(work, masks, strict=True):
         rng = random.Random(f"{cfg.seed}:{w.target.key}:{w.target.index}")
@@ -253,20 +308,29 @@ def _from_augmentation(work: list[_Work], models: Models, cfg: BuildConfig,
         w.target.stats.add("subjects_matched", len(w.subjects))
         for s, d in enumerate(w.subjects):
             mask = target_masks[s] if target_masks else None
-            if mask is not None and not _mask_ok(mask, d.box, w.target.image.size,
-                                                 cfg.match.min_mask_fraction, w.target.stats):
+            if mask is not None and not _mask_ok(
+                mask, d.box, w.target.image.size, cfg.match.min_mask_fraction, w.target.stats
+            ):
                 mask = None
             crop, mask_image = augmented_reference(w.target.image, d.box, mask, cfg.augment, rng)
-            subjects.append(BuiltSubject(
-                phrase=w.phrases[d.phrase], box=d.box, reference=crop.image,
-                reference_box=crop.box, reference_mask=mask_image, augmented=True,
-                meta={"score": round(d.score, 4)}))
+            subjects.append(
+                BuiltSubject(
+                    phrase=w.phrases[d.phrase],
+                    box=d.box,
+                    reference=crop.image,
+                    reference_box=crop.box,
+                    reference_mask=mask_image,
+                    augmented=True,
+                    meta={"score": round(d.score, 4)},
+                )
+            )
         samples.append(BuiltSample(w.target, w.target.caption or "", subjects))
     return samples
 
 
-def _mask_ok(mask: np.ndarray, box: Box, size: tuple[int, int], min_fraction: float,
-             stats: Stats) -> bool:
+def _mask_ok(
+    mask: np.ndarray, box: Box, size: tuple[int, int], min_fraction: float, stats: Stats
+) -> bool:
     """A SAM mask covering less than ``min_fraction`` of its box is dropped (counted)."""
     x0, y0, x1, y1 = box_to_pixels(box, *size)
     inside = float(mask[y0:y1, x0:x1].sum()) / max((x1 - x0) * (y1 - y0), 1)
@@ -277,8 +341,14 @@ def _mask_ok(mask: np.ndarray, box: Box, size: tuple[int, int], min_fraction: fl
     return True
 
 
-def _mask_crop(mask: np.ndarray, box: Box, rect: tuple[int, int, int, int],
-               size: tuple[int, int], min_fraction: float, stats: Stats) -> Image.Image | None:
+def _mask_crop(
+    mask: np.ndarray,
+    box: Box,
+    rect: tuple[int, int, int, int],
+    size: tuple[int, int],
+    min_fraction: float,
+    stats: Stats,
+) -> Image.Image | None:
     if not _mask_ok(mask, box, size, min_fraction, stats):
         return None
     left, top, right, bottom = rect

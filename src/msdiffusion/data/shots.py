@@ -23,8 +23,14 @@ from PIL import Image
 __all__ = ["find_cuts", "split_shots", "frame_quality", "Pair", "choose_pair"]
 
 
-def find_cuts(frame_times: np.ndarray, diffs: np.ndarray, threshold: float, *,
-              ratio: float = 3.0, window: int = 8) -> list[float]:
+def find_cuts(
+    frame_times: np.ndarray,
+    diffs: np.ndarray,
+    threshold: float,
+    *,
+    ratio: float = 3.0,
+    window: int = 8,
+) -> list[float]:
     """Times at which a new shot starts (excluding the video's start).
 
     ``diffs[i]``: difference of frame i to frame i - 1. Frame i starts a shot when
@@ -33,7 +39,7 @@ def find_cuts(frame_times: np.ndarray, diffs: np.ndarray, threshold: float, *,
     cuts = []
     for i in np.nonzero(diffs > threshold)[0]:
         lo, hi = max(1, i - window), min(len(diffs), i + window + 1)
-        around = np.concatenate([diffs[lo:i], diffs[i + 1:hi]])
+        around = np.concatenate([diffs[lo:i], diffs[i + 1 : hi]])
         if around.size == 0 or diffs[i] > ratio * float(np.median(around)):
             cuts.append(float(frame_times[i]))
     return cuts
@@ -58,7 +64,7 @@ def frame_quality(image: Image.Image) -> tuple[float, float]:
     brightness = float(g.mean() / 255.0)
     if min(g.shape) < 3:
         return brightness, 0.0
-    lap = (g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1])
+    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
     return brightness, float(lap.var())
 
 
@@ -70,8 +76,14 @@ class Pair:
     references: tuple[int, ...]
 
 
-def choose_pair(times: list[float], shot: tuple[float, float], *, min_gap: float,
-                max_gap: float | None, max_references: int) -> Pair | None:
+def choose_pair(
+    times: list[float],
+    shot: tuple[float, float],
+    *,
+    min_gap: float,
+    max_gap: float | None,
+    max_references: int,
+) -> Pair | None:
     """Pick the target and reference frames of one shot, or None when no pair meets the gap.
 
     ``times`` are the kept frames' times inside ``shot``; indices refer to it.
@@ -80,8 +92,11 @@ def choose_pair(times: list[float], shot: tuple[float, float], *, min_gap: float
     order = sorted(range(len(times)), key=lambda i: (abs(times[i] - middle), times[i]))
     for i in order:
         gaps = [(abs(times[j] - times[i]), j) for j in range(len(times)) if j != i]
-        ok = [(g, j) for g, j in gaps
-              if g + 1e-9 >= min_gap and (max_gap is None or g <= max_gap + 1e-9)]
+        ok = [
+            (g, j)
+            for g, j in gaps
+            if g + 1e-9 >= min_gap and (max_gap is None or g <= max_gap + 1e-9)
+        ]
         if ok:
             ok.sort(key=lambda gj: (-gj[0], gj[1]))  # farthest first; ties: earlier frame
             return Pair(i, tuple(j for _, j in ok[:max_references]))

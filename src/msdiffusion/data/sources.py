@@ -60,8 +60,11 @@ class SidecarCaptions:
         if as_json.is_file():
             data = self._read_json(as_json)
             if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-                raise InputError(str(as_json), 'must map "relative/path" to a caption string',
-                                 type(data).__name__)
+                raise InputError(
+                    str(as_json),
+                    'must map "relative/path" to a caption string',
+                    type(data).__name__,
+                )
             self.table.update(data)
         if as_jsonl.is_file():
             for n, line in enumerate(as_jsonl.read_text().splitlines(), 1):
@@ -71,8 +74,11 @@ class SidecarCaptions:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise InputError(f"{as_jsonl}:{n}", f"not valid JSON ({err})", line) from None
-                if not (isinstance(row, dict) and isinstance(row.get("file"), str)
-                        and isinstance(row.get("caption"), str)):
+                if not (
+                    isinstance(row, dict)
+                    and isinstance(row.get("file"), str)
+                    and isinstance(row.get("caption"), str)
+                ):
                     raise InputError(f"{as_jsonl}:{n}", 'needs "file" and "caption" strings', row)
                 self.table[row["file"]] = row["caption"]
 
@@ -96,16 +102,22 @@ class SidecarCaptions:
         return caption or None
 
 
-def video_targets(path: Path, rel: str, key: str, cfg: BuildConfig, stats: Stats,
-                  caption: str | None) -> list[Target]:
+def video_targets(
+    path: Path, rel: str, key: str, cfg: BuildConfig, stats: Stats, caption: str | None
+) -> list[Target]:
     """Decode, drop bad frames, split shots and choose each shot's target and references.
 
     Raises ``media.BadInput`` for a file that yields no frame.
     """
     v = cfg.video
     with stats.timed("decode"):
-        video = decode_video(path, sample_fps=v.sample_fps, max_frames=v.max_frames,
-                             max_side=cfg.max_image_side, stats=stats)
+        video = decode_video(
+            path,
+            sample_fps=v.sample_fps,
+            max_frames=v.max_frames,
+            max_side=cfg.max_image_side,
+            stats=stats,
+        )
     kept: list[int] = []
     for i, (brightness, sharpness) in enumerate(video.quality):  # measured while decoding
         if min(video.size) < v.min_side:
@@ -119,9 +131,11 @@ def video_targets(path: Path, rel: str, key: str, cfg: BuildConfig, stats: Stats
     stats.add("frames_kept", len(kept))
     step = float(video.frame_times[1] - video.frame_times[0]) if len(video.frame_times) > 1 else 0
     end = float(video.frame_times[-1]) + max(step, 1e-3)
-    shots = split_shots(float(video.frame_times[0]), end,
-                        find_cuts(video.frame_times, video.diffs, v.cut_threshold,
-                                  ratio=v.cut_ratio))
+    shots = split_shots(
+        float(video.frame_times[0]),
+        end,
+        find_cuts(video.frame_times, video.diffs, v.cut_threshold, ratio=v.cut_ratio),
+    )
     stats.add("shots", len(shots))
     targets = []
     for number, shot in enumerate(shots):
@@ -131,30 +145,51 @@ def video_targets(path: Path, rel: str, key: str, cfg: BuildConfig, stats: Stats
         stats.add("shots_kept")
         members = [i for i in kept if shot[0] <= video.times[i] < shot[1]]
         times = [video.times[i] for i in members]
-        pair = choose_pair(times, shot, min_gap=v.min_gap_s, max_gap=v.max_gap_s,
-                           max_references=v.max_references)
+        pair = choose_pair(
+            times, shot, min_gap=v.min_gap_s, max_gap=v.max_gap_s, max_references=v.max_references
+        )
         if pair is None:
             stats.skip("shot:no_frame_pair_at_min_gap")
             continue
         stats.add("targets")
         target = members[pair.target]
         refs = [members[j] for j in pair.references]
-        targets.append(Target(
-            key=key, index=number, image=video.frame(target), caption=caption, stats=stats,
-            references=[video.frame(j) for j in refs],
-            reference_times=[round(video.times[j], 4) for j in refs],
-            meta={"source": rel, "kind": "video", "shot": number,
-                  "shot_start": round(shot[0], 4), "shot_end": round(shot[1], 4),
-                  "target_time": round(video.times[target], 4)}))
+        targets.append(
+            Target(
+                key=key,
+                index=number,
+                image=video.frame(target),
+                caption=caption,
+                stats=stats,
+                references=[video.frame(j) for j in refs],
+                reference_times=[round(video.times[j], 4) for j in refs],
+                meta={
+                    "source": rel,
+                    "kind": "video",
+                    "shot": number,
+                    "shot_start": round(shot[0], 4),
+                    "shot_end": round(shot[1], 4),
+                    "target_time": round(video.times[target], 4),
+                },
+            )
+        )
     return targets
 
 
-def image_target(path: Path, rel: str, key: str, cfg: BuildConfig, stats: Stats,
-                 caption: str | None) -> Target:
+def image_target(
+    path: Path, rel: str, key: str, cfg: BuildConfig, stats: Stats, caption: str | None
+) -> Target:
     """Load one image as a target (odd modes converted; ``BadInput`` for unusable files)."""
     with stats.timed("decode"):
-        image = load_rgb(path, max_side=cfg.max_image_side, max_pixels=cfg.max_input_pixels,
-                         stats=stats)
+        image = load_rgb(
+            path, max_side=cfg.max_image_side, max_pixels=cfg.max_input_pixels, stats=stats
+        )
     stats.add("targets")
-    return Target(key=key, index=0, image=image, caption=caption, stats=stats,
-                  meta={"source": rel, "kind": "image"})
+    return Target(
+        key=key,
+        index=0,
+        image=image,
+        caption=caption,
+        stats=stats,
+        meta={"source": rel, "kind": "image"},
+    )

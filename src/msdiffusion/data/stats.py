@@ -85,15 +85,21 @@ class Stats:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {"counts": dict(sorted(self.counts.items())),
-                "skipped": dict(sorted(self.skipped.items())),
-                "converted": dict(sorted(self.converted.items())),
-                "seconds": {k: round(v, 4) for k, v in sorted(self.seconds.items())}}
+        return {
+            "counts": dict(sorted(self.counts.items())),
+            "skipped": dict(sorted(self.skipped.items())),
+            "converted": dict(sorted(self.converted.items())),
+            "seconds": {k: round(v, 4) for k, v in sorted(self.seconds.items())},
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Stats:
-        return cls(Counter(data.get("counts", {})), Counter(data.get("skipped", {})),
-                   Counter(data.get("converted", {})), Counter(data.get("seconds", {})))
+        return cls(
+            Counter(data.get("counts", {})),
+            Counter(data.get("skipped", {})),
+            Counter(data.get("converted", {})),
+            Counter(data.get("seconds", {})),
+        )
 
     @classmethod
     def total(cls, parts: Iterable[Stats]) -> Stats:

@@ -12,11 +12,24 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["COLOURS", "Shape", "Shot", "render", "make_video", "standard_shots",
-           "STANDARD_CAPTION", "write_demo_videos", "demo_settings"]
+__all__ = [
+    "COLOURS",
+    "Shape",
+    "Shot",
+    "render",
+    "make_video",
+    "standard_shots",
+    "STANDARD_CAPTION",
+    "write_demo_videos",
+    "demo_settings",
+]
 
-COLOURS = {"red": (230, 30, 30), "blue": (30, 60, 230), "yellow": (240, 220, 20),
-           "green": (30, 200, 60)}
+COLOURS = {
+    "red": (230, 30, 30),
+    "blue": (30, 60, 230),
+    "yellow": (240, 220, 20),
+    "green": (30, 200, 60),
+}
 
 
 @dataclass(frozen=True)
@@ -69,8 +82,14 @@ def render(shot: Shot, u: float, size: tuple[int, int], seed: int) -> np.ndarray
     return (frame * shot.brightness).astype(np.uint8)
 
 
-def make_video(path: str | Path, shots: list[Shot], *, fps: int = 10,
-               size: tuple[int, int] = (192, 144), codec: str = "mpeg4") -> Path:
+def make_video(
+    path: str | Path,
+    shots: list[Shot],
+    *,
+    fps: int = 10,
+    size: tuple[int, int] = (192, 144),
+    codec: str = "mpeg4",
+) -> Path:
     """Write ``shots`` back to back (hard cuts) to ``path``."""
     from .video import require_av
 
@@ -99,24 +118,52 @@ def standard_shots(scale: float = 1.0) -> list[Shot]:
     times ``scale``."""
 
     def shape(colour, kind, start, end, size0, size1):
-        return Shape(colour, kind, (start[0] * scale, start[1] * scale),
-                     (end[0] * scale, end[1] * scale), size0 * scale, size1 * scale)
+        return Shape(
+            colour,
+            kind,
+            (start[0] * scale, start[1] * scale),
+            (end[0] * scale, end[1] * scale),
+            size0 * scale,
+            size1 * scale,
+        )
 
     return [
-        Shot(2.0, (90, 90, 100), (shape("red", "square", (40, 50), (120, 60), 30, 44),
-                                  shape("blue", "circle", (150, 110), (110, 100), 36, 30))),
-        Shot(2.0, (170, 160, 150), (shape("yellow", "square", (150, 40), (60, 80), 34, 40),
-                                    shape("green", "square", (40, 110), (40, 110), 30, 30))),
-        Shot(1.5, (120, 120, 120), (shape("red", "square", (90, 70), (100, 70), 40, 40),),
-             brightness=0.05),
+        Shot(
+            2.0,
+            (90, 90, 100),
+            (
+                shape("red", "square", (40, 50), (120, 60), 30, 44),
+                shape("blue", "circle", (150, 110), (110, 100), 36, 30),
+            ),
+        ),
+        Shot(
+            2.0,
+            (170, 160, 150),
+            (
+                shape("yellow", "square", (150, 40), (60, 80), 34, 40),
+                shape("green", "square", (40, 110), (40, 110), 30, 30),
+            ),
+        ),
+        Shot(
+            1.5,
+            (120, 120, 120),
+            (shape("red", "square", (90, 70), (100, 70), 40, 40),),
+            brightness=0.05,
+        ),
     ]
 
 
 STANDARD_CAPTION = "a red square, a blue circle, a yellow square and a green square"
 
 
-def write_demo_videos(directory: str | Path, count: int = 4, *, size: tuple[int, int] = (192, 144),
-                      fps: int = 10, captions: bool = False) -> list[Path]:
+def write_demo_videos(
+    directory: str | Path,
+    count: int = 4,
+    *,
+    size: tuple[int, int] = (192, 144),
+    fps: int = 10,
+    captions: bool = False,
+) -> list[Path]:
     """``count`` videos of the standard shots (rotated, so each differs) in ``directory``;
     ``captions`` also writes a ``<video>.txt`` sidecar caption next to each."""
     directory = Path(directory)
@@ -124,7 +171,7 @@ def write_demo_videos(directory: str | Path, count: int = 4, *, size: tuple[int,
     shots = standard_shots(scale)
     paths = []
     for k in range(count):
-        order = shots[k % len(shots):] + shots[:k % len(shots)]
+        order = shots[k % len(shots) :] + shots[: k % len(shots)]
         path = make_video(directory / f"shapes_{k:03d}.mp4", order, fps=fps, size=size)
         if captions:
             path.with_suffix(".txt").write_text(STANDARD_CAPTION + "\n")
@@ -137,11 +184,24 @@ def demo_settings() -> dict:
     filters that keep the random models' boxes (their scores and similarities mean nothing)."""
     return {
         "image_format": "png",
-        "video": {"sample_fps": 4.0, "min_side": 64, "min_gap_s": 1.0, "max_references": 2,
-                  "min_sharpness": 5.0},
-        "filters": {"score_threshold": 0.0, "min_box_area": 0.002, "max_box_area": 0.9,
-                    "max_aspect": 6.0, "min_box_side": 6},
-        "match": {"similarity_threshold": -1.0, "duplicate_similarity": 1.5,
-                  "min_mask_fraction": 0.0},
+        "video": {
+            "sample_fps": 4.0,
+            "min_side": 64,
+            "min_gap_s": 1.0,
+            "max_references": 2,
+            "min_sharpness": 5.0,
+        },
+        "filters": {
+            "score_threshold": 0.0,
+            "min_box_area": 0.002,
+            "max_box_area": 0.9,
+            "max_aspect": 6.0,
+            "min_box_side": 6,
+        },
+        "match": {
+            "similarity_threshold": -1.0,
+            "duplicate_similarity": 1.5,
+            "min_mask_fraction": 0.0,
+        },
         "models": {"preset": "random-tiny", "batch_size": 4},
     }

@@ -100,8 +100,9 @@ def _to_image(frame: Any, max_side: int) -> Image.Image:
     if scale == 1.0:
         return frame.to_image()
     size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
-    return frame.reformat(width=size[0], height=size[1], format="rgb24",
-                          interpolation="AREA").to_image()
+    return frame.reformat(
+        width=size[0], height=size[1], format="rgb24", interpolation="AREA"
+    ).to_image()
 
 
 def require_av():
@@ -111,13 +112,15 @@ def require_av():
     except ModuleNotFoundError:
         from ..errors import MSDiffusionError
 
-        raise MSDiffusionError("video input needs PyAV: pip install 'msdiffusion[data]' "
-                               "(or pip install av==18.1.0)") from None
+        raise MSDiffusionError(
+            "video input needs PyAV: pip install 'msdiffusion[data]' (or pip install av==18.1.0)"
+        ) from None
     return av
 
 
-def decode_video(path: str | Path, *, sample_fps: float, max_frames: int, max_side: int,
-                 stats: Stats) -> DecodedVideo:
+def decode_video(
+    path: str | Path, *, sample_fps: float, max_frames: int, max_side: int, stats: Stats
+) -> DecodedVideo:
     """Decode ``path``; keep one frame per ``1 / sample_fps`` seconds (``max_frames`` at most)."""
     av = require_av()
 

@@ -41,8 +41,9 @@ class DatasetWriter:
     def __init__(self, root: Path, cfg: BuildConfig):
         self.root, self.cfg = root, cfg
         self.ext = "." + cfg.image_format
-        self.params: dict[str, Any] = ({"quality": cfg.jpeg_quality} if cfg.image_format == "jpg"
-                                       else {})
+        self.params: dict[str, Any] = (
+            {"quality": cfg.jpeg_quality} if cfg.image_format == "jpg" else {}
+        )
 
     def part_path(self, key: str) -> Path:
         return self.root / "parts" / f"{key}.json"
@@ -74,20 +75,35 @@ class DatasetWriter:
                 if s.reference_mask is not None:
                     mask_rel = f"refs/{key}/{stem}_{k}_mask.png"
                     atomic_save_image(s.reference_mask.convert("L"), self.root / mask_rel)
-                subjects.append({"phrase": s.phrase, "box": _box(s.box), "reference": ref_rel,
-                                 "reference_box": _box(s.reference_box),
-                                 "reference_mask": mask_rel, "augmented": s.augmented})
+                subjects.append(
+                    {
+                        "phrase": s.phrase,
+                        "box": _box(s.box),
+                        "reference": ref_rel,
+                        "reference_box": _box(s.reference_box),
+                        "reference_mask": mask_rel,
+                        "augmented": s.augmented,
+                    }
+                )
                 subject_meta.append(s.meta)
-            records.append({"id": f"{key}-{stem}", "image": image_rel, "caption": sample.caption,
-                            "subjects": subjects,
-                            "meta": {**t.meta, "caption_source": t.caption_source,
-                                     "subjects": subject_meta}})
+            records.append(
+                {
+                    "id": f"{key}-{stem}",
+                    "image": image_rel,
+                    "caption": sample.caption,
+                    "subjects": subjects,
+                    "meta": {
+                        **t.meta,
+                        "caption_source": t.caption_source,
+                        "subjects": subject_meta,
+                    },
+                }
+            )
         return records
 
-    def write_part(self, key: str, rel: str, records: list[dict[str, Any]], stats: Stats,
-                   fingerprint: str) -> None:
+    def write_part(
+        self, key: str, rel: str, records: list[dict[str, Any]], stats: Stats, fingerprint: str
+    ) -> None:
         """Mark input ``rel`` done: its records and counts, written atomically, last."""
-        part = {"input": rel, "config": fingerprint, "records": records,
-                "stats": stats.to_dict()}
+        part = {"input": rel, "config": fingerprint, "records": records, "stats": stats.to_dict()}
         atomic_write_text(self.part_path(key), json.dumps(part))
-

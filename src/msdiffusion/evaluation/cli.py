@@ -42,93 +42,141 @@ def _groups(text: str) -> list[str]:
     return [g.strip() for g in text.split(",") if g.strip()]
 
 
-def _add_benchmark_options(p: argparse.ArgumentParser, *, positional: bool,
-                           scoring: bool = True) -> None:
+def _add_benchmark_options(
+    p: argparse.ArgumentParser, *, positional: bool, scoring: bool = True
+) -> None:
     if positional:
         p.add_argument("benchmark", metavar="BENCH", help="msbench | dreambench | toy")
-        p.add_argument("--data", required=True, metavar="DIR",
-                       help="benchmark images: the benchmark folder or a parent holding "
-                            "msbench/, dreambench/ or toy/")
+        p.add_argument(
+            "--data",
+            required=True,
+            metavar="DIR",
+            help="benchmark images: the benchmark folder or a parent holding "
+            "msbench/, dreambench/ or toy/",
+        )
     p.add_argument("--spec", metavar="JSON", help="MS-Bench definition (default: the packaged one)")
-    p.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1",
-                   help="DreamBench subject box (default 0.25,0.25,0.75,0.75)")
+    p.add_argument(
+        "--box",
+        type=_box,
+        metavar="X0,Y0,X1,Y1",
+        help="DreamBench subject box (default 0.25,0.25,0.75,0.75)",
+    )
     if not scoring:
         return
-    p.add_argument("--references", choices=("all", "first"), default=None,
-                   help="DreamBench references compared with: all of a subject's images "
-                        "(default, the DreamBooth protocol) or the first (the conditioning one)")
+    p.add_argument(
+        "--references",
+        choices=("all", "first"),
+        default=None,
+        help="DreamBench references compared with: all of a subject's images "
+        "(default, the DreamBooth protocol) or the first (the conditioning one)",
+    )
 
 
 def register(subparsers: Any) -> None:
     """Add ``eval`` and its subcommands to the ``msdiffusion`` parser."""
     ev = subparsers.add_parser(
-        "eval", help="benchmarks: list, generate, score, compare (MS-Bench, DreamBench)",
+        "eval",
+        help="benchmarks: list, generate, score, compare (MS-Bench, DreamBench)",
         description="Evaluate on MS-Bench and DreamBench: enumerate, generate (resumable, "
-                    "sharded with accelerate), score (CLIP-T, CLIP-I, DINO, M-DINO, layout IoU) "
-                    "and compare runs.", epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ev.add_subparsers(dest="eval_command", metavar="SUBCOMMAND",
-                            parser_class=type(ev))
+        "sharded with accelerate), score (CLIP-T, CLIP-I, DINO, M-DINO, layout IoU) "
+        "and compare runs.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ev.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", parser_class=type(ev))
     sub.required = True
 
     p = sub.add_parser("list", help="count a benchmark's samples per group; export its samples")
     _add_benchmark_options(p, positional=True)
-    p.add_argument("--export", metavar="FILE",
-                   help="write every sample (id, prompt, phrases, boxes, references, the image "
-                        "paths a bring-your-own run uses) as JSON lines")
-    p.add_argument("--images-per-sample", type=int, metavar="N", default=5,
-                   help="for --export (default 5)")
+    p.add_argument(
+        "--export",
+        metavar="FILE",
+        help="write every sample (id, prompt, phrases, boxes, references, the image "
+        "paths a bring-your-own run uses) as JSON lines",
+    )
+    p.add_argument(
+        "--images-per-sample", type=int, metavar="N", default=5, help="for --export (default 5)"
+    )
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("standin", help="write placeholder MS-Bench/DreamBench data (the real "
-                       "layouts and counts) and the toy benchmark, to try the harness offline",
-                       description="Write placeholder MS-Bench/DreamBench data (the real folder "
-                       "layouts and sample counts, placeholder pictures) and the toy benchmark "
-                       "(generated from the toy world, so real) under DIR.")
+    p = sub.add_parser(
+        "standin",
+        help="write placeholder MS-Bench/DreamBench data (the real "
+        "layouts and counts) and the toy benchmark, to try the harness offline",
+        description="Write placeholder MS-Bench/DreamBench data (the real folder "
+        "layouts and sample counts, placeholder pictures) and the toy benchmark "
+        "(generated from the toy world, so real) under DIR.",
+    )
     p.add_argument("out", metavar="DIR")
-    p.add_argument("--benchmarks", type=_groups, default=["msbench", "dreambench", "toy"],
-                   metavar="LIST", help="comma-separated (default msbench,dreambench,toy)")
+    p.add_argument(
+        "--benchmarks",
+        type=_groups,
+        default=["msbench", "dreambench", "toy"],
+        metavar="LIST",
+        help="comma-separated (default msbench,dreambench,toy)",
+    )
     p.set_defaults(func=_cmd_standin)
 
-    p = sub.add_parser("generate", help="generate a benchmark's images into a run folder "
-                       "(resumable; shards under accelerate launch)")
+    p = sub.add_parser(
+        "generate",
+        help="generate a benchmark's images into a run folder "
+        "(resumable; shards under accelerate launch)",
+    )
     _add_benchmark_options(p, positional=True, scoring=False)
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (created or resumed)")
-    p.add_argument("--images-per-sample", type=int, metavar="N", default=5,
-                   help="default 5 (as the paper)")
-    p.add_argument("--limit", type=int, metavar="N",
-                   help="at most N samples, round-robin over the groups")
+    p.add_argument(
+        "--images-per-sample", type=int, metavar="N", default=5, help="default 5 (as the paper)"
+    )
+    p.add_argument(
+        "--limit", type=int, metavar="N", help="at most N samples, round-robin over the groups"
+    )
     p.add_argument("--groups", type=_groups, help="comma-separated groups (combination types)")
     m = p.add_argument_group("model")
-    m.add_argument("--preset", default="tiny",
-                   help="tiny (random weights, CPU) | toy (the toy world's model) | sdxl "
-                        "(released)")
+    m.add_argument(
+        "--preset",
+        default="tiny",
+        help="tiny (random weights, CPU) | toy (the toy world's model) | sdxl (released)",
+    )
     m.add_argument("--base", help="SDXL folder or hub id")
     m.add_argument("--image-encoder", help="CLIP image encoder folder or hub id")
     m.add_argument("--adapter", help="adapter folder, ms_adapter.bin, or hub id")
-    m.add_argument("--dtype", choices=("fp32", "fp16", "bf16"),
-                   help="default: fp16 on CUDA, fp32 on CPU")
+    m.add_argument(
+        "--dtype", choices=("fp32", "fp16", "bf16"), help="default: fp16 on CUDA, fp32 on CPU"
+    )
     m.add_argument("--device", help="default: this process's accelerate device")
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, metavar="N", default=30)
     g.add_argument("--guidance-scale", type=float, metavar="X", default=7.5)
-    g.add_argument("--scale", type=float, metavar="X", default=0.6,
-                   help="image-branch scale (default 0.6)")
+    g.add_argument(
+        "--scale", type=float, metavar="X", default=0.6, help="image-branch scale (default 0.6)"
+    )
     g.add_argument("--height", type=int, metavar="N", help="default: the preset's size")
     g.add_argument("--width", type=int, metavar="N", help="default: the preset's size")
     g.add_argument("--negative-prompt", default="")
-    g.add_argument("--seed", type=int, metavar="N", default=0,
-                   help="base seed (each image's seed derives from it, the sample id and the "
-                        "image index)")
-    g.add_argument("--batch-size", type=int, metavar="N", default=1,
-                   help="prompts per pipeline call")
-    g.add_argument("--region", choices=("box", "image"), default="box",
-                   help="attention regions: box (the method, default) or image (every subject "
-                        "everywhere, boxes only in the grounding tokens: the ablation for "
-                        "adapters trained with model.region=image)")
-    g.add_argument("--drop-grounding-tokens", action="store_true",
-                   help="resampler from its learned queries, without phrase and box (for "
-                        "adapters trained with dropout.grounding=1)")
+    g.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        default=0,
+        help="base seed (each image's seed derives from it, the sample id and the image index)",
+    )
+    g.add_argument(
+        "--batch-size", type=int, metavar="N", default=1, help="prompts per pipeline call"
+    )
+    g.add_argument(
+        "--region",
+        choices=("box", "image"),
+        default="box",
+        help="attention regions: box (the method, default) or image (every subject "
+        "everywhere, boxes only in the grounding tokens: the ablation for "
+        "adapters trained with model.region=image)",
+    )
+    g.add_argument(
+        "--drop-grounding-tokens",
+        action="store_true",
+        help="resampler from its learned queries, without phrase and box (for "
+        "adapters trained with dropout.grounding=1)",
+    )
     p.add_argument("--overlays", action="store_true", help="also write layout overlays")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_generate)
@@ -140,12 +188,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--index", metavar="FILE", help="index file listing sample_id and image")
     _add_benchmark_options(p, positional=False)
     m = p.add_argument_group("models")
-    m.add_argument("--models", choices=("default", "tiny"), default="default",
-                   help="tiny: random tiny scorers (offline smoke test; numbers are meaningless)")
+    m.add_argument(
+        "--models",
+        choices=("default", "tiny"),
+        default="default",
+        help="tiny: random tiny scorers (offline smoke test; numbers are meaningless)",
+    )
     m.add_argument("--clip-model", metavar="ID|DIR", help="default openai/clip-vit-base-patch32")
     m.add_argument("--dino-model", metavar="ID|DIR", help="default facebook/dino-vits16")
-    m.add_argument("--detector-model", metavar="ID|DIR",
-                   help="default google/owlv2-base-patch16-ensemble; 'none' skips detection")
+    m.add_argument(
+        "--detector-model",
+        metavar="ID|DIR",
+        help="default google/owlv2-base-patch16-ensemble; 'none' skips detection",
+    )
     m.add_argument("--query-template", default="a photo of a {}", help="detector query")
     m.add_argument("--device", default="auto")
     m.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
@@ -154,8 +209,12 @@ def register(subparsers: Any) -> None:
     m.add_argument("--cache-dir", metavar="DIR", help="reference-feature cache (default RUN/cache)")
     c = p.add_argument_group("conventions (default: raw cosines)")
     c.add_argument("--percent", action="store_true", help="similarities x100")
-    c.add_argument("--clip-t-weight", type=float, metavar="W",
-                   help="CLIP-T as CLIPScore: W*max(cos,0) (W=2.5 in the CLIPScore paper)")
+    c.add_argument(
+        "--clip-t-weight",
+        type=float,
+        metavar="W",
+        help="CLIP-T as CLIPScore: W*max(cos,0) (W=2.5 in the CLIPScore paper)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_score)
 
@@ -163,9 +222,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--names", type=_groups, help="comma-separated names (default: folder names)")
     p.add_argument("--out", metavar="DIR", help="write compare.md/json and charts there")
-    p.add_argument("--all-samples", action="store_true",
-                   help="average each run over all its scored samples (default: only samples "
-                        "scored in every run)")
+    p.add_argument(
+        "--all-samples",
+        action="store_true",
+        help="average each run over all its scored samples (default: only samples "
+        "scored in every run)",
+    )
     p.add_argument("--allow-different-models", action="store_true")
     p.add_argument("--percent", action="store_true")
     p.add_argument("--clip-t-weight", type=float, metavar="W")
@@ -178,8 +240,13 @@ def register(subparsers: Any) -> None:
 def _benchmark(args: argparse.Namespace):
     from ..benchmarks import load_benchmark
 
-    return load_benchmark(args.benchmark, args.data, spec=args.spec, box=args.box,
-                          references=getattr(args, "references", None) or "all")
+    return load_benchmark(
+        args.benchmark,
+        args.data,
+        spec=args.spec,
+        box=args.box,
+        references=getattr(args, "references", None) or "all",
+    )
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -197,9 +264,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if args.images_per_sample < 1:
             raise InputError("images_per_sample", "must be >= 1", args.images_per_sample)
         layout = RunFolder(".")
-        lines = [json.dumps({**s.to_dict(), "skipped": s.id in bench.skipped, "images": [
-            layout.image_relpath(s.id, k) for k in range(args.images_per_sample)]})
-            for s in bench.samples]
+        lines = [
+            json.dumps(
+                {
+                    **s.to_dict(),
+                    "skipped": s.id in bench.skipped,
+                    "images": [
+                        layout.image_relpath(s.id, k) for k in range(args.images_per_sample)
+                    ],
+                }
+            )
+            for s in bench.samples
+        ]
         atomic_write_text(args.export, "\n".join(lines) + "\n")
         print(f"wrote {len(lines)} samples to {args.export}")
     return 0
@@ -210,8 +286,10 @@ def _cmd_standin(args: argparse.Namespace) -> int:
 
     root = write_standin(args.out, benchmarks=args.benchmarks)
     if {"msbench", "dreambench"} & set(args.benchmarks):
-        print(f"wrote stand-in data to {root} (msbench/, dreambench/: placeholder images — "
-              "scores on them mean nothing; docs/evaluation.md says how to get the real data)")
+        print(
+            f"wrote stand-in data to {root} (msbench/, dreambench/: placeholder images — "
+            "scores on them mean nothing; docs/evaluation.md says how to get the real data)"
+        )
     if "toy" in args.benchmarks:
         print(f"wrote the toy benchmark to {root}/toy (generated: the real thing)")
     return 0
@@ -225,21 +303,41 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(f"warning: {bench.missing_report()}", file=sys.stderr)
     samples = bench.select(groups=args.groups, limit=args.limit)
     config = GenerationConfig(
-        preset=args.preset, base=args.base, image_encoder=args.image_encoder,
-        adapter=args.adapter, dtype=args.dtype, steps=args.steps,
-        guidance_scale=args.guidance_scale, scale=args.scale, height=args.height,
-        width=args.width, negative_prompt=args.negative_prompt, seed=args.seed,
-        images_per_sample=args.images_per_sample, region=args.region,
-        drop_grounding_tokens=args.drop_grounding_tokens)
-    stats = run_generation(bench, args.out, config, samples=samples, batch_size=args.batch_size,
-                           overlays=args.overlays, device=args.device,
-                           progress=not args.no_progress)
+        preset=args.preset,
+        base=args.base,
+        image_encoder=args.image_encoder,
+        adapter=args.adapter,
+        dtype=args.dtype,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        scale=args.scale,
+        height=args.height,
+        width=args.width,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        images_per_sample=args.images_per_sample,
+        region=args.region,
+        drop_grounding_tokens=args.drop_grounding_tokens,
+    )
+    stats = run_generation(
+        bench,
+        args.out,
+        config,
+        samples=samples,
+        batch_size=args.batch_size,
+        overlays=args.overlays,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     if stats["process"] == 0:
         summary = json.loads((Path(args.out) / "generation.json").read_text())
         rate = summary["images_per_s"]
-        print(f"{summary['done']}/{summary['planned']} images done in {args.out} "
-              f"({summary['generated_this_session']} new on {summary['processes']} process(es)"
-              + (f", {rate:.3f} images/s" if rate else "") + ")")
+        print(
+            f"{summary['done']}/{summary['planned']} images done in {args.out} "
+            f"({summary['generated_this_session']} new on {summary['processes']} process(es)"
+            + (f", {rate:.3f} images/s" if rate else "")
+            + ")"
+        )
     return 0
 
 
@@ -249,26 +347,41 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from .runs import resolve_run
     from .scoring import ScoringConfig, score_run
 
-    inputs = resolve_run(args.run, benchmark=args.benchmark, data=args.data, spec=args.spec,
-                         box=args.box, references=args.references, index=args.index)
+    inputs = resolve_run(
+        args.run,
+        benchmark=args.benchmark,
+        data=args.data,
+        spec=args.spec,
+        box=args.box,
+        references=args.references,
+        index=args.index,
+    )
     models = dict(DEFAULT_MODELS)
     if args.models == "tiny":
         from ..testing.scorers import write_tiny_scorers
 
-        models = write_tiny_scorers(Path(args.cache_dir or inputs.run.root / "cache")
-                                    / "tiny-scorers")
-        print("note: tiny random scorers — the numbers are meaningless (smoke test)",
-              file=sys.stderr)
+        models = write_tiny_scorers(
+            Path(args.cache_dir or inputs.run.root / "cache") / "tiny-scorers"
+        )
+        print(
+            "note: tiny random scorers — the numbers are meaningless (smoke test)", file=sys.stderr
+        )
     detector = args.detector_model or models["detector"]
     from ..runtime import resolve_device
 
     config = ScoringConfig(
-        clip_model=args.clip_model or models["clip"], dino_model=args.dino_model or models["dino"],
+        clip_model=args.clip_model or models["clip"],
+        dino_model=args.dino_model or models["dino"],
         detector_model=None if detector.lower() == "none" else detector,
-        query_template=args.query_template, device=str(resolve_device(args.device)),
-        dtype=args.dtype, batch_size=args.batch_size,
-        detector_batch_size=args.detector_batch_size, cache_dir=args.cache_dir,
-        percent=args.percent, clip_t_weight=args.clip_t_weight)
+        query_template=args.query_template,
+        device=str(resolve_device(args.device)),
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        detector_batch_size=args.detector_batch_size,
+        cache_dir=args.cache_dir,
+        percent=args.percent,
+        clip_t_weight=args.clip_t_weight,
+    )
     report = score_run(inputs, config, progress=not args.no_progress)
     for role, info in report["models"].items():
         if info:
@@ -276,8 +389,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
     print(summary_table(report))
     sk = report["counts"]["skipped"]
     if any(sk.values()):
-        print(f"skipped images: {sk['missing']} missing, {sk['corrupt']} corrupt, "
-              f"{sk['no_reference']} without reference (see report.md)", file=sys.stderr)
+        print(
+            f"skipped images: {sk['missing']} missing, {sk['corrupt']} corrupt, "
+            f"{sk['no_reference']} without reference (see report.md)",
+            file=sys.stderr,
+        )
     print(f"report: {inputs.run.root / 'report.md'}")
     return 0
 
@@ -285,9 +401,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare_runs
 
-    result = compare_runs(args.runs, out=args.out, names=args.names,
-                          common_only=not args.all_samples,
-                          allow_different_models=args.allow_different_models,
-                          percent=args.percent, clip_t_weight=args.clip_t_weight)
+    result = compare_runs(
+        args.runs,
+        out=args.out,
+        names=args.names,
+        common_only=not args.all_samples,
+        allow_different_models=args.allow_different_models,
+        percent=args.percent,
+        clip_t_weight=args.clip_t_weight,
+    )
     print(result["markdown"])
     return 0

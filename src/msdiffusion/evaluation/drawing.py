@@ -36,13 +36,23 @@ def draw_boxes(image: Image.Image, subjects: Sequence[dict[str, Any]]) -> Image.
             x0, y0, x1, y1 = box_to_pixels(sub["det_box"], im.width, im.height)
             d.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=1)
             if sub.get("iou") is not None:
-                d.text((x0 + 3, y1 - label_font.size - 4 if hasattr(label_font, "size") else y1 - 14),
-                       f"IoU {sub['iou']:.2f}", fill=color, font=label_font)
+                d.text(
+                    (x0 + 3, y1 - label_font.size - 4 if hasattr(label_font, "size") else y1 - 14),
+                    f"IoU {sub['iou']:.2f}",
+                    fill=color,
+                    font=label_font,
+                )
     return im
 
 
-def sample_grid(cells: Sequence[dict[str, Any]], path: str | Path, *, cell: int = 256,
-                columns: int = 4, thumb: int = 56) -> None:
+def sample_grid(
+    cells: Sequence[dict[str, Any]],
+    path: str | Path,
+    *,
+    cell: int = 256,
+    columns: int = 4,
+    thumb: int = 56,
+) -> None:
     """A grid of outputs with boxes drawn, their references and captions.
 
     Each cell: ``{"image": PIL, "subjects": [...], "references": [PIL], "caption": str}``.
@@ -59,8 +69,10 @@ def sample_grid(cells: Sequence[dict[str, Any]], path: str | Path, *, cell: int 
         y = 8 + (i // columns) * cell_h
         image = c["image"].convert("RGB")
         fit = cell / max(image.size)  # up- or down-scale to the cell, then draw crisp boxes
-        image = image.resize((max(1, round(image.width * fit)), max(1, round(image.height * fit))),
-                             Image.Resampling.LANCZOS if fit < 1 else Image.Resampling.NEAREST)
+        image = image.resize(
+            (max(1, round(image.width * fit)), max(1, round(image.height * fit))),
+            Image.Resampling.LANCZOS if fit < 1 else Image.Resampling.NEAREST,
+        )
         out = draw_boxes(image, c["subjects"])
         grid.paste(out, (x + (cell - out.width) // 2, y + (cell - out.height) // 2))
         for k, ref in enumerate(c.get("references", [])[: cell // (thumb + 4)]):
@@ -68,8 +80,11 @@ def sample_grid(cells: Sequence[dict[str, Any]], path: str | Path, *, cell: int 
             t.thumbnail((thumb, thumb))
             tx = x + k * (thumb + 4)
             grid.paste(t, (tx, y + cell + 4))
-            d.rectangle([tx - 1, y + cell + 3, tx + t.width, y + cell + 4 + t.height],
-                        outline=PALETTE[k % len(PALETTE)], width=2)
+            d.rectangle(
+                [tx - 1, y + cell + 3, tx + t.width, y + cell + 4 + t.height],
+                outline=PALETTE[k % len(PALETTE)],
+                width=2,
+            )
         lines = textwrap.wrap(c.get("caption", ""), width=max(12, cell // 7))[:caption_lines]
         for j, line in enumerate(lines):
             d.text((x, y + cell + thumb + 8 + j * 15), line, fill=INK, font=f)

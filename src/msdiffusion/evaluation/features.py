@@ -70,9 +70,13 @@ def _load(loader: Any, model_id: str, role: str, **kwargs: Any) -> Any:
         with _quiet_transformers():
             return loader.from_pretrained(model_id, **kwargs)
 
-    return load_or_explain(load, what=f"{role} model", source=model_id,
-                           fix=f"download it once (`hf download {model_id}`) or pass a local "
-                               f"folder with --{role}-model")
+    return load_or_explain(
+        load,
+        what=f"{role} model",
+        source=model_id,
+        fix=f"download it once (`hf download {model_id}`) or pass a local "
+        f"folder with --{role}-model",
+    )
 
 
 def _fingerprint(model_id: str, model: Any) -> str:
@@ -89,7 +93,7 @@ def _fingerprint(model_id: str, model: Any) -> str:
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def _features(out: Any) -> torch.Tensor:
@@ -102,8 +106,14 @@ class _Extractor:
 
     role = ""
 
-    def __init__(self, model_id: str, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, batch_size: int = 32):
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 32,
+    ):
         self.model_id, self.device, self.dtype = model_id, device, dtype
         self.batch_size = batch_size
         self.model = self._load_model().to(device=device, dtype=dtype).eval()
@@ -115,10 +125,13 @@ class _Extractor:
     @property
     def info(self) -> dict[str, Any]:
         """How the numbers were made: printed next to them in every report."""
-        return {"model": self.model_id, "class": type(self.model).__name__,
-                "revision": getattr(self.model.config, "_commit_hash", None),
-                "fingerprint": self.fingerprint[:16],
-                "dtype": dtype_label(self.dtype)}
+        return {
+            "model": self.model_id,
+            "class": type(self.model).__name__,
+            "revision": getattr(self.model.config, "_commit_hash", None),
+            "fingerprint": self.fingerprint[:16],
+            "dtype": dtype_label(self.dtype),
+        }
 
 
 class _ImageEmbedder(_Extractor):
@@ -139,8 +152,9 @@ class _ImageEmbedder(_Extractor):
         """(N,) images -> (N, D) float32 CPU embeddings (not normalised)."""
         out = []
         for chunk in _batches(list(images), self.batch_size):
-            pixels = self.processor(images=[im.convert("RGB") for im in chunk],
-                                    return_tensors="pt")["pixel_values"]
+            pixels = self.processor(
+                images=[im.convert("RGB") for im in chunk], return_tensors="pt"
+            )["pixel_values"]
             out.append(self._embed_pixels(pixels.to(self.device, self.dtype)).float().cpu())
         dim = out[0].shape[-1] if out else 0
         return torch.cat(out) if out else torch.empty(0, dim)
@@ -167,8 +181,9 @@ class ClipEmbedder(_ImageEmbedder):
         limit = self.model.config.text_config.max_position_embeddings
         out = []
         for chunk in _batches(list(texts), self.batch_size):
-            tokens = self.tokenizer(list(chunk), padding=True, truncation=True, max_length=limit,
-                                    return_tensors="pt").to(self.device)
+            tokens = self.tokenizer(
+                list(chunk), padding=True, truncation=True, max_length=limit, return_tensors="pt"
+            ).to(self.device)
             out.append(_features(self.model.get_text_features(**tokens)).float().cpu())
         return torch.cat(out) if out else torch.empty(0, 0)
 
@@ -207,8 +222,14 @@ class OwlDetector(_Extractor):
 
     role = "detector"
 
-    def __init__(self, model_id: str, *, query_template: str = "a photo of a {}",
-                 nms_iou: float = 0.5, **kwargs: Any):
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        query_template: str = "a photo of a {}",
+        nms_iou: float = 0.5,
+        **kwargs: Any,
+    ):
         self.query_template, self.nms_iou = query_template, nms_iou
         super().__init__(model_id, **kwargs)
 
@@ -225,38 +246,51 @@ class OwlDetector(_Extractor):
             else:
                 from huggingface_hub import hf_hub_download
 
-                cfg = json.loads(Path(hf_hub_download(self.model_id, "preprocessor_config.json"))
-                                 .read_text())
+                cfg = json.loads(
+                    Path(hf_hub_download(self.model_id, "preprocessor_config.json")).read_text()
+                )
         except Exception:  # noqa: BLE001 - fall back to the model's own input size
             cfg = {}
         size = cfg.get("size", {})
-        self.image_size = int(size.get("height", model.config.vision_config.image_size)
-                              if isinstance(size, dict) else size)
+        self.image_size = int(
+            size.get("height", model.config.vision_config.image_size)
+            if isinstance(size, dict)
+            else size
+        )
         self.mean = tuple(cfg.get("image_mean", OPENAI_CLIP_MEAN))
         self.std = tuple(cfg.get("image_std", OPENAI_CLIP_STD))
         return model
 
     @property
     def info(self) -> dict[str, Any]:
-        return {**super().info, "query_template": self.query_template,
-                "input_size": self.image_size, "preprocessing": "pad-square (grey) + Pillow bilinear"}
+        return {
+            **super().info,
+            "query_template": self.query_template,
+            "input_size": self.image_size,
+            "preprocessing": "pad-square (grey) + Pillow bilinear",
+        }
 
     @torch.inference_mode()
-    def detect(self, images: Sequence[Image.Image], phrases: Sequence[Sequence[str]],
-               top_k: Sequence[Sequence[int]] | None = None) -> list[list[list[Detection]]]:
+    def detect(
+        self,
+        images: Sequence[Image.Image],
+        phrases: Sequence[Sequence[str]],
+        top_k: Sequence[Sequence[int]] | None = None,
+    ) -> list[list[list[Detection]]]:
         """For image i and phrase j: up to ``top_k[i][j]`` (default 1) detections of the phrase,
         best first, after non-maximum suppression. Never empty: the best box is returned even when
         its score is low (the caller reports low scores)."""
         results: list[list[list[Detection]]] = []
         limit = self.model.config.text_config.max_position_embeddings
         for start in range(0, len(images), self.batch_size):
-            ims = list(images[start:start + self.batch_size])
-            qs = [list(p) for p in phrases[start:start + self.batch_size]]
+            ims = list(images[start : start + self.batch_size])
+            qs = [list(p) for p in phrases[start : start + self.batch_size]]
             n_queries = max(1, max(len(q) for q in qs))
             pixels = owlv2_pixels(ims, self.image_size, self.mean, self.std)
             texts = [self.query_template.format(p) for q in qs for p in q]
-            tokens = self.tokenizer(texts, padding="max_length", truncation=True, max_length=limit,
-                                    return_tensors="pt")
+            tokens = self.tokenizer(
+                texts, padding="max_length", truncation=True, max_length=limit, return_tensors="pt"
+            )
             # (B * n_queries, L): each image's queries, padded with all-zero rows (masked by OWLv2)
             ids = torch.zeros(len(ims) * n_queries, limit, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -266,23 +300,36 @@ class OwlDetector(_Extractor):
                     ids[i * n_queries + j] = tokens["input_ids"][row]
                     mask[i * n_queries + j] = tokens["attention_mask"][row]
                     row += 1
-            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                             pixel_values=pixels.to(self.device, self.dtype))
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                pixel_values=pixels.to(self.device, self.dtype),
+            )
             scores = torch.sigmoid(out.logits.float()).cpu()  # (B, P, n_queries)
             boxes = out.pred_boxes.float().cpu()  # (B, P, 4) cx, cy, w, h of the padded square
             for i, (im, q) in enumerate(zip(ims, qs, strict=True)):
-                results.append([self._best(boxes[i], scores[i, :, j], im.size,
-                                           (top_k[start + i][j] if top_k else 1))
-                                 for j in range(len(q))])
+                results.append(
+                    [
+                        self._best(
+                            boxes[i],
+                            scores[i, :, j],
+                            im.size,
+                            (top_k[start + i][j] if top_k else 1),
+                        )
+                        for j in range(len(q))
+                    ]
+                )
         return results
 
-    def _best(self, boxes: torch.Tensor, scores: torch.Tensor, size: tuple[int, int],
-              k: int) -> list[Detection]:
+    def _best(
+        self, boxes: torch.Tensor, scores: torch.Tensor, size: tuple[int, int], k: int
+    ) -> list[Detection]:
         xyxy = owlv2_boxes(boxes, size)  # (P, 4) normalised to the image
         top = torch.argsort(scores, descending=True)[: max(20, 4 * k)]
         kept = nms(xyxy[top], scores[top], self.nms_iou)[:k]
-        return [Detection(tuple(float(v) for v in xyxy[top[i]]), float(scores[top[i]]))
-                for i in kept]
+        return [
+            Detection(tuple(float(v) for v in xyxy[top[i]]), float(scores[top[i]])) for i in kept
+        ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,8 +351,9 @@ class ReferenceCache:
             return None
         return self.cache_dir / f"{extractor.role}-{extractor.fingerprint[:16]}.safetensors"
 
-    def embed(self, extractor: _ImageEmbedder, paths: Sequence[Path],
-              load: Any) -> dict[Path, torch.Tensor]:
+    def embed(
+        self, extractor: _ImageEmbedder, paths: Sequence[Path], load: Any
+    ) -> dict[Path, torch.Tensor]:
         """Embeddings of ``paths`` (``load(path) -> PIL``), computing only those not cached."""
         from safetensors.torch import load_file, save
 

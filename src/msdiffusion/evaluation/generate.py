@@ -67,8 +67,11 @@ class GenerationConfig:
         if self.region not in ("box", "image"):
             raise InputError("region", "must be box or image", self.region)
         if not 1 <= self.images_per_sample <= MAX_IMAGES_PER_SAMPLE:
-            raise InputError("images_per_sample", f"must be in 1..{MAX_IMAGES_PER_SAMPLE}",
-                             self.images_per_sample)
+            raise InputError(
+                "images_per_sample",
+                f"must be in 1..{MAX_IMAGES_PER_SAMPLE}",
+                self.images_per_sample,
+            )
         check_dtype_name(self.dtype, auto=False, none=True)
         if self.steps < 1:
             raise InputError("steps", "must be >= 1", self.steps)
@@ -86,13 +89,23 @@ def image_seed(base_seed: int, sample_id: str, k: int) -> int:
     return int.from_bytes(digest[:4], "big") % (2**31 - MAX_IMAGES_PER_SAMPLE) + k
 
 
-def plan_images(samples: Sequence[BenchSample], config: GenerationConfig,
-                run: RunFolder) -> list[ImageRecord]:
+def plan_images(
+    samples: Sequence[BenchSample], config: GenerationConfig, run: RunFolder
+) -> list[ImageRecord]:
     """Every image to make, in benchmark order (sample-major, then image index)."""
-    return [ImageRecord(sample_id=s.id, index=k, image=run.image_relpath(s.id, k),
-                        seed=image_seed(config.seed, s.id, k), group=s.group, prompt=s.prompt,
-                        subjects=[sub.to_dict() for sub in s.subjects])
-            for s in samples for k in range(config.images_per_sample)]
+    return [
+        ImageRecord(
+            sample_id=s.id,
+            index=k,
+            image=run.image_relpath(s.id, k),
+            seed=image_seed(config.seed, s.id, k),
+            group=s.group,
+            prompt=s.prompt,
+            subjects=[sub.to_dict() for sub in s.subjects],
+        )
+        for s in samples
+        for k in range(config.images_per_sample)
+    ]
 
 
 def build_request(sample: BenchSample, benchmark: Benchmark, config: GenerationConfig, seed: int):
@@ -106,33 +119,57 @@ def build_request(sample: BenchSample, benchmark: Benchmark, config: GenerationC
         side_h = config.height or config.width or 1
         side_w = config.width or config.height or 1
         mask = Image.new("L", (side_w, side_h), 255)  # the whole image, the output's aspect
-    subjects = [SubjectSpec(images=[str(benchmark.path(s.image))], box=tuple(s.box),
-                            phrase=s.phrase, mask=mask) for s in sample.subjects]
-    return GenerationRequest(prompt=sample.prompt, subjects=subjects,
-                             negative_prompt=config.negative_prompt, height=config.height,
-                             width=config.width, num_inference_steps=config.steps,
-                             guidance_scale=config.guidance_scale, scale=config.scale, seed=seed,
-                             num_images=1, drop_grounding_tokens=config.drop_grounding_tokens)
+    subjects = [
+        SubjectSpec(
+            images=[str(benchmark.path(s.image))], box=tuple(s.box), phrase=s.phrase, mask=mask
+        )
+        for s in sample.subjects
+    ]
+    return GenerationRequest(
+        prompt=sample.prompt,
+        subjects=subjects,
+        negative_prompt=config.negative_prompt,
+        height=config.height,
+        width=config.width,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance_scale,
+        scale=config.scale,
+        seed=seed,
+        num_images=1,
+        drop_grounding_tokens=config.drop_grounding_tokens,
+    )
 
 
-def _check_resume(meta: dict[str, Any], benchmark: Benchmark, config: GenerationConfig,
-                  out: Path) -> None:
+def _check_resume(
+    meta: dict[str, Any], benchmark: Benchmark, config: GenerationConfig, out: Path
+) -> None:
     if meta.get("benchmark") != benchmark.name:
-        raise InputError("out", f"holds a {meta.get('benchmark')} run, not {benchmark.name}; "
-                         "choose another --out", str(out))
+        raise InputError(
+            "out",
+            f"holds a {meta.get('benchmark')} run, not {benchmark.name}; choose another --out",
+            str(out),
+        )
     if meta.get("benchmark_options") != benchmark.options:
-        raise InputError("out", "was generated with other benchmark options "
-                         f"{meta.get('benchmark_options')}; choose another --out",
-                         benchmark.options)
+        raise InputError(
+            "out",
+            "was generated with other benchmark options "
+            f"{meta.get('benchmark_options')}; choose another --out",
+            benchmark.options,
+        )
     before = meta.get("generation", {})
     changed = {k: (before.get(k), v) for k, v in config.identity().items() if before.get(k) != v}
     if changed:
-        raise InputError("out", "was generated with other settings (setting: (run, now)); "
-                         "resume with the same settings or choose another --out", changed)
+        raise InputError(
+            "out",
+            "was generated with other settings (setting: (run, now)); "
+            "resume with the same settings or choose another --out",
+            changed,
+        )
 
 
-def _save(run: RunFolder, record: ImageRecord, result: Any, info: dict[str, Any],
-          overlays: bool) -> None:
+def _save(
+    run: RunFolder, record: ImageRecord, result: Any, info: dict[str, Any], overlays: bool
+) -> None:
     """Write one result with the inference API's writer into a staging folder of the run, then
     move it into place: the sidecar (renamed fields, plus the sample) first, the PNG last."""
     from ..inference import write_result
@@ -145,8 +182,9 @@ def _save(run: RunFolder, record: ImageRecord, result: Any, info: dict[str, Any]
         final = run.resolve(record.image)
         final.parent.mkdir(parents=True, exist_ok=True)
         sidecar = json.loads(Path(files["sidecar"]).read_text(encoding="utf-8"))
-        sidecar.update(image=final.name, overlay=None, sample_id=record.sample_id,
-                       image_index=record.index)
+        sidecar.update(
+            image=final.name, overlay=None, sample_id=record.sample_id, image_index=record.index
+        )
         if overlays:
             overlay = run.root / "overlays" / record.sample_id / f"{record.index}.png"
             overlay.parent.mkdir(parents=True, exist_ok=True)
@@ -167,14 +205,23 @@ def _process_state(partial_state: Any) -> Any:
     import torch
     from accelerate.utils import parse_flag_from_env
 
-    return partial_state(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")
-                         or not torch.cuda.is_available())
+    return partial_state(
+        cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    )
 
 
-def run_generation(benchmark: Benchmark, out: str | Path, config: GenerationConfig, *,
-                   samples: Sequence[BenchSample] | None = None, batch_size: int = 1,
-                   overlays: bool = False, device: str | None = None,
-                   progress: bool = True, model: Any = None) -> dict[str, Any]:
+def run_generation(
+    benchmark: Benchmark,
+    out: str | Path,
+    config: GenerationConfig,
+    *,
+    samples: Sequence[BenchSample] | None = None,
+    batch_size: int = 1,
+    overlays: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    model: Any = None,
+) -> dict[str, Any]:
     """Generate (this process's share of) ``samples`` into run folder ``out``.
 
     Returns this process's statistics; the main process also writes ``generation.json`` with the
@@ -201,42 +248,64 @@ def run_generation(benchmark: Benchmark, out: str | Path, config: GenerationConf
     plan = plan_images(samples, config, run)
     if state.is_main_process:
         run.root.mkdir(parents=True, exist_ok=True)
-        run.write_meta({
-            "benchmark": benchmark.name, "data_dir": str(benchmark.data_dir),
-            "benchmark_options": benchmark.options, "benchmark_definition": benchmark.definition,
-            "generation": config.identity(), "images_per_sample": config.images_per_sample,
-            "samples": len(samples), "images": len(plan),
-            "skipped_samples": len(benchmark.skipped), "missing_references": benchmark.missing,
-            "created": (meta or {}).get("created") or datetime.now(timezone.utc).isoformat(),
-            "msdiffusion_version": __version__,
-        })
+        run.write_meta(
+            {
+                "benchmark": benchmark.name,
+                "data_dir": str(benchmark.data_dir),
+                "benchmark_options": benchmark.options,
+                "benchmark_definition": benchmark.definition,
+                "generation": config.identity(),
+                "images_per_sample": config.images_per_sample,
+                "samples": len(samples),
+                "images": len(plan),
+                "skipped_samples": len(benchmark.skipped),
+                "missing_references": benchmark.missing,
+                "created": (meta or {}).get("created") or datetime.now(timezone.utc).isoformat(),
+                "msdiffusion_version": __version__,
+            }
+        )
         run.write_index(plan)
 
     mine = shard(plan, state.process_index, state.num_processes)
     todo = [r for r in mine if not run.is_done(r)]
     by_id = {s.id: s for s in samples}
-    stats = {"process": state.process_index, "processes": state.num_processes,
-             "assigned": len(mine), "already_done": len(mine) - len(todo), "generated": 0,
-             "seconds": 0.0, "load_seconds": 0.0, "images": []}
+    stats = {
+        "process": state.process_index,
+        "processes": state.num_processes,
+        "assigned": len(mine),
+        "already_done": len(mine) - len(todo),
+        "generated": 0,
+        "seconds": 0.0,
+        "load_seconds": 0.0,
+        "images": [],
+    }
     if todo:
         from ..inference import generate
         from ..loading import load_pipeline
 
         t0 = time.perf_counter()
         if model is None:
-            model = load_pipeline(config.preset, base=config.base,
-                                  image_encoder=config.image_encoder, adapter=config.adapter,
-                                  device=device or str(state.device), dtype=config.dtype)
+            model = load_pipeline(
+                config.preset,
+                base=config.base,
+                image_encoder=config.image_encoder,
+                adapter=config.adapter,
+                device=device or str(state.device),
+                dtype=config.dtype,
+            )
         stats["load_seconds"] = time.perf_counter() - t0
         stats["model"] = model.info
         t0 = time.perf_counter()
-        bar = tqdm(total=len(todo), disable=not progress, position=state.process_index,
-                   desc=f"generate [{state.process_index + 1}/{state.num_processes}]",
-                   unit="img")
+        bar = tqdm(
+            total=len(todo),
+            disable=not progress,
+            position=state.process_index,
+            desc=f"generate [{state.process_index + 1}/{state.num_processes}]",
+            unit="img",
+        )
         for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            requests = [build_request(by_id[r.sample_id], benchmark, config, r.seed)
-                        for r in chunk]
+            chunk = todo[start : start + batch_size]
+            requests = [build_request(by_id[r.sample_id], benchmark, config, r.seed) for r in chunk]
             results = generate(model, requests, batch_size=len(requests), progress=False)
             for record, result in zip(chunk, results, strict=True):
                 _save(run, record, result, model.info, overlays)
@@ -269,10 +338,18 @@ def _write_summary(run: RunFolder, plan: list[ImageRecord], processes: int) -> N
     wall = max((p["seconds"] for p in parts), default=0.0)
     done = sum(run.is_done(r) for r in plan)
     model = next((p["model"] for p in parts if p.get("model")), None)
-    atomic_write_json(run.root / "generation.json", {
-        "planned": len(plan), "done": done, "complete": done == len(plan),
-        "processes": processes, "generated_this_session": generated,
-        "seconds": wall, "images_per_s": generated / wall if wall else None,
-        "per_process": parts, "model": model,
-        "finished": datetime.now(timezone.utc).isoformat(),
-    })
+    atomic_write_json(
+        run.root / "generation.json",
+        {
+            "planned": len(plan),
+            "done": done,
+            "complete": done == len(plan),
+            "processes": processes,
+            "generated_this_session": generated,
+            "seconds": wall,
+            "images_per_s": generated / wall if wall else None,
+            "per_process": parts,
+            "model": model,
+            "finished": datetime.now(timezone.utc).isoformat(),
+        },
+    )

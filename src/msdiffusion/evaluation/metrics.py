@@ -25,8 +25,17 @@ __all__ = [
 ]
 
 # Metrics that are cosines (or products of cosines): the ones the x100 convention rescales.
-SIMILARITY_METRICS = ("clip_t", "clip_i", "dino", "clip_i_box", "dino_box", "clip_i_det",
-                      "dino_det", "m_dino_box", "m_dino_det")
+SIMILARITY_METRICS = (
+    "clip_t",
+    "clip_i",
+    "dino",
+    "clip_i_box",
+    "dino_box",
+    "clip_i_det",
+    "dino_det",
+    "m_dino_box",
+    "m_dino_det",
+)
 
 
 def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -50,8 +59,10 @@ def assign_detections(candidates: Sequence[Box], targets: Sequence[Box]) -> list
     iou = [[box_iou(t, c) for c in candidates] for t in targets]
     if m >= n:
         # ties go to the better-scored candidates (lower index)
-        best = max(itertools.permutations(range(m), n),
-                   key=lambda p: (sum(iou[t][c] for t, c in enumerate(p)), [-c for c in p]))
+        best = max(
+            itertools.permutations(range(m), n),
+            key=lambda p: (sum(iou[t][c] for t, c in enumerate(p)), [-c for c in p]),
+        )
         return list(best)
     return [max(range(m), key=lambda c: (iou[t][c], -c)) for t in range(n)]
 
@@ -73,8 +84,9 @@ def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
     return {"mean": mean, "std": std, "n": n, "ci95": 1.96 * std / math.sqrt(n)}
 
 
-def apply_convention(metric: str, value: float | None, *, percent: bool = False,
-                     clip_t_weight: float | None = None) -> float | None:
+def apply_convention(
+    metric: str, value: float | None, *, percent: bool = False, clip_t_weight: float | None = None
+) -> float | None:
     """Raw by default. ``clip_t_weight`` w: CLIP-T as CLIPScore, w·max(cos, 0) (w = 2.5 in the
     CLIPScore paper); ``percent``: similarity metrics ×100 (IoU stays a fraction)."""
     if value is None:

@@ -120,9 +120,15 @@ class ImageRecord:
     def from_dict(cls, d: dict[str, Any], where: str) -> ImageRecord:
         if not isinstance(d, dict) or "sample_id" not in d or "image" not in d:
             raise InputError("index", f"{where}: each entry needs sample_id and image", d)
-        return cls(sample_id=str(d["sample_id"]), index=int(d.get("index", 0)),
-                   image=str(d["image"]), seed=d.get("seed"), group=d.get("group"),
-                   prompt=d.get("prompt"), subjects=list(d.get("subjects") or []))
+        return cls(
+            sample_id=str(d["sample_id"]),
+            index=int(d.get("index", 0)),
+            image=str(d["image"]),
+            seed=d.get("seed"),
+            group=d.get("group"),
+            prompt=d.get("prompt"),
+            subjects=list(d.get("subjects") or []),
+        )
 
 
 class RunFolder:
@@ -169,8 +175,9 @@ class RunFolder:
         except ValueError as err:
             raise InputError("run", f"{RUN_FILE} is not valid JSON", str(self.meta_path)) from err
         if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
-            raise InputError("run", f"{RUN_FILE} is not an msdiffusion evaluation run",
-                             str(self.meta_path))
+            raise InputError(
+                "run", f"{RUN_FILE} is not an msdiffusion evaluation run", str(self.meta_path)
+            )
         return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
@@ -206,8 +213,12 @@ class RunFolder:
         are numbered in name order)."""
         base = self.root / "images"
         if not base.is_dir():
-            raise InputError("run", "has neither index.jsonl nor an images/ folder (layout: "
-                             "images/<sample_id>/<k>.png; see docs/evaluation.md)", str(self.root))
+            raise InputError(
+                "run",
+                "has neither index.jsonl nor an images/ folder (layout: "
+                "images/<sample_id>/<k>.png; see docs/evaluation.md)",
+                str(self.root),
+            )
         folders: dict[Path, list[Path]] = {}
         for p in sorted(base.rglob("*")):
             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
@@ -216,11 +227,16 @@ class RunFolder:
         for folder, files in folders.items():
             sample_id = folder.relative_to(base).as_posix()
             numbered = all(f.stem.isdigit() for f in files)
-            for pos, f in enumerate(sorted(files, key=lambda f: (int(f.stem) if numbered else 0,
-                                                                   f.name))):
-                records.append(ImageRecord(sample_id=sample_id,
-                                           index=int(f.stem) if numbered else pos,
-                                           image=f.relative_to(self.root).as_posix()))
+            for pos, f in enumerate(
+                sorted(files, key=lambda f: (int(f.stem) if numbered else 0, f.name))
+            ):
+                records.append(
+                    ImageRecord(
+                        sample_id=sample_id,
+                        index=int(f.stem) if numbered else pos,
+                        image=f.relative_to(self.root).as_posix(),
+                    )
+                )
         return records
 
 
@@ -238,10 +254,16 @@ class RunInputs:
     meta: dict[str, Any] | None  # run.json; None for bring-your-own-images folders
 
 
-def resolve_run(run_dir: str | Path, *, benchmark: str | None = None,
-                data: str | Path | None = None, spec: str | Path | None = None,
-                box: Sequence[float] | None = None, references: str | None = None,
-                index: str | Path | None = None) -> RunInputs:
+def resolve_run(
+    run_dir: str | Path,
+    *,
+    benchmark: str | None = None,
+    data: str | Path | None = None,
+    spec: str | Path | None = None,
+    box: Sequence[float] | None = None,
+    references: str | None = None,
+    index: str | Path | None = None,
+) -> RunInputs:
     """Find the benchmark, data and image records of a run folder (ours or bring-your-own)."""
     run = RunFolder(run_dir)
     if not run.root.is_dir():
@@ -249,22 +271,34 @@ def resolve_run(run_dir: str | Path, *, benchmark: str | None = None,
     meta = run.read_meta()
     if meta is not None:
         if benchmark and canonical_name(benchmark) != meta["benchmark"]:
-            raise InputError("benchmark", f"the run folder holds a {meta['benchmark']} run",
-                             benchmark)
+            raise InputError(
+                "benchmark", f"the run folder holds a {meta['benchmark']} run", benchmark
+            )
         options = meta.get("benchmark_options", {})
         if box is not None and list(box) != options.get("box"):
             raise InputError("box", f"the run was generated with box {options.get('box')}", box)
-        bench = load_benchmark(meta["benchmark"], data or meta["data_dir"], spec=spec,
-                               box=options.get("box"), references=references or "all")
+        bench = load_benchmark(
+            meta["benchmark"],
+            data or meta["data_dir"],
+            spec=spec,
+            box=options.get("box"),
+            references=references or "all",
+        )
         if bench.options != options:
-            raise InputError("run", f"was generated with benchmark options {options}, not "
-                             f"{bench.options} (another --spec?)", str(run.root))
+            raise InputError(
+                "run",
+                f"was generated with benchmark options {options}, not "
+                f"{bench.options} (another --spec?)",
+                str(run.root),
+            )
     else:
         if not benchmark or not data:
-            raise InputError("run", "has no run.json (bring-your-own images): pass --benchmark "
-                             "and --data", str(run.root))
-        bench = load_benchmark(benchmark, data, spec=spec, box=box,
-                               references=references or "all")
+            raise InputError(
+                "run",
+                "has no run.json (bring-your-own images): pass --benchmark and --data",
+                str(run.root),
+            )
+        bench = load_benchmark(benchmark, data, spec=spec, box=box, references=references or "all")
     if index is not None:
         records = run.read_index(index)
     elif run.index_path.exists():
@@ -280,14 +314,22 @@ def resolve_run(run_dir: str | Path, *, benchmark: str | None = None,
 def _check_records(records: list[ImageRecord], bench: Benchmark, run: RunFolder) -> None:
     unknown = [r.sample_id for r in records if bench.get(r.sample_id) is None]
     if unknown:
-        raise InputError("run", f"{len(unknown)} of {len(records)} images name samples that "
-                         f"{bench.name} does not have — a run of another benchmark, or a wrong "
-                         "folder layout (images/<sample_id>/<k>.png)", unknown[:3])
+        raise InputError(
+            "run",
+            f"{len(unknown)} of {len(records)} images name samples that "
+            f"{bench.name} does not have — a run of another benchmark, or a wrong "
+            "folder layout (images/<sample_id>/<k>.png)",
+            unknown[:3],
+        )
     dup = [k for k, n in Counter((r.sample_id, r.index) for r in records).items() if n > 1]
     if dup:
         raise InputError("run", "lists the same (sample, image index) more than once", dup[:3])
-    changed = [r.sample_id for r in records
-               if r.prompt is not None and r.prompt != bench.get(r.sample_id).prompt]
+    changed = [
+        r.sample_id
+        for r in records
+        if r.prompt is not None and r.prompt != bench.get(r.sample_id).prompt
+    ]
     if changed:
-        raise InputError("run", "index prompts differ from the benchmark's (was the spec "
-                         "changed?)", changed[:3])
+        raise InputError(
+            "run", "index prompts differ from the benchmark's (was the spec changed?)", changed[:3]
+        )

@@ -68,8 +68,9 @@ class ScoringConfig:
                 raise InputError(name, "must be >= 1", getattr(self, name))
         check_dtype_name(self.dtype, auto=False)
         if "{}" not in self.query_template:
-            raise InputError("query_template", "must contain {} for the phrase",
-                             self.query_template)
+            raise InputError(
+                "query_template", "must contain {} for the phrase", self.query_template
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,29 +97,46 @@ class _Models:
         kw = dict(device=config.device, dtype=to_dtype(config.dtype))
         self.clip = ClipEmbedder(config.clip_model, batch_size=config.batch_size, **kw)
         self.dino = DinoEmbedder(config.dino_model, batch_size=config.batch_size, **kw)
-        self.detector = (OwlDetector(config.detector_model, query_template=config.query_template,
-                                     batch_size=config.detector_batch_size, **kw)
-                         if config.detector_model else None)
+        self.detector = (
+            OwlDetector(
+                config.detector_model,
+                query_template=config.query_template,
+                batch_size=config.detector_batch_size,
+                **kw,
+            )
+            if config.detector_model
+            else None
+        )
 
     def info(self) -> dict[str, Any]:
-        return {"clip": self.clip.info, "dino": self.dino.info,
-                "detector": self.detector.info if self.detector else None}
+        return {
+            "clip": self.clip.info,
+            "dino": self.dino.info,
+            "detector": self.detector.info if self.detector else None,
+        }
 
 
-def score_images(models: _Models, samples: Sequence[BenchSample], images: Sequence[Image.Image],
-                 refs: dict[str, dict[str, torch.Tensor]],
-                 prompt_feats: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+def score_images(
+    models: _Models,
+    samples: Sequence[BenchSample],
+    images: Sequence[Image.Image],
+    refs: dict[str, dict[str, torch.Tensor]],
+    prompt_feats: dict[str, torch.Tensor],
+) -> list[dict[str, Any]]:
     """Metric rows for ``images[i]`` generated for ``samples[i]`` (see the module docstring).
 
     ``refs[model][reference path]``: reference embeddings; ``prompt_feats``: CLIP text embeddings.
     """
     dets: list[list[tuple[float, float, float, float] | None]] = [
-        [None] * len(s.subjects) for s in samples]
+        [None] * len(s.subjects) for s in samples
+    ]
     det_scores: list[list[float | None]] = [[None] * len(s.subjects) for s in samples]
     if models.detector is not None:
         phrases = [list(dict.fromkeys(sub.phrase for sub in s.subjects)) for s in samples]
-        top_k = [[sum(sub.phrase == p for sub in s.subjects) for p in ph]
-                 for s, ph in zip(samples, phrases, strict=True)]
+        top_k = [
+            [sum(sub.phrase == p for sub in s.subjects) for p in ph]
+            for s, ph in zip(samples, phrases, strict=True)
+        ]
         found = models.detector.detect(images, phrases, top_k)
         for i, s in enumerate(samples):
             for j, phrase in enumerate(phrases[i]):
@@ -140,7 +158,8 @@ def score_images(models: _Models, samples: Sequence[BenchSample], images: Sequen
                 where.append((i, "det", n))
     clip_f, dino_f = models.clip.embed_images(views), models.dino.embed_images(views)
     feats: dict[tuple[int, str, int | None], tuple[torch.Tensor, torch.Tensor]] = {
-        key: (clip_f[v], dino_f[v]) for v, key in enumerate(where)}
+        key: (clip_f[v], dino_f[v]) for v, key in enumerate(where)
+    }
 
     rows = []
     for i, s in enumerate(samples):
@@ -150,15 +169,22 @@ def score_images(models: _Models, samples: Sequence[BenchSample], images: Sequen
             rc = [refs["clip"][r] for r in sub.references]
             rd = [refs["dino"][r] for r in sub.references]
             entry: dict[str, Any] = {
-                "name": sub.name, "phrase": sub.phrase, "box": list(sub.box),
-                "clip_i": _mean_cos(clip_full, rc), "dino": _mean_cos(dino_full, rd),
+                "name": sub.name,
+                "phrase": sub.phrase,
+                "box": list(sub.box),
+                "clip_i": _mean_cos(clip_full, rc),
+                "dino": _mean_cos(dino_full, rd),
                 "clip_i_box": _mean_cos(feats[(i, "box", n)][0], rc),
-                "dino_box": _mean_cos(feats[(i, "box", n)][1], rd)}
+                "dino_box": _mean_cos(feats[(i, "box", n)][1], rd),
+            }
             if dets[i][n] is not None:
-                entry.update(det_box=list(dets[i][n]), det_score=det_scores[i][n],
-                             iou=box_iou(dets[i][n], sub.box),
-                             clip_i_det=_mean_cos(feats[(i, "det", n)][0], rc),
-                             dino_det=_mean_cos(feats[(i, "det", n)][1], rd))
+                entry.update(
+                    det_box=list(dets[i][n]),
+                    det_score=det_scores[i][n],
+                    iou=box_iou(dets[i][n], sub.box),
+                    clip_i_det=_mean_cos(feats[(i, "det", n)][0], rc),
+                    dino_det=_mean_cos(feats[(i, "det", n)][1], rd),
+                )
             subjects.append(entry)
 
         def mean(key: str, subjects=subjects) -> float | None:
@@ -166,21 +192,37 @@ def score_images(models: _Models, samples: Sequence[BenchSample], images: Sequen
             return sum(vals) / len(vals) if vals else None
 
         text = prompt_feats[s.prompt]
-        row = {"sample_id": s.id, "group": s.group, "n_subjects": len(s.subjects),
-               "clip_t": float(cosine_rows(clip_full[None], text[None])[0]),
-               "clip_i": mean("clip_i"), "dino": mean("dino"),
-               "clip_i_box": mean("clip_i_box"), "dino_box": mean("dino_box"),
-               "m_dino_box": product_score([e["dino_box"] for e in subjects]),
-               "clip_i_det": mean("clip_i_det"), "dino_det": mean("dino_det"),
-               "m_dino_det": (product_score([e["dino_det"] for e in subjects])
-                              if models.detector is not None else None),
-               "layout_iou": mean("iou"), "subjects": subjects}
+        row = {
+            "sample_id": s.id,
+            "group": s.group,
+            "n_subjects": len(s.subjects),
+            "clip_t": float(cosine_rows(clip_full[None], text[None])[0]),
+            "clip_i": mean("clip_i"),
+            "dino": mean("dino"),
+            "clip_i_box": mean("clip_i_box"),
+            "dino_box": mean("dino_box"),
+            "m_dino_box": product_score([e["dino_box"] for e in subjects]),
+            "clip_i_det": mean("clip_i_det"),
+            "dino_det": mean("dino_det"),
+            "m_dino_det": (
+                product_score([e["dino_det"] for e in subjects])
+                if models.detector is not None
+                else None
+            ),
+            "layout_iou": mean("iou"),
+            "subjects": subjects,
+        }
         rows.append(row)
     return rows
 
 
-def score_run(inputs: RunInputs, config: ScoringConfig, *, progress: bool = True,
-              models: _Models | None = None) -> dict[str, Any]:
+def score_run(
+    inputs: RunInputs,
+    config: ScoringConfig,
+    *,
+    progress: bool = True,
+    models: _Models | None = None,
+) -> dict[str, Any]:
     """Score every image of a resolved run; write ``scores.jsonl`` and the report files.
 
     Returns the report (also written as ``report.json``).
@@ -209,30 +251,39 @@ def score_run(inputs: RunInputs, config: ScoringConfig, *, progress: bool = True
         toy = ToyScorer(bench)
         model_info = toy.info
 
-        def score_chunk(samples: list[BenchSample], images: list[Image.Image]
-                        ) -> list[dict[str, Any]]:
+        def score_chunk(
+            samples: list[BenchSample], images: list[Image.Image]
+        ) -> list[dict[str, Any]]:
             return toy.score(samples, images)
     else:
         models = models or _Models(config)
         model_info = models.info()
         cache = ReferenceCache(config.cache_dir or run.root / "cache")
-        ref_paths = sorted({r for rec, _ in todo for sub in bench.get(rec.sample_id).subjects
-                            for r in sub.references})
+        ref_paths = sorted(
+            {
+                r
+                for rec, _ in todo
+                for sub in bench.get(rec.sample_id).subjects
+                for r in sub.references
+            }
+        )
         refs: dict[str, dict[str, torch.Tensor]] = {}
         for name, extractor in (("clip", models.clip), ("dino", models.dino)):
             got = cache.embed(extractor, [bench.path(p) for p in ref_paths], _load_reference)
             refs[name] = {p: got[bench.path(p)] for p in ref_paths}
         prompts = sorted({bench.get(rec.sample_id).prompt for rec, _ in todo})
-        prompt_feats = (dict(zip(prompts, models.clip.embed_texts(prompts), strict=True))
-                        if prompts else {})
+        prompt_feats = (
+            dict(zip(prompts, models.clip.embed_texts(prompts), strict=True)) if prompts else {}
+        )
 
-        def score_chunk(samples: list[BenchSample], images: list[Image.Image]
-                        ) -> list[dict[str, Any]]:
+        def score_chunk(
+            samples: list[BenchSample], images: list[Image.Image]
+        ) -> list[dict[str, Any]]:
             return score_images(models, samples, images, refs, prompt_feats)
 
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(todo), disable=not progress, desc="score", unit="img")
-    chunks = [todo[i:i + config.chunk_images] for i in range(0, len(todo), config.chunk_images)]
+    chunks = [todo[i : i + config.chunk_images] for i in range(0, len(todo), config.chunk_images)]
     with ThreadPoolExecutor(config.workers) as pool:
         pending = [pool.submit(_load_image, p) for _, p in chunks[0]] if chunks else []
         for c, chunk in enumerate(chunks):
@@ -243,17 +294,25 @@ def score_run(inputs: RunInputs, config: ScoringConfig, *, progress: bool = True
             good = [(rec, im) for rec, im in pairs if im is not None]
             skipped["corrupt"] += [rec.image for rec, im in pairs if im is None]
             if good:
-                part = score_chunk([bench.get(rec.sample_id) for rec, _ in good],
-                                   [im for _, im in good])
+                part = score_chunk(
+                    [bench.get(rec.sample_id) for rec, _ in good], [im for _, im in good]
+                )
                 for (rec, _), row in zip(good, part, strict=True):
-                    rows.append({**row, "index": rec.index, "image": rec.image,
-                                 "seed": rec.seed})
+                    rows.append({**row, "index": rec.index, "image": rec.image, "seed": rec.seed})
             bar.update(len(chunk))
     bar.close()
-    atomic_write_text(run.root / "scores.jsonl",
-                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    report = build_report(inputs, rows, skipped, model_info, asdict(config),
-                          percent=config.percent, clip_t_weight=config.clip_t_weight)
+    atomic_write_text(
+        run.root / "scores.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    )
+    report = build_report(
+        inputs,
+        rows,
+        skipped,
+        model_info,
+        asdict(config),
+        percent=config.percent,
+        clip_t_weight=config.clip_t_weight,
+    )
     write_report(run.root, report, rows, inputs)
     return report
 

@@ -51,19 +51,38 @@ def _write_dreambench(root: Path) -> None:
     for i, name in enumerate(sorted(classes)):
         for k in range(4 + i % 3):
             _save(_picture(f"{name}/{k}"), root / name / f"{k:02d}.jpg")
-    prompts = [f"'a {{0}} {{1}} in stand-in scene {p}'.format(unique_token, class_token),"
-               for p in range(DREAMBENCH_PROMPTS)]
+    prompts = [
+        f"'a {{0}} {{1}} in stand-in scene {p}'.format(unique_token, class_token),"
+        for p in range(DREAMBENCH_PROMPTS)
+    ]
     text = ["Classes", "", "subject_name,class"]
     text += [f"{n},{c}" for n, c in sorted(classes.items())]
-    text += ["", "Prompts", "", "Object Prompts", "", "prompt_list = [", *prompts, "]", "",
-             "Live Subject Prompts", "", "prompt_list = [",
-             *(p.replace("scene", "live scene") for p in prompts), "]", ""]
+    text += [
+        "",
+        "Prompts",
+        "",
+        "Object Prompts",
+        "",
+        "prompt_list = [",
+        *prompts,
+        "]",
+        "",
+        "Live Subject Prompts",
+        "",
+        "prompt_list = [",
+        *(p.replace("scene", "live scene") for p in prompts),
+        "]",
+        "",
+    ]
     (root / "prompts_and_classes.txt").write_text("\n".join(text), encoding="utf-8")
 
 
-def write_standin(root: str | Path, *,
-                  benchmarks: Sequence[str] = ("msbench", "dreambench", "toy"),
-                  missing: Sequence[str] = ("living/cat1.jpg",)) -> Path:
+def write_standin(
+    root: str | Path,
+    *,
+    benchmarks: Sequence[str] = ("msbench", "dreambench", "toy"),
+    missing: Sequence[str] = ("living/cat1.jpg",),
+) -> Path:
     """Write stand-in data under ``root`` (``root/msbench``, ``root/dreambench``) and the toy
     benchmark (``root/toy``: the real thing — the toy world is generated); returns root."""
     root = Path(root)

@@ -267,4 +267,3 @@ class MSAdapter(nn.Module):
         adapter = cls(cls.config_for_unet(unet, **overrides))
         adapter.load_state_dict(original_state_dict(path, adapter, unet), strict=True)
         return adapter
-

@@ -36,6 +36,7 @@ def cross_attention_layers(unet: nn.Module) -> dict[str, Attention]:
         if isinstance(m, Attention) and m.is_cross_attention
     }
 
+
 class SubjectProjection(nn.Module):
     """The two trained projections of one cross-attention layer: subject tokens → keys/values."""
 

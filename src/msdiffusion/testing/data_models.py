@@ -27,8 +27,9 @@ MODEL_NAMES = ("blip", "grounding_dino", "owlv2", "sam", "clip", "dinov2")
 BERT_VOCAB = {"tiny": 1100, "base": 30524}
 
 
-def random_model(name: str, size: str = "tiny", *, work_dir: str | Path | None = None
-                 ) -> tuple[Any, Any]:
+def random_model(
+    name: str, size: str = "tiny", *, work_dir: str | Path | None = None
+) -> tuple[Any, Any]:
     """``(model, processor)`` of ``name`` (one of ``MODEL_NAMES``) with random weights.
 
     Tokenizer files go to ``work_dir`` (default: a temporary folder, removed afterwards — the
@@ -76,92 +77,226 @@ def _build(name: str, size: str, work: Path) -> tuple[Any, Any]:
     tiny = size == "tiny"
     if name == "blip":
         vocab = BERT_VOCAB[size]
-        config = BlipConfig(
-            text_config=dict(vocab_size=vocab, hidden_size=16, intermediate_size=32,
-                             num_hidden_layers=1, num_attention_heads=2,
-                             max_position_embeddings=40, bos_token_id=101, sep_token_id=102,
-                             pad_token_id=0, encoder_hidden_size=16),
-            vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                               num_attention_heads=2, image_size=32, patch_size=8),
-            projection_dim=16) if tiny else BlipConfig(
-            text_config=dict(vocab_size=vocab, bos_token_id=101, sep_token_id=102,
-                             pad_token_id=0))
-        image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32} if tiny
-                                                else {"height": 384, "width": 384})
-        return (BlipForConditionalGeneration(config).eval(),
-                BlipProcessor(image_processor, bert_tokenizer(work / "bert", vocab)))
+        config = (
+            BlipConfig(
+                text_config=dict(
+                    vocab_size=vocab,
+                    hidden_size=16,
+                    intermediate_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    max_position_embeddings=40,
+                    bos_token_id=101,
+                    sep_token_id=102,
+                    pad_token_id=0,
+                    encoder_hidden_size=16,
+                ),
+                vision_config=dict(
+                    hidden_size=16,
+                    intermediate_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    image_size=32,
+                    patch_size=8,
+                ),
+                projection_dim=16,
+            )
+            if tiny
+            else BlipConfig(
+                text_config=dict(
+                    vocab_size=vocab, bos_token_id=101, sep_token_id=102, pad_token_id=0
+                )
+            )
+        )
+        image_processor = BlipImageProcessorPil(
+            size={"height": 32, "width": 32} if tiny else {"height": 384, "width": 384}
+        )
+        return (
+            BlipForConditionalGeneration(config).eval(),
+            BlipProcessor(image_processor, bert_tokenizer(work / "bert", vocab)),
+        )
     if name == "grounding_dino":
         vocab = BERT_VOCAB[size]
-        config = GroundingDinoConfig(
-            backbone_config=dict(model_type="swin", embed_dim=8, depths=[1, 1, 1, 1],
-                                 num_heads=[1, 1, 1, 1], window_size=4, image_size=64,
-                                 out_indices=[2, 3, 4]),
-            text_config=dict(model_type="bert", vocab_size=vocab, hidden_size=16,
-                             num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-                             max_position_embeddings=64),
-            d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=16,
-            decoder_ffn_dim=16, encoder_attention_heads=2, decoder_attention_heads=2,
-            num_queries=30, max_text_len=48, num_feature_levels=3, encoder_n_points=2,
-            decoder_n_points=2) if tiny else GroundingDinoConfig()  # = grounding-dino-tiny
+        config = (
+            GroundingDinoConfig(
+                backbone_config=dict(
+                    model_type="swin",
+                    embed_dim=8,
+                    depths=[1, 1, 1, 1],
+                    num_heads=[1, 1, 1, 1],
+                    window_size=4,
+                    image_size=64,
+                    out_indices=[2, 3, 4],
+                ),
+                text_config=dict(
+                    model_type="bert",
+                    vocab_size=vocab,
+                    hidden_size=16,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    intermediate_size=16,
+                    max_position_embeddings=64,
+                ),
+                d_model=32,
+                encoder_layers=1,
+                decoder_layers=2,
+                encoder_ffn_dim=16,
+                decoder_ffn_dim=16,
+                encoder_attention_heads=2,
+                decoder_attention_heads=2,
+                num_queries=30,
+                max_text_len=48,
+                num_feature_levels=3,
+                encoder_n_points=2,
+                decoder_n_points=2,
+            )
+            if tiny
+            else GroundingDinoConfig()
+        )  # = grounding-dino-tiny
         image_processor = GroundingDinoImageProcessorPil(
-            size={"shortest_edge": 64, "longest_edge": 96} if tiny
-            else {"shortest_edge": 800, "longest_edge": 1333})
-        return (GroundingDinoForObjectDetection(config).eval(),
-                GroundingDinoProcessor(image_processor, bert_tokenizer(work / "bert", vocab)))
+            size={"shortest_edge": 64, "longest_edge": 96}
+            if tiny
+            else {"shortest_edge": 800, "longest_edge": 1333}
+        )
+        return (
+            GroundingDinoForObjectDetection(config).eval(),
+            GroundingDinoProcessor(image_processor, bert_tokenizer(work / "bert", vocab)),
+        )
     if name == "owlv2":
         tokenizer = char_tokenizer(work / "clip_tokenizer")
-        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
-        config = Owlv2Config(
-            text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                             num_hidden_layers=1, num_attention_heads=2,
-                             max_position_embeddings=16, **ids),
-            vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                               num_attention_heads=2, image_size=64, patch_size=16),
-            projection_dim=16) if tiny else Owlv2Config(
-            text_config=dict(vocab_size=len(tokenizer), **ids))
+        ids = dict(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        config = (
+            Owlv2Config(
+                text_config=dict(
+                    vocab_size=len(tokenizer),
+                    hidden_size=16,
+                    intermediate_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    max_position_embeddings=16,
+                    **ids,
+                ),
+                vision_config=dict(
+                    hidden_size=16,
+                    intermediate_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    image_size=64,
+                    patch_size=16,
+                ),
+                projection_dim=16,
+            )
+            if tiny
+            else Owlv2Config(text_config=dict(vocab_size=len(tokenizer), **ids))
+        )
         side = 64 if tiny else 960
-        return (Owlv2ForObjectDetection(config).eval(),
-                Owlv2Processor(Owlv2ImageProcessorPil(size={"height": side, "width": side}),
-                               tokenizer))
+        return (
+            Owlv2ForObjectDetection(config).eval(),
+            Owlv2Processor(Owlv2ImageProcessorPil(size={"height": side, "width": side}), tokenizer),
+        )
     if name == "sam":
-        config = SamConfig(
-            vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                               num_attention_heads=2, image_size=64, patch_size=16,
-                               output_channels=16, mlp_dim=32, global_attn_indexes=[0],
-                               window_size=0, num_pos_feats=8),
-            prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=16,
-                                       mask_input_channels=4, num_point_embeddings=4),
-            mask_decoder_config=dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     mlp_dim=32, iou_head_hidden_dim=16,
-                                     num_multimask_outputs=3)) if tiny else SamConfig()
-        image_processor = SamImageProcessorPil(
-            size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
-            mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16}
-        ) if tiny else SamImageProcessorPil()
+        config = (
+            SamConfig(
+                vision_config=dict(
+                    hidden_size=16,
+                    intermediate_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    image_size=64,
+                    patch_size=16,
+                    output_channels=16,
+                    mlp_dim=32,
+                    global_attn_indexes=[0],
+                    window_size=0,
+                    num_pos_feats=8,
+                ),
+                prompt_encoder_config=dict(
+                    hidden_size=16,
+                    image_size=64,
+                    patch_size=16,
+                    mask_input_channels=4,
+                    num_point_embeddings=4,
+                ),
+                mask_decoder_config=dict(
+                    hidden_size=16,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    mlp_dim=32,
+                    iou_head_hidden_dim=16,
+                    num_multimask_outputs=3,
+                ),
+            )
+            if tiny
+            else SamConfig()
+        )
+        image_processor = (
+            SamImageProcessorPil(
+                size={"longest_edge": 64},
+                pad_size={"height": 64, "width": 64},
+                mask_size={"longest_edge": 16},
+                mask_pad_size={"height": 16, "width": 16},
+            )
+            if tiny
+            else SamImageProcessorPil()
+        )
         return SamModel(config).eval(), SamProcessor(image_processor)
     if name == "clip":
-        config = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                  num_attention_heads=2, image_size=32, patch_size=8,
-                                  projection_dim=16) if tiny else CLIPVisionConfig()
+        config = (
+            CLIPVisionConfig(
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+                projection_dim=16,
+            )
+            if tiny
+            else CLIPVisionConfig()
+        )
         side = config.image_size
-        return (CLIPVisionModelWithProjection(config).eval(),
-                CLIPImageProcessorPil(size={"shortest_edge": side},
-                                      crop_size={"height": side, "width": side}))
+        return (
+            CLIPVisionModelWithProjection(config).eval(),
+            CLIPImageProcessorPil(
+                size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+            ),
+        )
     # dinov2
-    config = Dinov2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                          num_attention_heads=2, image_size=32, patch_size=8) if tiny \
+    config = (
+        Dinov2Config(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+        if tiny
         else Dinov2Config()
+    )
     crop = 32 if tiny else 224
-    return (Dinov2Model(config).eval(),
-            BitImageProcessorPil(size={"shortest_edge": crop if tiny else 256},
-                                 crop_size={"height": crop, "width": crop},
-                                 image_mean=[0.485, 0.456, 0.406],
-                                 image_std=[0.229, 0.224, 0.225]))
+    return (
+        Dinov2Model(config).eval(),
+        BitImageProcessorPil(
+            size={"shortest_edge": crop if tiny else 256},
+            crop_size={"height": crop, "width": crop},
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
+        ),
+    )
 
 
-def save_random_models(directory: str | Path, size: str = "tiny", *, seed: int = 0,
-                       names: tuple[str, ...] = MODEL_NAMES) -> dict[str, str]:
+def save_random_models(
+    directory: str | Path,
+    size: str = "tiny",
+    *,
+    seed: int = 0,
+    names: tuple[str, ...] = MODEL_NAMES,
+) -> dict[str, str]:
     """Build and ``save_pretrained`` each model (+ processor) into ``directory/<name>``."""
     directory = Path(directory)
     dirs = {}

@@ -40,27 +40,47 @@ def write_tiny_scorers(directory: str | Path, seed: int = 0) -> dict[str, str]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tok = char_tokenizer(paths["clip"])
-        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4,
-                    vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4)
-        CLIPModel(CLIPConfig(text_config={**text, "max_position_embeddings": 77},
-                             vision_config={**vision, "image_size": 32, "patch_size": 8},
-                             projection_dim=16)).save_pretrained(paths["clip"])
-        CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-                              ).save_pretrained(paths["clip"])
+        text = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        vision = dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+        )
+        CLIPModel(
+            CLIPConfig(
+                text_config={**text, "max_position_embeddings": 77},
+                vision_config={**vision, "image_size": 32, "patch_size": 8},
+                projection_dim=16,
+            )
+        ).save_pretrained(paths["clip"])
+        CLIPImageProcessorPil(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ).save_pretrained(paths["clip"])
 
-        ViTModel(ViTConfig(**vision, image_size=32, patch_size=8),
-                 add_pooling_layer=False).save_pretrained(paths["dino"])
-        ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.485, 0.456, 0.406],
-                             image_std=[0.229, 0.224, 0.225]).save_pretrained(paths["dino"])
+        ViTModel(
+            ViTConfig(**vision, image_size=32, patch_size=8), add_pooling_layer=False
+        ).save_pretrained(paths["dino"])
+        ViTImageProcessorPil(
+            size={"height": 32, "width": 32},
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
+        ).save_pretrained(paths["dino"])
 
         # OWLv2's class head maps image features to the text width: projection_dim = text width.
-        owl = Owlv2ForObjectDetection(Owlv2Config(
-            text_config={**text, "max_position_embeddings": 16},
-            vision_config={**vision, "image_size": 64, "patch_size": 16}, projection_dim=32))
+        owl = Owlv2ForObjectDetection(
+            Owlv2Config(
+                text_config={**text, "max_position_embeddings": 16},
+                vision_config={**vision, "image_size": 64, "patch_size": 16},
+                projection_dim=32,
+            )
+        )
         with torch.no_grad():  # boxes = OWLv2's patch-grid prior (random offsets are degenerate)
             owl.box_head.dense2.weight.zero_()
             owl.box_head.dense2.bias.zero_()

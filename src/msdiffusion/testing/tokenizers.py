@@ -39,8 +39,9 @@ def char_tokenizer(directory: str | Path | None = None, words: Sequence[str] = (
     vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
     merges: list[str] = []
     # Longer words first: their merges take precedence, so "and" never splits "sand".
-    for word in sorted(dict.fromkeys(w.lower() for w in words if len(w) > 1), key=len,
-                       reverse=True):
+    for word in sorted(
+        dict.fromkeys(w.lower() for w in words if len(w) > 1), key=len, reverse=True
+    ):
         # left to right: "b a" → "ba", "ba l" → "bal", "bal l</w>" → "ball</w>"
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         merged = pieces[0]
@@ -71,13 +72,38 @@ def bert_tokenizer(directory: Path, size: int) -> Any:
         return "q" + "".join(chr(97 + (i // 26**k) % 26) for k in range(4))
 
     vocab = [made_up(i) for i in range(size)]
-    for i, token in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]",
-                     1012: "."}.items():
+    for i, token in {
+        0: "[PAD]",
+        100: "[UNK]",
+        101: "[CLS]",
+        102: "[SEP]",
+        103: "[MASK]",
+        1012: ".",
+    }.items():
         vocab[i] = token
-    words = ["a", "the", "and", "of", "on", "in", "with", "red", "blue", "green", "yellow",
-             "square", "circle", "dog", "cat", "man", "ball", ","]
-    for i, token in enumerate(words + [chr(c) for c in range(97, 123)]
-                              + ["##" + chr(c) for c in range(97, 123)]):
+    words = [
+        "a",
+        "the",
+        "and",
+        "of",
+        "on",
+        "in",
+        "with",
+        "red",
+        "blue",
+        "green",
+        "yellow",
+        "square",
+        "circle",
+        "dog",
+        "cat",
+        "man",
+        "ball",
+        ",",
+    ]
+    for i, token in enumerate(
+        words + [chr(c) for c in range(97, 123)] + ["##" + chr(c) for c in range(97, 123)]
+    ):
         vocab[200 + i] = token
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "vocab.txt"

@@ -100,8 +100,11 @@ def comparison_grid(
 
 def _grid_samples(run: Path, per_group: int) -> list[str]:
     """The first ``per_group`` evaluated samples of each group (benchmark order)."""
-    ids = [json.loads(line)["sample_id"] for line in
-           (run / "index.jsonl").read_text().splitlines() if line.strip()]
+    ids = [
+        json.loads(line)["sample_id"]
+        for line in (run / "index.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     chosen: dict[str, list[str]] = {}
     for sid in dict.fromkeys(ids):
         group = chosen.setdefault(sid.split("/")[0], [])

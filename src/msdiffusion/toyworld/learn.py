@@ -335,12 +335,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapter-steps", type=int, help="override the setting's steps")
     parser.add_argument("--records", type=int, help="override the setting's training records")
     parser.add_argument("--eval-limit", type=int, help="override the setting's samples")
-    parser.add_argument("--base", metavar="DIR",
-                        help="use this base (a folder with base/ and image_encoder/)")
+    parser.add_argument(
+        "--base", metavar="DIR", help="use this base (a folder with base/ and image_encoder/)"
+    )
     args = parser.parse_args(argv)
     settings = SETTINGS[args.setting]
-    overrides = {"adapter_steps": args.adapter_steps, "records": args.records,
-                 "eval_limit": args.eval_limit, "base_dir": args.base}
+    overrides = {
+        "adapter_steps": args.adapter_steps,
+        "records": args.records,
+        "eval_limit": args.eval_limit,
+        "base_dir": args.base,
+    }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     run_learn(args.out or f"outputs/learn-{settings.name}", settings, docs=args.docs)
     return 0

@@ -46,4 +46,5 @@ class SkipLog:
             raise TooMuchBadData(
                 f"{where}: {skipped} of {total} records skipped ({share:.1%}), more than "
                 f"bad_data.max_skip_fraction = {self.config.max_skip_fraction:.1%}; run "
-                "`msdiffusion data check` on the manifest, or raise the threshold")
+                "`msdiffusion data check` on the manifest, or raise the threshold"
+            )

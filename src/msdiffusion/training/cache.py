@@ -38,13 +38,26 @@ from .config import DropoutConfig, TrainConfig
 from .dataset import SampleError, collate_samples, sample_rng
 from .dropout import NONE, draw_dropouts
 
-__all__ = ["CACHE_FORMAT", "cache_fingerprint", "build_cache", "build_cache_for_config",
-           "CachedDataset", "read_index"]
+__all__ = [
+    "CACHE_FORMAT",
+    "cache_fingerprint",
+    "build_cache",
+    "build_cache_for_config",
+    "CachedDataset",
+    "read_index",
+]
 
 CACHE_FORMAT = "msdiffusion-train-cache/1"
 INDEX_NAME, NULL_NAME = "index.json", "null.safetensors"
-PER_RECORD = ("latent_moments", "prompt_embeds", "pooled_prompt_embeds", "time_ids",
-              "image_embeds", "phrase_embeds", "boxes")
+PER_RECORD = (
+    "latent_moments",
+    "prompt_embeds",
+    "pooled_prompt_embeds",
+    "time_ids",
+    "image_embeds",
+    "phrase_embeds",
+    "boxes",
+)
 
 
 def _sha256(path: Path) -> str:
@@ -62,12 +75,18 @@ def cache_fingerprint(config: TrainConfig, dtype: torch.dtype) -> dict[str, Any]
         raise InputError("data.manifest", "is required to build or check a cache", None)
     return {
         "format": CACHE_FORMAT,
-        "model": {"preset": m.preset, "base": m.base, "vae": m.vae,
-                  "image_encoder": m.image_encoder,
-                  "image_encoder_subfolder": m.image_encoder_subfolder,
-                  "tiny_seed": m.tiny_seed if m.preset == "tiny" else None},
-        "size": list(d.size), "crop": "center",
-        "reference_interpolation": d.reference_interpolation, "max_subjects": d.max_subjects,
+        "model": {
+            "preset": m.preset,
+            "base": m.base,
+            "vae": m.vae,
+            "image_encoder": m.image_encoder,
+            "image_encoder_subfolder": m.image_encoder_subfolder,
+            "tiny_seed": m.tiny_seed if m.preset == "tiny" else None,
+        },
+        "size": list(d.size),
+        "crop": "center",
+        "reference_interpolation": d.reference_interpolation,
+        "max_subjects": d.max_subjects,
         "manifest_sha256": _sha256(Path(d.manifest)),
         "dtype": dtype_label(dtype),
     }
@@ -76,12 +95,16 @@ def cache_fingerprint(config: TrainConfig, dtype: torch.dtype) -> dict[str, Any]
 def read_index(cache_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(cache_dir) / INDEX_NAME
     if not path.is_file():
-        raise InputError("data.cache_dir", "holds no complete cache (no index.json); run "
-                         "`msdiffusion train cache` first", str(cache_dir))
+        raise InputError(
+            "data.cache_dir",
+            "holds no complete cache (no index.json); run `msdiffusion train cache` first",
+            str(cache_dir),
+        )
     return json.loads(path.read_text())
 
 
 # ---- building ----------------------------------------------------------------------------------
+
 
 class _RecordLoader(Dataset):
     """Records → samples without dropouts or substitution; a bad record yields its reason."""
@@ -106,9 +129,19 @@ def _collate_or_skip(items: list[Any]) -> tuple[dict[str, Any] | None, list[tupl
     return (collate_samples(good) if good else None), bad
 
 
-def build_cache(config: TrainConfig, records: Sequence[Record], root: Path, encoders: Any,
-                *, dtype: torch.dtype, device: torch.device, rank: int = 0, world_size: int = 1,
-                barrier: Any = lambda: None, progress: bool = True) -> dict[str, Any]:
+def build_cache(
+    config: TrainConfig,
+    records: Sequence[Record],
+    root: Path,
+    encoders: Any,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Any = lambda: None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Encode ``records`` into ``config.data.cache_dir``; returns the index (main process) or {}.
 
     Shard i is written by process ``i % world_size``; the main process writes the null
@@ -123,12 +156,22 @@ def build_cache(config: TrainConfig, records: Sequence[Record], root: Path, enco
     fingerprint = cache_fingerprint(config, dtype)
     fp_text = json.dumps(fingerprint, sort_keys=True)
     size = config.data.cache_shard_size
-    shards = [list(records[i:i + size]) for i in range(0, len(records), size)]
-    dataset = ManifestDataset(records, root, config.data, DropoutConfig(0, 0, 0, 0),
-                              encoders.feature_extractor, seed=config.seed)
+    shards = [list(records[i : i + size]) for i in range(0, len(records), size)]
+    dataset = ManifestDataset(
+        records,
+        root,
+        config.data,
+        DropoutConfig(0, 0, 0, 0),
+        encoders.feature_extractor,
+        seed=config.seed,
+    )
     mine = [i for i in range(len(shards)) if i % world_size == rank]
-    bar = tqdm(total=sum(len(shards[i]) for i in mine), desc=f"caching (process {rank})",
-               unit="record", disable=not progress)
+    bar = tqdm(
+        total=sum(len(shards[i]) for i in mine),
+        desc=f"caching (process {rank})",
+        unit="record",
+        disable=not progress,
+    )
     for i in mine:
         path = out / f"shard-{i:05d}.safetensors"
         if _shard_matches(path, fp_text):
@@ -137,8 +180,12 @@ def build_cache(config: TrainConfig, records: Sequence[Record], root: Path, enco
         tensors: dict[str, torch.Tensor] = {}
         kept: list[list[Any]] = []
         skipped: list[tuple[str, str]] = []
-        loader = DataLoader(_RecordLoader(dataset, shards[i]), batch_size=config.batch_size,
-                            num_workers=config.data.num_workers, collate_fn=_collate_or_skip)
+        loader = DataLoader(
+            _RecordLoader(dataset, shards[i]),
+            batch_size=config.batch_size,
+            num_workers=config.data.num_workers,
+            collate_fn=_collate_or_skip,
+        )
         for batch, bad in loader:
             skipped.extend(bad)
             if batch is not None:
@@ -156,8 +203,7 @@ def build_cache(config: TrainConfig, records: Sequence[Record], root: Path, enco
     barrier()
     if rank != 0:
         return {}
-    index: dict[str, Any] = {"fingerprint": fingerprint, "shards": [], "records": [],
-                             "skipped": []}
+    index: dict[str, Any] = {"fingerprint": fingerprint, "shards": [], "records": [], "skipped": []}
     for i in range(len(shards)):
         name = f"shard-{i:05d}.safetensors"
         with safe_open(str(out / name), framework="pt") as handle:
@@ -184,8 +230,9 @@ def build_cache_for_config(config: TrainConfig) -> dict[str, Any]:
     if config.data.crop != "center":
         raise InputError("data.crop", "must be 'center' for a cache", config.data.crop)
     acc = make_accelerator(config, with_trackers=False)
-    weight_dtype = resolve_weight_dtype(config.model.weight_dtype, acc.device,
-                                        fsdp=acc.distributed_type == DistributedType.FSDP)
+    weight_dtype = resolve_weight_dtype(
+        config.model.weight_dtype, acc.device, fsdp=acc.distributed_type == DistributedType.FSDP
+    )
     dtype = weight_dtype if config.data.cache_dtype == "auto" else to_dtype(config.data.cache_dtype)
     vae_dtype = to_dtype(config.model.vae_dtype) if config.model.vae_dtype else weight_dtype
     components = load_components(config.model, with_unet=False, dtype=weight_dtype)
@@ -193,9 +240,18 @@ def build_cache_for_config(config: TrainConfig) -> dict[str, Any]:
         move_module(components[name], acc.device, vae_dtype if name == "vae" else weight_dtype)
     skips = SkipLog(config.bad_data, enabled_logging=acc.is_main_process)
     records, root, _ = usable_records(config, acc, skips)
-    index = build_cache(config, records, root, FrozenEncoders(**components), dtype=dtype,
-                        device=acc.device, rank=acc.process_index, world_size=acc.num_processes,
-                        barrier=acc.wait_for_everyone, progress=acc.is_local_main_process)
+    index = build_cache(
+        config,
+        records,
+        root,
+        FrozenEncoders(**components),
+        dtype=dtype,
+        device=acc.device,
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+        barrier=acc.wait_for_everyone,
+        progress=acc.is_local_main_process,
+    )
     if index:
         skips.report([tuple(s) for s in index["skipped"]], "when caching")
         skips.check(len(index["skipped"]), len(records), "cache", runtime=False)
@@ -204,23 +260,34 @@ def build_cache_for_config(config: TrainConfig) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _encode_for_cache(batch: dict[str, Any], encoders: Any, device: torch.device,
-                      dtype: torch.dtype) -> list[dict[str, torch.Tensor]]:
+def _encode_for_cache(
+    batch: dict[str, Any], encoders: Any, device: torch.device, dtype: torch.dtype
+) -> list[dict[str, torch.Tensor]]:
     """One collated batch → per-record tensors (padding removed), on the CPU in ``dtype``."""
     moments = encoders.encode_latent_moments(batch["pixel_values"].to(device))
     prompt_embeds, pooled = encoders.encode_prompts(batch["caption"])
     valid = batch["valid"]
-    image_embeds, phrase_embeds = encoders.encode_subjects(batch["reference_pixels"],
-                                                           batch["phrases"], valid.to(device))
+    image_embeds, phrase_embeds = encoders.encode_subjects(
+        batch["reference_pixels"], batch["phrases"], valid.to(device)
+    )
     out = []
     for j in range(valid.shape[0]):
         n = int(valid[j].sum())
-        entry = {"latent_moments": moments[j], "prompt_embeds": prompt_embeds[j],
-                 "pooled_prompt_embeds": pooled[j], "time_ids": batch["time_ids"][j],
-                 "image_embeds": image_embeds[j, :n], "phrase_embeds": phrase_embeds[j, :n],
-                 "boxes": batch["boxes"][j, :n]}
-        out.append({k: v.to("cpu", torch.float32 if k in ("time_ids", "boxes") else dtype)
-                    .contiguous() for k, v in entry.items()})
+        entry = {
+            "latent_moments": moments[j],
+            "prompt_embeds": prompt_embeds[j],
+            "pooled_prompt_embeds": pooled[j],
+            "time_ids": batch["time_ids"][j],
+            "image_embeds": image_embeds[j, :n],
+            "phrase_embeds": phrase_embeds[j, :n],
+            "boxes": batch["boxes"][j, :n],
+        }
+        out.append(
+            {
+                k: v.to("cpu", torch.float32 if k in ("time_ids", "boxes") else dtype).contiguous()
+                for k, v in entry.items()
+            }
+        )
     return out
 
 
@@ -236,6 +303,7 @@ def _shard_matches(path: Path, fp_text: str) -> bool:
 
 # ---- reading -----------------------------------------------------------------------------------
 
+
 class CachedDataset(Dataset):
     """Cached samples with the dropouts applied at read time (same draws as the live dataset).
 
@@ -244,15 +312,27 @@ class CachedDataset(Dataset):
     drop_grounding, dropouts, skipped (always empty: bad records were left out when caching).
     """
 
-    def __init__(self, cache_dir: str | os.PathLike[str], dropout: DropoutConfig, seed: int = 0,
-                 expected_fingerprint: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str],
+        dropout: DropoutConfig,
+        seed: int = 0,
+        expected_fingerprint: dict[str, Any] | None = None,
+    ):
         self.dir = Path(cache_dir)
         index = read_index(self.dir)
         if expected_fingerprint is not None and index["fingerprint"] != expected_fingerprint:
-            diff = sorted(k for k in expected_fingerprint
-                          if expected_fingerprint[k] != index["fingerprint"].get(k))
-            raise InputError("data.cache_dir", f"was built for other settings ({', '.join(diff)} "
-                             "differ); rebuild it with `msdiffusion train cache`", str(cache_dir))
+            diff = sorted(
+                k
+                for k in expected_fingerprint
+                if expected_fingerprint[k] != index["fingerprint"].get(k)
+            )
+            raise InputError(
+                "data.cache_dir",
+                f"was built for other settings ({', '.join(diff)} "
+                "differ); rebuild it with `msdiffusion train cache`",
+                str(cache_dir),
+            )
         self.shards, self.records = index["shards"], index["records"]
         self.skipped = index["skipped"]
         self.dropout, self.seed = dropout, seed
@@ -279,17 +359,20 @@ class CachedDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         shard, prefix, record_id, _ = self.records[index]
         handle = self._handle(shard)
-        sample: dict[str, Any] = {name: handle.get_tensor(f"{prefix}.{name}")
-                                  for name in PER_RECORD}
+        sample: dict[str, Any] = {
+            name: handle.get_tensor(f"{prefix}.{name}") for name in PER_RECORD
+        }
         dropouts = draw_dropouts(sample_rng(self.seed, epoch, index), self.dropout)
         if dropouts.text:
             sample["prompt_embeds"] = self.null["prompt_embeds"]
             sample["pooled_prompt_embeds"] = self.null["pooled_prompt_embeds"]
         if dropouts.image:
-            sample["image_embeds"] = self.null["image_embeds"].expand_as(
-                sample["image_embeds"]).clone()  # (S, T, D_img)
-        sample.update(id=record_id, drop_grounding=dropouts.grounding, dropouts=dropouts,
-                      skipped=[])
+            sample["image_embeds"] = (
+                self.null["image_embeds"].expand_as(sample["image_embeds"]).clone()
+            )  # (S, T, D_img)
+        sample.update(
+            id=record_id, drop_grounding=dropouts.grounding, dropouts=dropouts, skipped=[]
+        )
         return sample
 
 

@@ -79,8 +79,10 @@ class CheckpointManager:
             return self.latest()
         path = Path(spec)
         if not (path / STATE_NAME).is_file():
-            raise CheckpointError(f"resume: {spec!r} is not a complete checkpoint folder "
-                                  f"(no {STATE_NAME}); use 'latest' or a step-NNNNNNNN folder")
+            raise CheckpointError(
+                f"resume: {spec!r} is not a complete checkpoint folder "
+                f"(no {STATE_NAME}); use 'latest' or a step-NNNNNNNN folder"
+            )
         return path
 
     @staticmethod
@@ -90,8 +92,15 @@ class CheckpointManager:
         except (OSError, json.JSONDecodeError, TypeError) as err:
             raise CheckpointError(f"unreadable trainer state in {path} ({err})") from None
 
-    def save(self, step: int, state: TrainState, write: Callable[[Path], None], *,
-             is_main: bool = True, barrier: Callable[[], None] = lambda: None) -> Path:
+    def save(
+        self,
+        step: int,
+        state: TrainState,
+        write: Callable[[Path], None],
+        *,
+        is_main: bool = True,
+        barrier: Callable[[], None] = lambda: None,
+    ) -> Path:
         """Write checkpoint ``step``: ``write(tmp_dir)`` runs on every process (collective saves
         write their parts), then the main process writes the state and renames into place."""
         tmp = self.root / f".tmp-step-{step:08d}"
@@ -120,4 +129,3 @@ class CheckpointManager:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry)
         return removed
-

@@ -31,9 +31,12 @@ def resolve_weight_dtype(name: str, device: torch.device, *, fsdp: bool = False)
         return torch.float32 if fsdp else resolve_dtype("auto", device, prefer_bf16=True)
     dtype = to_dtype(name)
     if fsdp and dtype != torch.float32:
-        raise InputError("model.weight_dtype", "must be fp32 or auto under FSDP (it shards "
-                         "frozen and trained weights in one dtype; set mixed_precision instead)",
-                         name)
+        raise InputError(
+            "model.weight_dtype",
+            "must be fp32 or auto under FSDP (it shards "
+            "frozen and trained weights in one dtype; set mixed_precision instead)",
+            name,
+        )
     return dtype
 
 
@@ -46,8 +49,9 @@ def move_module(module: torch.nn.Module, device: torch.device | str, dtype: torc
         module.to(device, dtype)
 
 
-def load_components(config: ModelConfig, *, with_unet: bool = True,
-                    dtype: torch.dtype | None = None) -> dict[str, Any]:
+def load_components(
+    config: ModelConfig, *, with_unet: bool = True, dtype: torch.dtype | None = None
+) -> dict[str, Any]:
     """Frozen components on the CPU: vae, text_encoder(_2), tokenizer(_2), unet (unless
     ``with_unet`` is False), scheduler (inference), noise_scheduler (DDPM, training),
     image_encoder, feature_extractor. Frozen modules are in eval mode, ``requires_grad`` off.
@@ -68,8 +72,9 @@ def load_components(config: ModelConfig, *, with_unet: bool = True,
     return components
 
 
-def _load_sdxl(config: ModelConfig, with_unet: bool = True,
-               dtype: torch.dtype | None = None) -> dict[str, Any]:
+def _load_sdxl(
+    config: ModelConfig, with_unet: bool = True, dtype: torch.dtype | None = None
+) -> dict[str, Any]:
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
     from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 
@@ -82,21 +87,45 @@ def _load_sdxl(config: ModelConfig, with_unet: bool = True,
     vae_source = config.vae or spec.vae
     encoder = load_or_explain(
         lambda: CLIPVisionModelWithProjection.from_pretrained(
-            encoder_source, subfolder=subfolder or "", torch_dtype=dtype),
-        what="image encoder", source=encoder_source, fix=_fix("model.image_encoder"))
+            encoder_source, subfolder=subfolder or "", torch_dtype=dtype
+        ),
+        what="image encoder",
+        source=encoder_source,
+        fix=_fix("model.image_encoder"),
+    )
     extra: dict[str, Any] = {} if with_unet else {"unet": None}
     if vae_source is not None:
-        extra["vae"] = load_or_explain(lambda: AutoencoderKL.from_pretrained(vae_source),
-                                       what="VAE", source=vae_source, fix=_fix("model.vae"))
+        extra["vae"] = load_or_explain(
+            lambda: AutoencoderKL.from_pretrained(vae_source),
+            what="VAE",
+            source=vae_source,
+            fix=_fix("model.vae"),
+        )
     pipe = load_or_explain(
         lambda: StableDiffusionXLPipeline.from_pretrained(base, torch_dtype=dtype, **extra),
-        what="SDXL base", source=base, fix=_fix("model.base"))
-    components = {k: v for k, v in pipe.components.items() if k in (
-        "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")}
+        what="SDXL base",
+        source=base,
+        fix=_fix("model.base"),
+    )
+    components = {
+        k: v
+        for k, v in pipe.components.items()
+        if k
+        in (
+            "vae",
+            "text_encoder",
+            "text_encoder_2",
+            "tokenizer",
+            "tokenizer_2",
+            "unet",
+            "scheduler",
+        )
+    }
     components["image_encoder"] = encoder
     side = encoder.config.image_size  # CLIP preprocessing at the encoder's own size (224 for bigG)
     components["feature_extractor"] = CLIPImageProcessorPil(
-        size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+    )
     return components
 
 
@@ -113,8 +142,12 @@ def build_adapter(config: ModelConfig, unet: torch.nn.Module) -> Any:
 
     if config.init_adapter is not None:
         if config.adapter:
-            raise InputError("model.adapter", "hyper-parameters come from model.init_adapter "
-                             "when fine-tuning; leave model.adapter empty", config.adapter)
+            raise InputError(
+                "model.adapter",
+                "hyper-parameters come from model.init_adapter "
+                "when fine-tuning; leave model.adapter empty",
+                config.adapter,
+            )
         adapter = load_adapter(config.init_adapter, unet)
     else:
         arch = PRESETS[config.preset].architecture

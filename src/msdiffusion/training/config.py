@@ -27,9 +27,19 @@ from ..errors import InputError
 from ..runtime import check_dtype_name
 
 __all__ = [
-    "ModelConfig", "DataConfig", "DropoutConfig", "OptimConfig", "EMAConfig", "CheckpointConfig",
-    "ValidationConfig", "LoggingConfig", "BadDataConfig", "TrainConfig", "load_config",
-    "parse_override", "apply_overrides",
+    "ModelConfig",
+    "DataConfig",
+    "DropoutConfig",
+    "OptimConfig",
+    "EMAConfig",
+    "CheckpointConfig",
+    "ValidationConfig",
+    "LoggingConfig",
+    "BadDataConfig",
+    "TrainConfig",
+    "load_config",
+    "parse_override",
+    "apply_overrides",
 ]
 
 
@@ -85,20 +95,22 @@ class DataConfig:
         res = self.resolution
         if isinstance(res, list) and len(res) != 2:
             raise InputError("data.resolution", "must be an integer or [height, width]", res)
-        for side in (res if isinstance(res, list) else [res]):
+        for side in res if isinstance(res, list) else [res]:
             if not isinstance(side, int) or side < 8 or side % 8:
                 raise InputError("data.resolution", "sides must be multiples of 8 (>= 8)", res)
         _choice("data.crop", self.crop, ("center", "random"))
-        _choice("data.reference_interpolation", self.reference_interpolation,
-                ("bilinear", "bicubic"))
+        _choice(
+            "data.reference_interpolation", self.reference_interpolation, ("bilinear", "bicubic")
+        )
         check_dtype_name(self.cache_dtype, "data.cache_dtype")
         if self.max_subjects is not None and self.max_subjects < 1:
             raise InputError("data.max_subjects", "must be >= 1 or null", self.max_subjects)
         _at_least("data.num_workers", self.num_workers, 0)
         _at_least("data.cache_shard_size", self.cache_shard_size, 1)
         if self.cache_dir is not None and self.crop != "center":
-            raise InputError("data.crop", "must be 'center' with a cache (latents are precomputed)",
-                             self.crop)
+            raise InputError(
+                "data.crop", "must be 'center' with a cache (latents are precomputed)", self.crop
+            )
 
 
 @dataclass
@@ -116,8 +128,9 @@ class DropoutConfig:
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
                 raise InputError(f"dropout.{name}", "must be a probability in [0, 1]", value)
         if self.image + self.text + self.both > 1.0 + 1e-9:
-            raise InputError("dropout", "image + text + both must be <= 1",
-                             (self.image, self.text, self.both))
+            raise InputError(
+                "dropout", "image + text + both must be <= 1", (self.image, self.text, self.both)
+            )
 
 
 @dataclass
@@ -135,8 +148,9 @@ class OptimConfig:
 
     def validate(self) -> None:
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise InputError("optim.learning_rate", "must be a finite number > 0",
-                             self.learning_rate)
+            raise InputError(
+                "optim.learning_rate", "must be a finite number > 0", self.learning_rate
+            )
         _at_least("optim.weight_decay", self.weight_decay, 0)
         _at_least("optim.lr_warmup_steps", self.lr_warmup_steps, 0)
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -193,8 +207,11 @@ class ValidationConfig:
         _at_least("validation.every", self.every, 0)
         _at_least("validation.num_inference_steps", self.num_inference_steps, 1)
         if self.every and not self.requests:
-            raise InputError("validation.requests", "needs at least one request when "
-                             "validation.every > 0", self.requests)
+            raise InputError(
+                "validation.requests",
+                "needs at least one request when validation.every > 0",
+                self.requests,
+            )
 
 
 @dataclass
@@ -219,8 +236,9 @@ class BadDataConfig:
 
     def validate(self) -> None:
         if not 0.0 <= self.max_skip_fraction <= 1.0:
-            raise InputError("bad_data.max_skip_fraction", "must be in [0, 1]",
-                             self.max_skip_fraction)
+            raise InputError(
+                "bad_data.max_skip_fraction", "must be in [0, 1]", self.max_skip_fraction
+            )
         _at_least("bad_data.min_samples", self.min_samples, 1)
 
 
@@ -254,8 +272,17 @@ class TrainConfig:
         _at_least("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
         _at_least("max_steps", self.max_steps, 1)
         _choice("mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
-        for section in (self.model, self.data, self.dropout, self.optim, self.ema,
-                        self.checkpoint, self.validation, self.logging, self.bad_data):
+        for section in (
+            self.model,
+            self.data,
+            self.dropout,
+            self.optim,
+            self.ema,
+            self.checkpoint,
+            self.validation,
+            self.logging,
+            self.bad_data,
+        ):
             section.validate()
         return self
 
@@ -272,8 +299,9 @@ class TrainConfig:
         return TrainConfig.from_dict(apply_overrides(self.to_dict(), overrides))
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None
-                ) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
     """Read a JSON config (or start from the defaults), apply overrides, validate."""
     data: Any = {}
     if path is not None:

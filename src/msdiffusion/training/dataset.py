@@ -33,8 +33,14 @@ from .transforms import (
     transform_box,
 )
 
-__all__ = ["ManifestDataset", "SampleError", "collate_samples", "PADDED_KEYS",
-           "MAX_CONSECUTIVE_SKIPS", "sample_rng"]
+__all__ = [
+    "ManifestDataset",
+    "SampleError",
+    "collate_samples",
+    "PADDED_KEYS",
+    "MAX_CONSECUTIVE_SKIPS",
+    "sample_rng",
+]
 
 # per-subject tensors, padded to the batch's largest subject count
 PADDED_KEYS = ("reference_pixels", "image_embeds", "phrase_embeds", "boxes")
@@ -60,8 +66,15 @@ class ManifestDataset(Dataset):
         dropouts Dropouts, skipped list[(id, reason)]
     """
 
-    def __init__(self, records: Sequence[Record], root: str | Path, data: DataConfig,
-                 dropout: DropoutConfig, feature_extractor: Any, seed: int = 0):
+    def __init__(
+        self,
+        records: Sequence[Record],
+        root: str | Path,
+        data: DataConfig,
+        dropout: DropoutConfig,
+        feature_extractor: Any,
+        seed: int = 0,
+    ):
         self.records, self.root = list(records), Path(root)
         self.data, self.dropout = data, dropout
         self.feature_extractor, self.seed = feature_extractor, seed
@@ -82,11 +95,14 @@ class ManifestDataset(Dataset):
                 continue
             sample["skipped"] = skipped
             return sample
-        raise RuntimeError(f"{MAX_CONSECUTIVE_SKIPS} consecutive records could not be loaded "
-                           f"(last: {skipped[-1]}); is the data there?")
+        raise RuntimeError(
+            f"{MAX_CONSECUTIVE_SKIPS} consecutive records could not be loaded "
+            f"(last: {skipped[-1]}); is the data there?"
+        )
 
-    def load(self, record: Record, rng: np.random.Generator,
-             dropouts: Dropouts | None = None) -> dict[str, Any]:
+    def load(
+        self, record: Record, rng: np.random.Generator, dropouts: Dropouts | None = None
+    ) -> dict[str, Any]:
         """One record → one sample (raises SampleError with the reason)."""
         if dropouts is None:
             dropouts = draw_dropouts(rng, self.dropout)
@@ -97,8 +113,10 @@ class ManifestDataset(Dataset):
         for i, subject in enumerate(subjects):
             box = transform_box(subject.box, geometry)
             if box is None:
-                raise SampleError(f"subjects[{i}].box: empty after cropping "
-                                  f"({subject.box} with a {self.data.crop} crop)")
+                raise SampleError(
+                    f"subjects[{i}].box: empty after cropping "
+                    f"({subject.box} with a {self.data.crop} crop)"
+                )
             boxes.append(box)
         refs = []
         for i, subject in enumerate(subjects):
@@ -110,8 +128,9 @@ class ManifestDataset(Dataset):
                 cut = cut_reference(reference, subject.reference_box, mask)
             except ValueError as err:
                 raise SampleError(f"subjects[{i}]: {err}") from None
-            pixels = reference_pixels(cut, self.feature_extractor,
-                                      self.data.reference_interpolation)  # (3, s, s)
+            pixels = reference_pixels(
+                cut, self.feature_extractor, self.data.reference_interpolation
+            )  # (3, s, s)
             refs.append(torch.zeros_like(pixels) if dropouts.image else pixels)
         return {
             "id": record.id,
@@ -135,8 +154,9 @@ class ManifestDataset(Dataset):
         except (InputError, RecordProblem) as err:
             raise SampleError(str(err)) from None
         except (OSError, ValueError, SyntaxError) as err:
-            raise SampleError(f"{name}: is not a readable image ({err.__class__.__name__}) "
-                              f"(got {str(path)!r})") from None
+            raise SampleError(
+                f"{name}: is not a readable image ({err.__class__.__name__}) (got {str(path)!r})"
+            ) from None
 
 
 def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -44,8 +44,14 @@ def draw_shape_subjects(size: int = 64) -> dict[str, Image.Image]:
     return out
 
 
-def build_demo_manifest(out_dir: str | Path, subjects_dir: str | Path | None = None, *,
-                        num_records: int = 12, size: int = 96, seed: int = 0) -> Path:
+def build_demo_manifest(
+    out_dir: str | Path,
+    subjects_dir: str | Path | None = None,
+    *,
+    num_records: int = 12,
+    size: int = 96,
+    seed: int = 0,
+) -> Path:
     """Write images, references, one mask and ``train.jsonl`` under ``out_dir``; returns the
     manifest path."""
     out = Path(out_dir)
@@ -83,18 +89,32 @@ def build_demo_manifest(out_dir: str | Path, subjects_dir: str | Path | None = N
             x0 = rng.randint(0, size // 2 - side) + half * (size // 2)
             y0 = rng.randint(0, size - side)
             target.paste(subjects[name].resize((side, side)), (x0, y0))
-            entry = {"phrase": name, "box": [x0 / size, y0 / size, (x0 + side) / size,
-                                             (y0 + side) / size],
-                     "reference": f"refs/{name}.png", "reference_box": None,
-                     "reference_mask": None, "augmented": False}
+            entry = {
+                "phrase": name,
+                "box": [x0 / size, y0 / size, (x0 + side) / size, (y0 + side) / size],
+                "reference": f"refs/{name}.png",
+                "reference_box": None,
+                "reference_mask": None,
+                "augmented": False,
+            }
             if name == names[0] and i % 3 == 0:
                 entry["reference_mask"] = f"refs/{names[0]}_mask.png"
             elif i % 3 == 1:
                 entry["reference_box"] = [0.05, 0.05, 0.95, 0.95]
             entries.append(entry)
         target.save(out / "images" / f"{i:04d}.png")
-        caption = (f"a {chosen[0]} and a {chosen[1]} on a plain background" if count == 2
-                   else f"a photo of a {chosen[0]}")
-        records.append({"id": f"demo-{i:04d}", "image": f"images/{i:04d}.png",
-                        "caption": caption, "subjects": entries, "meta": {"source": "demo"}})
+        caption = (
+            f"a {chosen[0]} and a {chosen[1]} on a plain background"
+            if count == 2
+            else f"a photo of a {chosen[0]}"
+        )
+        records.append(
+            {
+                "id": f"demo-{i:04d}",
+                "image": f"images/{i:04d}.png",
+                "caption": caption,
+                "subjects": entries,
+                "meta": {"source": "demo"},
+            }
+        )
     return write_manifest(records, out / "train.jsonl")

@@ -34,8 +34,18 @@ def _device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
 class FrozenEncoders:
     """Wraps the frozen components; every method runs under ``torch.no_grad``."""
 
-    def __init__(self, *, vae: Any, text_encoder: Any, text_encoder_2: Any, tokenizer: Any,
-                 tokenizer_2: Any, image_encoder: Any, feature_extractor: Any = None, **_: Any):
+    def __init__(
+        self,
+        *,
+        vae: Any,
+        text_encoder: Any,
+        text_encoder_2: Any,
+        tokenizer: Any,
+        tokenizer_2: Any,
+        image_encoder: Any,
+        feature_extractor: Any = None,
+        **_: Any,
+    ):
         self.vae, self.image_encoder = vae, image_encoder
         self.text_encoder, self.text_encoder_2 = text_encoder, text_encoder_2
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
@@ -48,11 +58,17 @@ class FrozenEncoders:
         ``hidden_states[-2]`` of both encoders concatenated ``(B, 77, C)``, and text_encoder_2's
         projected pooled output ``(B, D_pool)``."""
         states, pooled = [], None
-        for tokenizer, encoder in ((self.tokenizer, self.text_encoder),
-                                   (self.tokenizer_2, self.text_encoder_2)):
-            ids = tokenizer(list(captions), padding="max_length", truncation=True,
-                            max_length=tokenizer.model_max_length,
-                            return_tensors="pt").input_ids  # (B, 77)
+        for tokenizer, encoder in (
+            (self.tokenizer, self.text_encoder),
+            (self.tokenizer_2, self.text_encoder_2),
+        ):
+            ids = tokenizer(
+                list(captions),
+                padding="max_length",
+                truncation=True,
+                max_length=tokenizer.model_max_length,
+                return_tensors="pt",
+            ).input_ids  # (B, 77)
             device, _ = _device_dtype(encoder)
             out = encoder(ids.to(device), output_hidden_states=True)
             states.append(out.hidden_states[-2])  # (B, 77, D_k)
@@ -90,8 +106,9 @@ class FrozenEncoders:
 
     # -- batches ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_subjects(self, reference_pixels: torch.Tensor, phrases: Sequence[Sequence[str]],
-                        valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_subjects(
+        self, reference_pixels: torch.Tensor, phrases: Sequence[Sequence[str]], valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode only the real subjects and scatter them back into padded tensors:
         ``(B, S, 3, s, s)``, B lists of S phrases, ``(B, S)`` →
         ``(B, S, T, D_img)``, ``(B, S, D_phrase)``."""
@@ -114,14 +131,20 @@ class FrozenEncoders:
         moments = self.encode_latent_moments(batch["pixel_values"].to(device))
         prompt_embeds, pooled = self.encode_prompts(batch["caption"])
         valid = batch["valid"].to(device)
-        image_embeds, phrase_embeds = self.encode_subjects(batch["reference_pixels"],
-                                                           batch["phrases"], valid)
+        image_embeds, phrase_embeds = self.encode_subjects(
+            batch["reference_pixels"], batch["phrases"], valid
+        )
         return ModelInputs(
-            latents=self.sample_latents(moments), prompt_embeds=prompt_embeds,
-            pooled_prompt_embeds=pooled, time_ids=batch["time_ids"].to(device),
-            image_embeds=image_embeds, phrase_embeds=phrase_embeds,
-            boxes=batch["boxes"].to(device), valid=valid,
-            drop_grounding=batch["drop_grounding"].to(device))
+            latents=self.sample_latents(moments),
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled,
+            time_ids=batch["time_ids"].to(device),
+            image_embeds=image_embeds,
+            phrase_embeds=phrase_embeds,
+            boxes=batch["boxes"].to(device),
+            valid=valid,
+            drop_grounding=batch["drop_grounding"].to(device),
+        )
 
     @torch.no_grad()
     def null_embeddings(self, reference_size: int | None = None) -> dict[str, torch.Tensor]:
@@ -132,5 +155,8 @@ class FrozenEncoders:
             reference_size = self.image_encoder.config.image_size
         prompt_embeds, pooled = self.encode_prompts([""])
         zeros = torch.zeros(1, 3, reference_size, reference_size)
-        return {"prompt_embeds": prompt_embeds[0], "pooled_prompt_embeds": pooled[0],
-                "image_embeds": self.encode_references(zeros)[0]}
+        return {
+            "prompt_embeds": prompt_embeds[0],
+            "pooled_prompt_embeds": pooled[0],
+            "image_embeds": self.encode_references(zeros)[0],
+        }

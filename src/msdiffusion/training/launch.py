@@ -44,17 +44,27 @@ def make_accelerator(config: TrainConfig, *, with_trackers: bool = True) -> Any:
         from accelerate.utils import is_tensorboard_available
 
         if not is_tensorboard_available():
-            raise InputError("logging.report_to", "tensorboard is not installed (pip install "
-                             "tensorboard==2.21.0), or set logging.report_to=none", report_to)
+            raise InputError(
+                "logging.report_to",
+                "tensorboard is not installed (pip install "
+                "tensorboard==2.21.0), or set logging.report_to=none",
+                report_to,
+            )
     return Accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=mixed,
-        cpu=config.cpu, log_with=report_to, step_scheduler_with_optimizer=False,
-        project_config=ProjectConfiguration(project_dir=config.output_dir,
-                                            logging_dir=str(Path(config.output_dir) / "logs")))
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=mixed,
+        cpu=config.cpu,
+        log_with=report_to,
+        step_scheduler_with_optimizer=False,
+        project_config=ProjectConfiguration(
+            project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")
+        ),
+    )
 
 
-def usable_records(config: TrainConfig, accelerator: Any, skips: SkipLog
-                   ) -> tuple[list[Any], Path, int]:
+def usable_records(
+    config: TrainConfig, accelerator: Any, skips: SkipLog
+) -> tuple[list[Any], Path, int]:
     """The manifest's usable records: parsed on every process, files checked by the main one,
     which shares the verdict. Bad records are skipped, counted and logged; too many stop the run.
     Returns (records, manifest folder, number skipped)."""
@@ -68,9 +78,14 @@ def usable_records(config: TrainConfig, accelerator: Any, skips: SkipLog
     verdict: list[Any] = [None]
     if accelerator.is_main_process:
         scan = scan_manifest(manifest, check_files=config.data.check_files, progress=True)
-        verdict = [([r.line for r in scan.records],
-                    [(p.record_id, p.describe()) for p in scan.problems[:50]],
-                    len(scan.problems), scan.total)]
+        verdict = [
+            (
+                [r.line for r in scan.records],
+                [(p.record_id, p.describe()) for p in scan.problems[:50]],
+                len(scan.problems),
+                scan.total,
+            )
+        ]
     if accelerator.num_processes > 1:
         broadcast_object_list(verdict)
     kept_lines, shown, n_bad, total = verdict[0]

@@ -55,8 +55,9 @@ class AdapterUNet(nn.Module):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.adapter.parameters() if p.requires_grad)
 
-    def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
-                conditions: Conditions) -> torch.Tensor:
+    def forward(
+        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, conditions: Conditions
+    ) -> torch.Tensor:
         """noisy_latents (B, 4, h, w), timesteps (B,), ``conditions`` (shapes: ``Conditions``)."""
         c = conditions
         b, s = c.valid.shape
@@ -66,18 +67,29 @@ class AdapterUNet(nn.Module):
             c.image_embeds.flatten(0, 1)[flat].to(dtype),  # (N, T, D_img)
             c.phrase_embeds.flatten(0, 1)[flat].to(dtype),  # (N, D_phrase)
             c.boxes.flatten(0, 1)[flat].to(dtype),  # (N, 4)
-            c.drop_grounding.repeat_interleave(s)[flat])  # (N,)
+            c.drop_grounding.repeat_interleave(s)[flat],
+        )  # (N,)
         padded = tokens.new_zeros((b * s, *tokens.shape[1:]))  # (B·S, Q, C)
         padded = padded.index_put((flat.nonzero(as_tuple=True)[0],), tokens)
         regions = c.boxes
         if self.region == "image":  # the grounding tokens keep the boxes; the attention does not
             regions = torch.tensor([0.0, 0.0, 1.0, 1.0], device=c.boxes.device).expand_as(c.boxes)
-        cond = MSConditioning.for_training(padded.unflatten(0, (b, s)), regions, c.valid,
-                                           latent_size=tuple(noisy_latents.shape[-2:]), scale=1.0)
+        cond = MSConditioning.for_training(
+            padded.unflatten(0, (b, s)),
+            regions,
+            c.valid,
+            latent_size=tuple(noisy_latents.shape[-2:]),
+            scale=1.0,
+        )
         unet_dtype = self.unet.conv_in.weight.dtype
         return self.unet(
-            noisy_latents.to(unet_dtype), timesteps,
+            noisy_latents.to(unet_dtype),
+            timesteps,
             encoder_hidden_states=c.prompt_embeds.to(unet_dtype),
-            added_cond_kwargs={"text_embeds": c.pooled_prompt_embeds.to(unet_dtype),
-                               "time_ids": c.time_ids.to(unet_dtype)},
-            cross_attention_kwargs={"ms": cond}, return_dict=False)[0]
+            added_cond_kwargs={
+                "text_embeds": c.pooled_prompt_embeds.to(unet_dtype),
+                "time_ids": c.time_ids.to(unet_dtype),
+            },
+            cross_attention_kwargs={"ms": cond},
+            return_dict=False,
+        )[0]

@@ -20,13 +20,23 @@ __all__ = ["ShardedStream"]
 class ShardedStream(Sampler):
     """Yields ``(epoch, index)`` keys for one process, from global position ``start`` on."""
 
-    def __init__(self, num_samples: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True, start: int = 0):
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        start: int = 0,
+    ):
         if num_samples < 1:
             raise ValueError("the dataset is empty")
         if start % (batch_size * world_size):
-            raise ValueError(f"start {start} is not a multiple of the global batch "
-                             f"{batch_size * world_size}")
+            raise ValueError(
+                f"start {start} is not a multiple of the global batch {batch_size * world_size}"
+            )
         self.num_samples, self.batch_size = num_samples, batch_size
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle, self.start = seed, shuffle, start

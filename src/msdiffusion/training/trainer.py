@@ -73,8 +73,9 @@ class Trainer:
     process) — for custom logging, early stopping (raise), or fault injection in tests.
     """
 
-    def __init__(self, config: TrainConfig,
-                 callbacks: Sequence[Callable[[Trainer, TrainState], None]] = ()):
+    def __init__(
+        self, config: TrainConfig, callbacks: Sequence[Callable[[Trainer, TrainState], None]] = ()
+    ):
         self.config = config.validate()
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.output_dir)
@@ -88,13 +89,22 @@ class Trainer:
         fsdp = acc.distributed_type == DistributedType.FSDP
         self.weight_dtype = resolve_weight_dtype(config.model.weight_dtype, acc.device, fsdp=fsdp)
         if fsdp and config.ema.enabled:
-            raise InputError("ema.enabled", "is not supported under FSDP (each process holds a "
-                             "shard of the weights); use DDP or DeepSpeed ZeRO-2", True)
+            raise InputError(
+                "ema.enabled",
+                "is not supported under FSDP (each process holds a "
+                "shard of the weights); use DDP or DeepSpeed ZeRO-2",
+                True,
+            )
         if self.weight_dtype != torch.float32 and acc.mixed_precision == "no":
-            raise InputError("mixed_precision", "must be fp16 or bf16 when the frozen weights are "
-                             f"{self.weight_dtype} (the fp32 adapter runs under autocast)", "no")
-        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints",
-                                             config.checkpoint.keep)
+            raise InputError(
+                "mixed_precision",
+                "must be fp16 or bf16 when the frozen weights are "
+                f"{self.weight_dtype} (the fp32 adapter runs under autocast)",
+                "no",
+            )
+        self.checkpoints = CheckpointManager(
+            self.output_dir / "checkpoints", config.checkpoint.keep
+        )
         self.state = TrainState(world_size=acc.num_processes, batch_size=config.batch_size)
         self.skips = SkipLog(config.bad_data, enabled_logging=self.is_main)
         self._setup_model()
@@ -108,8 +118,9 @@ class Trainer:
         config, acc = self.config, self.accelerator
         set_seed(config.seed)  # the same adapter initialisation on every process
         components = load_components(config.model, dtype=self.weight_dtype)
-        self.vae_dtype = to_dtype(config.model.vae_dtype) if config.model.vae_dtype \
-            else self.weight_dtype
+        self.vae_dtype = (
+            to_dtype(config.model.vae_dtype) if config.model.vae_dtype else self.weight_dtype
+        )
         self.cached = config.data.cache_dir is not None
         # With the cache the encoders only serve validation: they wait on the CPU.
         self._place_encoders(torch.device("cpu") if self.cached else acc.device, components)
@@ -126,11 +137,15 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         set_seed(config.seed, device_specific=True)  # different noise on every process
         n_train = sum(p.numel() for p in self.model.trainable_parameters())
-        logger.info("adapter: %.1f M trainable parameters (fp32); frozen weights in %s",
-                    n_train / 1e6, dtype_label(self.weight_dtype))
+        logger.info(
+            "adapter: %.1f M trainable parameters (fp32); frozen weights in %s",
+            n_train / 1e6,
+            dtype_label(self.weight_dtype),
+        )
 
-    def _place_encoders(self, device: torch.device, components: dict[str, Any] | None = None
-                        ) -> None:
+    def _place_encoders(
+        self, device: torch.device, components: dict[str, Any] | None = None
+    ) -> None:
         components = components if components is not None else self.components
         for name in ENCODERS:
             dtype = self.vae_dtype if name == "vae" else self.weight_dtype
@@ -143,19 +158,32 @@ class Trainer:
         config = self.config
         if self.cached:
             dtype = self.cache_dtype()
-            self.dataset = CachedDataset(config.data.cache_dir, config.dropout, config.seed,
-                                         expected_fingerprint=cache_fingerprint(config, dtype))
+            self.dataset = CachedDataset(
+                config.data.cache_dir,
+                config.dropout,
+                config.seed,
+                expected_fingerprint=cache_fingerprint(config, dtype),
+            )
             self.state.extra["cache_skipped"] = len(self.dataset.skipped)
             self.skips.report([tuple(s) for s in self.dataset.skipped], "when caching")
             total = len(self.dataset) + len(self.dataset.skipped)
             self.skips.check(len(self.dataset.skipped), total, "cache", runtime=False)
-            logger.info("data: %d cached records (%d skipped when caching)", len(self.dataset),
-                        len(self.dataset.skipped))
+            logger.info(
+                "data: %d cached records (%d skipped when caching)",
+                len(self.dataset),
+                len(self.dataset.skipped),
+            )
         else:
             records, root, n_bad = usable_records(config, self.accelerator, self.skips)
             self.state.extra["manifest_skipped"] = n_bad
-            self.dataset = ManifestDataset(records, root, config.data, config.dropout,
-                                           self.components["feature_extractor"], seed=config.seed)
+            self.dataset = ManifestDataset(
+                records,
+                root,
+                config.data,
+                config.dropout,
+                self.components["feature_extractor"],
+                seed=config.seed,
+            )
 
     def cache_dtype(self) -> torch.dtype:
         name = self.config.data.cache_dtype
@@ -166,21 +194,33 @@ class Trainer:
         from diffusers.training_utils import EMAModel
 
         config, acc, o = self.config, self.accelerator, self.config.optim
-        self.optimizer = torch.optim.AdamW(list(self.model.trainable_parameters()),
-                                           lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
-                                           weight_decay=o.weight_decay, eps=o.adam_epsilon)
-        self.lr_scheduler = get_scheduler(o.lr_scheduler, self.optimizer,
-                                          num_warmup_steps=o.lr_warmup_steps,
-                                          num_training_steps=config.max_steps)
+        self.optimizer = torch.optim.AdamW(
+            list(self.model.trainable_parameters()),
+            lr=o.learning_rate,
+            betas=(o.adam_beta1, o.adam_beta2),
+            weight_decay=o.weight_decay,
+            eps=o.adam_epsilon,
+        )
+        self.lr_scheduler = get_scheduler(
+            o.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=o.lr_warmup_steps,
+            num_training_steps=config.max_steps,
+        )
         self.ema = None
         if config.ema.enabled:
-            self.ema = EMAModel(list(self.model.trainable_parameters()), decay=config.ema.decay,
-                                use_ema_warmup=config.ema.warmup)
+            self.ema = EMAModel(
+                list(self.model.trainable_parameters()),
+                decay=config.ema.decay,
+                use_ema_warmup=config.ema.warmup,
+            )
         if acc.state.deepspeed_plugin is not None:  # no prepared DataLoader tells it the size
-            acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = \
+            acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
                 config.batch_size
+            )
         self.model, self.optimizer, self.lr_scheduler = acc.prepare(
-            self.model, self.optimizer, self.lr_scheduler)
+            self.model, self.optimizer, self.lr_scheduler
+        )
         self.params = list(acc.unwrap_model(self.model).trainable_parameters())
         if self.ema is not None:
             self.ema.to(acc.device)
@@ -198,8 +238,11 @@ class Trainer:
         """The adapter's full fp32 weights (gathered under FSDP/DeepSpeed; collective there)."""
         if self._is("FSDP") or self._is("DEEPSPEED"):
             full = self.accelerator.get_state_dict(self.model)
-            return {k.removeprefix("adapter."): v.float() for k, v in full.items()
-                    if k.startswith("adapter.")}
+            return {
+                k.removeprefix("adapter."): v.float()
+                for k, v in full.items()
+                if k.startswith("adapter.")
+            }
         adapter = self.accelerator.unwrap_model(self.model).adapter
         return {k: v.detach().float() for k, v in adapter.state_dict().items()}
 
@@ -253,9 +296,13 @@ class Trainer:
         acc = self.accelerator
         kwargs = {"exclude_frozen_parameters": True} if self._is("DEEPSPEED") else {}
         self.state.extra["config"] = self.config.to_dict()
-        path = self.checkpoints.save(self.state.step, self.state,
-                                     lambda tmp: acc.save_state(str(tmp), **kwargs),
-                                     is_main=self.is_main, barrier=acc.wait_for_everyone)
+        path = self.checkpoints.save(
+            self.state.step,
+            self.state,
+            lambda tmp: acc.save_state(str(tmp), **kwargs),
+            is_main=self.is_main,
+            barrier=acc.wait_for_everyone,
+        )
         logger.info("checkpoint: %s", path)
         return path
 
@@ -263,16 +310,21 @@ class Trainer:
         """Load a checkpoint (``"latest"`` or a folder); False when "latest" finds none."""
         path = self.checkpoints.resolve(spec)
         if path is None:
-            logger.info("resume: no checkpoint in %s yet; starting from step 0",
-                        self.checkpoints.root)
+            logger.info(
+                "resume: no checkpoint in %s yet; starting from step 0", self.checkpoints.root
+            )
             return False
         kwargs = {"load_module_strict": False} if self._is("DEEPSPEED") else {}
         self.accelerator.load_state(str(path), **kwargs)
         saved = self.checkpoints.read_state(path)
         global_batch = self.config.batch_size * self.accelerator.num_processes
         if saved.position % global_batch:
-            raise InputError("resume", f"the checkpoint's data position {saved.position} does not "
-                             f"divide into the global batch {global_batch}", str(path))
+            raise InputError(
+                "resume",
+                f"the checkpoint's data position {saved.position} does not "
+                f"divide into the global batch {global_batch}",
+                str(path),
+            )
         old = saved.extra.get("config", {})
         for section in ("model", "data"):
             if old.get(section) not in (None, self.config.to_dict()[section]):
@@ -289,11 +341,16 @@ class Trainer:
             return self.encoders.encode_batch(batch, device)
         latents = self.encoders.sample_latents(batch["latent_moments"].to(device))
         return ModelInputs(
-            latents=latents, prompt_embeds=batch["prompt_embeds"].to(device),
+            latents=latents,
+            prompt_embeds=batch["prompt_embeds"].to(device),
             pooled_prompt_embeds=batch["pooled_prompt_embeds"].to(device),
-            time_ids=batch["time_ids"].to(device), image_embeds=batch["image_embeds"].to(device),
-            phrase_embeds=batch["phrase_embeds"].to(device), boxes=batch["boxes"].to(device),
-            valid=batch["valid"].to(device), drop_grounding=batch["drop_grounding"].to(device))
+            time_ids=batch["time_ids"].to(device),
+            image_embeds=batch["image_embeds"].to(device),
+            phrase_embeds=batch["phrase_embeds"].to(device),
+            boxes=batch["boxes"].to(device),
+            valid=batch["valid"].to(device),
+            drop_grounding=batch["drop_grounding"].to(device),
+        )
 
     def loss(self, inputs: ModelInputs) -> torch.Tensor:
         """ε-prediction (or v-prediction, per the scheduler) MSE at t ~ U{0..T-1}."""
@@ -303,8 +360,11 @@ class Trainer:
         timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         kind = self.noise_scheduler.config.prediction_type
-        target = noise if kind == "epsilon" else \
-            self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        target = (
+            noise
+            if kind == "epsilon"
+            else self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        )
         pred = self.model(noisy, timesteps, inputs)
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
@@ -318,7 +378,8 @@ class Trainer:
                 raise TrainingDiverged(
                     f"loss is {mean} at step {self.state.step + 1}; stopped before updating the "
                     f"weights. Last good checkpoint: {latest or 'none'} (lower the learning rate "
-                    "and resume with --resume latest)")
+                    "and resume with --resume latest)"
+                )
             acc.backward(loss)
             if acc.sync_gradients and self.config.optim.max_grad_norm is not None:
                 acc.clip_grad_norm_(self.params, self.config.optim.max_grad_norm)
@@ -349,9 +410,12 @@ class Trainer:
         self._flush_skip_counts()
         losses, start, start_step = self._interval
         elapsed = time.perf_counter() - start
-        logs = {"loss": sum(losses) / len(losses), "lr": self.lr_scheduler.get_last_lr()[0],
-                "samples_per_s": global_batch * (self.state.step - start_step) / max(elapsed, 1e-9),
-                "skipped": self.state.samples_skipped}
+        logs = {
+            "loss": sum(losses) / len(losses),
+            "lr": self.lr_scheduler.get_last_lr()[0],
+            "samples_per_s": global_batch * (self.state.step - start_step) / max(elapsed, 1e-9),
+            "skipped": self.state.samples_skipped,
+        }
         self.accelerator.log(logs, step=self.state.step)
         if self.is_main:  # plain-text twin of the tracker's scalars, for plots and scripts
             path = self.output_dir / "logs" / "metrics.jsonl"
@@ -359,8 +423,11 @@ class Trainer:
             with path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": self.state.step, **logs}) + "\n")
         self._interval = ([], time.perf_counter(), self.state.step)
-        return {"loss": f"{logs['loss']:.4f}", "lr": f"{logs['lr']:.2e}",
-                "sps": f"{logs['samples_per_s']:.1f}"}
+        return {
+            "loss": f"{logs['loss']:.4f}",
+            "lr": f"{logs['lr']:.2e}",
+            "sps": f"{logs['samples_per_s']:.1f}",
+        }
 
     # ---- bad data -------------------------------------------------------------------------------
     def _count_skips(self, batch: dict[str, Any]) -> None:
@@ -370,14 +437,18 @@ class Trainer:
         self._local_skipped += len(skipped)
 
     def _flush_skip_counts(self) -> None:
-        counts = torch.tensor([self._local_drawn, self._local_skipped], dtype=torch.float64,
-                              device=self.accelerator.device)
+        counts = torch.tensor(
+            [self._local_drawn, self._local_skipped],
+            dtype=torch.float64,
+            device=self.accelerator.device,
+        )
         counts = self.accelerator.reduce(counts, "sum")
         self.state.samples_drawn += int(counts[0])
         self.state.samples_skipped += int(counts[1])
         self._local_drawn = self._local_skipped = 0
-        self.skips.check(self.state.samples_skipped, self.state.samples_drawn, "training data",
-                         runtime=True)
+        self.skips.check(
+            self.state.samples_skipped, self.state.samples_drawn, "training data", runtime=True
+        )
 
     # ---- validation -----------------------------------------------------------------------------
     def validate(self) -> Path | None:
@@ -387,8 +458,10 @@ class Trainer:
         acc, v = self.accelerator, self.config.validation
         path = None
         if self._is("FSDP"):  # the main process does not hold the whole sharded model
-            logger.warning("validation: skipped under FSDP; generate from a checkpoint's adapter "
-                           "folder with `msdiffusion generate --adapter` instead")
+            logger.warning(
+                "validation: skipped under FSDP; generate from a checkpoint's adapter "
+                "folder with `msdiffusion generate --adapter` instead"
+            )
         elif self.is_main and v.requests:
             unwrapped = acc.unwrap_model(self.model)
             if self.cached:
@@ -399,8 +472,13 @@ class Trainer:
                 with self.ema_weights(), torch.random.fork_rng(devices=devices):
                     requests = validation_requests(v, self.config.data.size)
                     path = self.output_dir / "validation" / f"step-{self.state.step:08d}.png"
-                    grid = render_validation({**self.components, "unet": unwrapped.unet},
-                                             unwrapped.adapter, requests, path, acc.autocast)
+                    grid = render_validation(
+                        {**self.components, "unet": unwrapped.unet},
+                        unwrapped.adapter,
+                        requests,
+                        path,
+                        acc.autocast,
+                    )
             finally:
                 if self.cached:
                     self._place_encoders(torch.device("cpu"))
@@ -414,8 +492,9 @@ class Trainer:
 
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
-                tracker.log_images({"validation": np.asarray(grid)[None]}, step=self.state.step,
-                                   dataformats="NHWC")
+                tracker.log_images(
+                    {"validation": np.asarray(grid)[None]}, step=self.state.step, dataformats="NHWC"
+                )
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -434,20 +513,42 @@ class Trainer:
             atomic_write_json(self.output_dir / "config.json", config.to_dict())
         if config.logging.report_to:
             acc.init_trackers(config.logging.project_name, config=_flat_hparams(config.to_dict()))
-        stream = ShardedStream(len(self.dataset), config.batch_size, rank=acc.process_index,
-                               world_size=acc.num_processes, seed=config.seed, start=state.position)
-        loader = DataLoader(self.dataset, batch_size=config.batch_size, sampler=stream,
-                            collate_fn=collate_samples, num_workers=config.data.num_workers,
-                            pin_memory=acc.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(config.seed))
+        stream = ShardedStream(
+            len(self.dataset),
+            config.batch_size,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            seed=config.seed,
+            start=state.position,
+        )
+        loader = DataLoader(
+            self.dataset,
+            batch_size=config.batch_size,
+            sampler=stream,
+            collate_fn=collate_samples,
+            num_workers=config.data.num_workers,
+            pin_memory=acc.device.type == "cuda",
+            generator=torch.Generator().manual_seed(config.seed),
+        )
         global_batch = config.batch_size * acc.num_processes * config.gradient_accumulation_steps
-        logger.info("training: steps %d→%d, %d samples per step (%d processes × %d × %d "
-                    "accumulation)", state.step, config.max_steps, global_batch,
-                    acc.num_processes, config.batch_size, config.gradient_accumulation_steps)
+        logger.info(
+            "training: steps %d→%d, %d samples per step (%d processes × %d × %d accumulation)",
+            state.step,
+            config.max_steps,
+            global_batch,
+            acc.num_processes,
+            config.batch_size,
+            config.gradient_accumulation_steps,
+        )
         self._local_drawn = self._local_skipped = 0
         self._interval = ([], time.perf_counter(), state.step)  # losses, start time, start step
-        bar = tqdm(total=config.max_steps, initial=state.step, desc="training", unit="step",
-                   disable=not self.is_main)
+        bar = tqdm(
+            total=config.max_steps,
+            initial=state.step,
+            desc="training",
+            unit="step",
+            disable=not self.is_main,
+        )
         batches = iter(loader)
         last_loss = None
         self.model.train()
@@ -473,11 +574,13 @@ class Trainer:
         if self.is_main:
             logger.info("adapter exported to %s", adapter_dir)
         acc.end_training()
-        return TrainResult(self.output_dir, adapter_dir, state.step, last_loss,
-                           state.samples_skipped)
+        return TrainResult(
+            self.output_dir, adapter_dir, state.step, last_loss, state.samples_skipped
+        )
 
 
-def train(config: TrainConfig,
-          callbacks: Sequence[Callable[[Trainer, TrainState], None]] = ()) -> TrainResult:
+def train(
+    config: TrainConfig, callbacks: Sequence[Callable[[Trainer, TrainState], None]] = ()
+) -> TrainResult:
     """Train an adapter as ``config`` says (see docs/training.md); returns where it went."""
     return Trainer(config, callbacks).run()

@@ -18,8 +18,17 @@ from PIL import Image
 from ..encoding import REFERENCE_SIZE
 from ..geometry import Box, box_to_pixels
 
-__all__ = ["CropGeometry", "crop_geometry", "resize_and_crop", "transform_box", "add_time_ids",
-           "cut_reference", "reference_pixels", "image_to_tensor", "INTERPOLATION"]
+__all__ = [
+    "CropGeometry",
+    "crop_geometry",
+    "resize_and_crop",
+    "transform_box",
+    "add_time_ids",
+    "cut_reference",
+    "reference_pixels",
+    "image_to_tensor",
+    "INTERPOLATION",
+]
 
 INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -39,8 +48,12 @@ class CropGeometry:
     target_size: tuple[int, int]
 
 
-def crop_geometry(original_size: tuple[int, int], target_size: tuple[int, int],
-                  mode: str = "center", rng: np.random.Generator | None = None) -> CropGeometry:
+def crop_geometry(
+    original_size: tuple[int, int],
+    target_size: tuple[int, int],
+    mode: str = "center",
+    rng: np.random.Generator | None = None,
+) -> CropGeometry:
     """Resize to cover ``target_size`` (aspect kept), then a centre or random crop."""
     (h, w), (th, tw) = original_size, target_size
     scale = max(th / h, tw / w)
@@ -103,12 +116,14 @@ def cut_reference(image: Image.Image, box: Box | None, mask: Image.Image | None)
     return image
 
 
-def reference_pixels(image: Image.Image, feature_extractor: Any,
-                     interpolation: str = "bilinear") -> torch.Tensor:
+def reference_pixels(
+    image: Image.Image, feature_extractor: Any, interpolation: str = "bilinear"
+) -> torch.Tensor:
     """Cut reference → 512² (DESIGN §2.1 step 1) → the image encoder's preprocessing,
     ``(3, s, s)``."""
-    square = image.convert("RGB").resize((REFERENCE_SIZE, REFERENCE_SIZE),
-                                         INTERPOLATION[interpolation])
+    square = image.convert("RGB").resize(
+        (REFERENCE_SIZE, REFERENCE_SIZE), INTERPOLATION[interpolation]
+    )
     return feature_extractor(images=[square], return_tensors="pt").pixel_values[0]
 
 

@@ -19,10 +19,14 @@ __all__ = ["validation_requests", "render_validation"]
 
 def validation_requests(config: ValidationConfig, size: tuple[int, int]) -> list[GenerationRequest]:
     """The configured requests, with the validation defaults for fields they leave out."""
-    defaults = {"num_inference_steps": config.num_inference_steps,
-                "guidance_scale": config.guidance_scale, "scale": config.scale,
-                "seed": config.seed, "height": config.size or size[0],
-                "width": config.size or size[1]}
+    defaults = {
+        "num_inference_steps": config.num_inference_steps,
+        "guidance_scale": config.guidance_scale,
+        "scale": config.scale,
+        "seed": config.seed,
+        "height": config.size or size[0],
+        "width": config.size or size[1],
+    }
     out = []
     for i, raw in enumerate(config.requests):
         if not isinstance(raw, dict):
@@ -33,8 +37,13 @@ def validation_requests(config: ValidationConfig, size: tuple[int, int]) -> list
     return out
 
 
-def render_validation(components: dict[str, Any], adapter: Any, requests: list[GenerationRequest],
-                      out_path: Path, autocast: Any = contextlib.nullcontext) -> Image.Image:
+def render_validation(
+    components: dict[str, Any],
+    adapter: Any,
+    requests: list[GenerationRequest],
+    out_path: Path,
+    autocast: Any = contextlib.nullcontext,
+) -> Image.Image:
     """Generate every request (one row each; overlays show boxes and references) → grid PNG."""
     from ..inference import generate
     from ..loading import LoadedModel
@@ -42,13 +51,20 @@ def render_validation(components: dict[str, Any], adapter: Any, requests: list[G
     from ..visualize import draw_overlay, image_grid
 
     pipe = MSDiffusionXLPipeline(
-        vae=components["vae"], text_encoder=components["text_encoder"],
-        text_encoder_2=components["text_encoder_2"], tokenizer=components["tokenizer"],
-        tokenizer_2=components["tokenizer_2"], unet=components["unet"],
-        scheduler=components["scheduler"], image_encoder=components["image_encoder"],
-        feature_extractor=components["feature_extractor"], adapter=adapter)
-    model = LoadedModel(pipe=pipe, info={"source": "training validation"},
-                        default_size=requests[0].height or 1024)
+        vae=components["vae"],
+        text_encoder=components["text_encoder"],
+        text_encoder_2=components["text_encoder_2"],
+        tokenizer=components["tokenizer"],
+        tokenizer_2=components["tokenizer_2"],
+        unet=components["unet"],
+        scheduler=components["scheduler"],
+        image_encoder=components["image_encoder"],
+        feature_extractor=components["feature_extractor"],
+        adapter=adapter,
+    )
+    model = LoadedModel(
+        pipe=pipe, info={"source": "training validation"}, default_size=requests[0].height or 1024
+    )
     with autocast():
         results = generate(model, requests, progress=False)
     tiles = [draw_overlay(image, result.request) for result in results for image in result.images]

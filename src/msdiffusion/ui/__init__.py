@@ -16,27 +16,45 @@ __all__ = ["register", "run"]
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Adds the ``ui`` command to the CLI's subparsers."""
     parser = subparsers.add_parser(
-        "ui", help="web page: draw subject boxes, generate, keep the recipe",
+        "ui",
+        help="web page: draw subject boxes, generate, keep the recipe",
         description="Serve the MS-Diffusion web page (Gradio): upload a reference image per "
-                    "subject, drag its box on a canvas of the output's aspect ratio, generate, and "
-                    "download each result's JSON sidecar. Binds to 127.0.0.1 unless --host says "
-                    "otherwise; no public link without --share.")
+        "subject, drag its box on a canvas of the output's aspect ratio, generate, and "
+        "download each result's JSON sidecar. Binds to 127.0.0.1 unless --host says "
+        "otherwise; no public link without --share.",
+    )
     from ..commands.generate import add_model_arguments
 
     add_model_arguments(parser)  # the same model flags as `msdiffusion generate`
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default: 127.0.0.1, this machine only)")
+    server.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only)",
+    )
     server.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    server.add_argument("--share", action="store_true",
-                        help="also open a public Gradio share link (off by default)")
-    server.add_argument("--out", default="outputs/ui",
-                        help="folder for results, their overlays, sidecars and reference copies "
-                             "(default: outputs/ui)")
-    server.add_argument("--max-queue", dest="max_queue", type=int, default=8,
-                        help="generations that may wait while one runs (default: 8)")
-    server.add_argument("--max-file-size", dest="max_file_size", default="20mb",
-                        help="largest upload accepted, e.g. 20mb (default: 20mb)")
+    server.add_argument(
+        "--share", action="store_true", help="also open a public Gradio share link (off by default)"
+    )
+    server.add_argument(
+        "--out",
+        default="outputs/ui",
+        help="folder for results, their overlays, sidecars and reference copies "
+        "(default: outputs/ui)",
+    )
+    server.add_argument(
+        "--max-queue",
+        dest="max_queue",
+        type=int,
+        default=8,
+        help="generations that may wait while one runs (default: 8)",
+    )
+    server.add_argument(
+        "--max-file-size",
+        dest="max_file_size",
+        default="20mb",
+        help="largest upload accepted, e.g. 20mb (default: 20mb)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -58,9 +76,20 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(args)
     try:
-        launch(model, host=args.host, port=args.port or None, share=args.share, out_dir=args.out,
-               max_file_size=args.max_file_size, max_queue=args.max_queue)
+        launch(
+            model,
+            host=args.host,
+            port=args.port or None,
+            share=args.share,
+            out_dir=args.out,
+            max_file_size=args.max_file_size,
+            max_queue=args.max_queue,
+        )
     except OSError as err:  # the port is taken, or the address is not this machine's
-        raise InputError("--port", f"cannot serve on {args.host}:{args.port} ({err})",
-                         args.port, show_value=False) from None
+        raise InputError(
+            "--port",
+            f"cannot serve on {args.host}:{args.port} ({err})",
+            args.port,
+            show_value=False,
+        ) from None
     return 0

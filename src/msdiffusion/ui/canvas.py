@@ -28,8 +28,10 @@ COLORS = tuple("#{:02x}{:02x}{:02x}".format(*rgb) for rgb in PALETTE[:4])
 # `${...}` is evaluated as a JS template literal by gr.HTML (after Handlebars, which sees no `{{`).
 # Labels are escaped; every other interpolated value is a number.
 _COLOR = "[" + ", ".join(f"'{c}'" for c in COLORS) + "][i]"
-_LABEL = ("String(s.label || 'subject ' + (i + 1)).replace(/&/g, '&amp;').replace(/</g, '&lt;')"
-          ".replace(/>/g, '&gt;')")
+_LABEL = (
+    "String(s.label || 'subject ' + (i + 1)).replace(/&/g, '&amp;').replace(/</g, '&lt;')"
+    ".replace(/>/g, '&gt;')"
+)
 
 HTML_TEMPLATE = f"""
 <div class="msd-layout" data-active="${{value.active}}">
@@ -230,20 +232,31 @@ JS_SIZE_TO_CANVAS = """
 """
 
 
-def canvas_value(width: int, height: int, labels: Sequence[str],
-                 boxes: Sequence[Sequence[float] | None], active: int = 0) -> dict[str, Any]:
+def canvas_value(
+    width: int,
+    height: int,
+    labels: Sequence[str],
+    boxes: Sequence[Sequence[float] | None],
+    active: int = 0,
+) -> dict[str, Any]:
     """The canvas's value for an output of ``width`` × ``height`` and one box (or None) per slot."""
     if len(labels) != len(boxes):
         raise ValueError(f"{len(labels)} labels for {len(boxes)} boxes")
-    subjects = [{"label": str(label or ""), "box": None if box is None else [float(v) for v in box]}
-                for label, box in zip(labels, boxes, strict=True)]
-    return {"width": int(width), "height": int(height), "active": int(active),
-            "subjects": subjects}
+    subjects = [
+        {"label": str(label or ""), "box": None if box is None else [float(v) for v in box]}
+        for label, box in zip(labels, boxes, strict=True)
+    ]
+    return {"width": int(width), "height": int(height), "active": int(active), "subjects": subjects}
 
 
 def layout_canvas(value: dict[str, Any], **kwargs: Any):
     """The canvas component (import-light callers: gradio is imported here, not at module level)."""
     import gradio as gr
 
-    return gr.HTML(value=value, html_template=HTML_TEMPLATE, css_template=CSS_TEMPLATE,
-                   js_on_load=JS_ON_LOAD, **kwargs)
+    return gr.HTML(
+        value=value,
+        html_template=HTML_TEMPLATE,
+        css_template=CSS_TEMPLATE,
+        js_on_load=JS_ON_LOAD,
+        **kwargs,
+    )

@@ -31,10 +31,26 @@ MAX_SUBJECTS = 4
 MAX_SEED = 2**31 - 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
-__all__ = ["MAX_SUBJECTS", "SubjectForm", "Form", "FormErrors", "FORM_FIELDS", "EXAMPLE_LAYOUTS",
-           "build_request", "validate_form", "form_from_request", "form_from_values",
-           "form_to_values", "format_box", "apply_layout", "canvas_for", "copy_files",
-           "find_own_sidecar", "field_label", "pick_seed"]
+__all__ = [
+    "MAX_SUBJECTS",
+    "SubjectForm",
+    "Form",
+    "FormErrors",
+    "FORM_FIELDS",
+    "EXAMPLE_LAYOUTS",
+    "build_request",
+    "validate_form",
+    "form_from_request",
+    "form_from_values",
+    "form_to_values",
+    "format_box",
+    "apply_layout",
+    "canvas_for",
+    "copy_files",
+    "find_own_sidecar",
+    "field_label",
+    "pick_seed",
+]
 
 
 @dataclass
@@ -59,7 +75,8 @@ class Form:
     prompt: str = ""
     negative_prompt: str = ""
     subjects: list[SubjectForm] = field(
-        default_factory=lambda: [SubjectForm() for _ in range(MAX_SUBJECTS)])
+        default_factory=lambda: [SubjectForm() for _ in range(MAX_SUBJECTS)]
+    )
     width: int = 1024
     height: int = 1024
     steps: int = 30
@@ -79,12 +96,22 @@ class Form:
 _TOP_FIELDS = tuple(f.name for f in fields(Form) if f.name != "subjects")
 _SUBJECT_FIELDS = tuple(f.name for f in fields(SubjectForm))
 FORM_FIELDS: tuple[str, ...] = _TOP_FIELDS + tuple(
-    f"s{k}.{name}" for k in range(MAX_SUBJECTS) for name in _SUBJECT_FIELDS)
+    f"s{k}.{name}" for k in range(MAX_SUBJECTS) for name in _SUBJECT_FIELDS
+)
 
-_LABELS = {"prompt": "prompt", "negative_prompt": "negative prompt", "width": "width",
-           "height": "height", "steps": "steps", "guidance": "guidance", "scale": "scale",
-           "seed": "seed", "num_images": "number of images", "mask_threshold": "mask threshold",
-           "start_step": "start step"}
+_LABELS = {
+    "prompt": "prompt",
+    "negative_prompt": "negative prompt",
+    "width": "width",
+    "height": "height",
+    "steps": "steps",
+    "guidance": "guidance",
+    "scale": "scale",
+    "seed": "seed",
+    "num_images": "number of images",
+    "mask_threshold": "mask threshold",
+    "start_step": "start step",
+}
 
 
 def field_label(key: str) -> str:
@@ -126,12 +153,16 @@ def form_from_values(values: Sequence[Any]) -> Form:
     if len(values) != len(FORM_FIELDS):
         raise ValueError(f"expected {len(FORM_FIELDS)} values, got {len(values)}")
     by_key = dict(zip(FORM_FIELDS, values, strict=True))
-    subjects = [SubjectForm(images=_gallery_paths(by_key[f"s{k}.images"]),
-                            phrase=str(by_key[f"s{k}.phrase"] or ""),
-                            box=str(by_key[f"s{k}.box"] or ""),
-                            scale=_blank_to_none(by_key[f"s{k}.scale"]),
-                            mask=by_key[f"s{k}.mask"] or None)
-                for k in range(MAX_SUBJECTS)]
+    subjects = [
+        SubjectForm(
+            images=_gallery_paths(by_key[f"s{k}.images"]),
+            phrase=str(by_key[f"s{k}.phrase"] or ""),
+            box=str(by_key[f"s{k}.box"] or ""),
+            scale=_blank_to_none(by_key[f"s{k}.scale"]),
+            mask=by_key[f"s{k}.mask"] or None,
+        )
+        for k in range(MAX_SUBJECTS)
+    ]
     top = {name: by_key[name] for name in _TOP_FIELDS}
     for name in ("prompt", "negative_prompt"):
         top[name] = str(top[name] or "")
@@ -170,13 +201,28 @@ def format_box(box: Sequence[float] | None) -> str:
 
 
 # Request arguments (as GenerationRequest names them) → form fields.
-_REQUEST_FIELDS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "width": "width",
-                   "height": "height", "num_inference_steps": "steps",
-                   "guidance_scale": "guidance", "scale": "scale", "seed": "seed",
-                   "num_images": "num_images", "mask_threshold": "mask_threshold",
-                   "start_step": "start_step", "drop_grounding_tokens": "drop_grounding"}
-_SUBJECT_KEYS = {"images": "images", "image": "images", "phrase": "phrase", "box": "box",
-                 "mask": "mask", "scale": "scale"}
+_REQUEST_FIELDS = {
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "width": "width",
+    "height": "height",
+    "num_inference_steps": "steps",
+    "guidance_scale": "guidance",
+    "scale": "scale",
+    "seed": "seed",
+    "num_images": "num_images",
+    "mask_threshold": "mask_threshold",
+    "start_step": "start_step",
+    "drop_grounding_tokens": "drop_grounding",
+}
+_SUBJECT_KEYS = {
+    "images": "images",
+    "image": "images",
+    "phrase": "phrase",
+    "box": "box",
+    "mask": "mask",
+    "scale": "scale",
+}
 
 
 def _field_of(location: Location, slots: Sequence[int]) -> str:
@@ -213,8 +259,9 @@ def _subject_slots(form: Form) -> list[int]:
     return [k for k, s in enumerate(form.subjects) if not s.is_empty()]
 
 
-def build_request(form: Form, *, seed: int | None = None,
-                  tokenizer: Any = None) -> GenerationRequest:
+def build_request(
+    form: Form, *, seed: int | None = None, tokenizer: Any = None
+) -> GenerationRequest:
     """The form as a :class:`~msdiffusion.request.GenerationRequest` (``seed``: instead of the
     form's).
 
@@ -228,14 +275,22 @@ def build_request(form: Form, *, seed: int | None = None,
     from ..request import GenerationRequest, SubjectSpec
 
     errors: dict[str, str] = {}
-    kwargs: dict[str, Any] = {"prompt": form.prompt, "negative_prompt": form.negative_prompt,
-                              "drop_grounding_tokens": form.drop_grounding}
-    for key, name, integer in (("width", "width", True), ("height", "height", True),
-                               ("steps", "num_inference_steps", True),
-                               ("guidance", "guidance_scale", False), ("scale", "scale", False),
-                               ("seed", "seed", True), ("num_images", "num_images", True),
-                               ("mask_threshold", "mask_threshold", False),
-                               ("start_step", "start_step", True)):
+    kwargs: dict[str, Any] = {
+        "prompt": form.prompt,
+        "negative_prompt": form.negative_prompt,
+        "drop_grounding_tokens": form.drop_grounding,
+    }
+    for key, name, integer in (
+        ("width", "width", True),
+        ("height", "height", True),
+        ("steps", "num_inference_steps", True),
+        ("guidance", "guidance_scale", False),
+        ("scale", "scale", False),
+        ("seed", "seed", True),
+        ("num_images", "num_images", True),
+        ("mask_threshold", "mask_threshold", False),
+        ("start_step", "start_step", True),
+    ):
         value = seed if key == "seed" and seed is not None else getattr(form, key)
         number = _to_number(errors, key, value, integer=integer)
         if number is not None:
@@ -249,8 +304,15 @@ def build_request(form: Form, *, seed: int | None = None,
             errors[f"s{k}.images"] = "add a reference image (or clear this subject's fields)"
             continue
         scale = None if s.scale is None or str(s.scale).strip() == "" else s.scale
-        specs.append(SubjectSpec(images=list(s.images), box=s.box.strip() or None,
-                                 phrase=s.phrase, scale=scale, mask=s.mask))
+        specs.append(
+            SubjectSpec(
+                images=list(s.images),
+                box=s.box.strip() or None,
+                phrase=s.phrase,
+                scale=scale,
+                mask=s.mask,
+            )
+        )
         slots.append(k)
     found = ErrorList()
     request = None
@@ -322,14 +384,18 @@ def find_own_sidecar(uploaded: str | Path, out_root: str | Path) -> Path:
     root = Path(out_root)
     if root.is_dir():
         for candidate in sorted(root.glob(f"*/{uploaded.name}"), reverse=True):
-            if candidate.is_file() and candidate.stat().st_size == len(data) and \
-                    candidate.read_bytes() == data:
+            if (
+                candidate.is_file()
+                and candidate.stat().st_size == len(data)
+                and candidate.read_bytes() == data
+            ):
                 return candidate
     return uploaded
 
 
-def form_from_request(request: GenerationRequest, *, default_size: int,
-                      copy_to: str | Path | None = None) -> Form:
+def form_from_request(
+    request: GenerationRequest, *, default_size: int, copy_to: str | Path | None = None
+) -> Form:
     """A request (e.g. from :func:`msdiffusion.request.read_requests`) → the page's fields.
 
     Image and mask files are copied to ``copy_to`` (a fresh temporary folder by default) so the page
@@ -337,33 +403,55 @@ def form_from_request(request: GenerationRequest, *, default_size: int,
     with in-memory images, cannot be shown and raise ``InputError``.
     """
     if len(request.subjects) > MAX_SUBJECTS:
-        raise InputError("request", f"the page holds at most {MAX_SUBJECTS} subjects",
-                         len(request.subjects))
+        raise InputError(
+            "request", f"the page holds at most {MAX_SUBJECTS} subjects", len(request.subjects)
+        )
     copy_to = Path(copy_to or tempfile.mkdtemp(prefix="msdiffusion-ui-"))
     subjects = []
     for k, spec in enumerate(request.subjects):
         images = [str(im) for im in spec.images]
         if not all(isinstance(im, (str, Path)) for im in spec.images):
-            raise InputError(f"subjects[{k}].images", "must be file paths to be shown on the page",
-                             [type(im).__name__ for im in spec.images])
+            raise InputError(
+                f"subjects[{k}].images",
+                "must be file paths to be shown on the page",
+                [type(im).__name__ for im in spec.images],
+            )
         mask = None
         if spec.mask is not None:
             if not isinstance(spec.mask, (str, Path)):
-                raise InputError(f"subjects[{k}].mask", "must be a file path to be shown on the "
-                                 "page", type(spec.mask).__name__)
+                raise InputError(
+                    f"subjects[{k}].mask",
+                    "must be a file path to be shown on the page",
+                    type(spec.mask).__name__,
+                )
             mask = copy_files([str(spec.mask)], copy_to / f"s{k}_mask")[0]
-        subjects.append(SubjectForm(images=copy_files(images, copy_to / f"s{k}"),
-                                    phrase=spec.phrase, box=format_box(spec.box),
-                                    scale=spec.scale, mask=mask))
+        subjects.append(
+            SubjectForm(
+                images=copy_files(images, copy_to / f"s{k}"),
+                phrase=spec.phrase,
+                box=format_box(spec.box),
+                scale=spec.scale,
+                mask=mask,
+            )
+        )
     subjects += [SubjectForm() for _ in range(MAX_SUBJECTS - len(subjects))]
-    return Form(prompt=request.prompt, negative_prompt=request.negative_prompt or "",
-                subjects=subjects, width=request.width or default_size,
-                height=request.height or default_size, steps=request.num_inference_steps,
-                guidance=request.guidance_scale, scale=request.scale, seed=request.seed,
-                random_seed=False, num_images=request.num_images,
-                auto_layout=request.mask_threshold is not None,
-                mask_threshold=0.5 if request.mask_threshold is None else request.mask_threshold,
-                start_step=request.start_step, drop_grounding=request.drop_grounding_tokens)
+    return Form(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt or "",
+        subjects=subjects,
+        width=request.width or default_size,
+        height=request.height or default_size,
+        steps=request.num_inference_steps,
+        guidance=request.guidance_scale,
+        scale=request.scale,
+        seed=request.seed,
+        random_seed=False,
+        num_images=request.num_images,
+        auto_layout=request.mask_threshold is not None,
+        mask_threshold=0.5 if request.mask_threshold is None else request.mask_threshold,
+        start_step=request.start_step,
+        drop_grounding=request.drop_grounding_tokens,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,7 +495,7 @@ def apply_layout(form: Form, layout: ExampleLayout) -> Form:
             subjects.append(replace(subject, box=format_box(boxes[k]), phrase=phrase))
         else:
             subjects.append(replace(subject, box=""))
-    phrases = [s.phrase.strip() for s in subjects[:len(boxes)]]
+    phrases = [s.phrase.strip() for s in subjects[: len(boxes)]]
     prompt = form.prompt if form.prompt.strip() else template.format(*phrases)
     return replace(form, subjects=subjects, prompt=prompt)
 
@@ -427,5 +515,10 @@ def canvas_for(form: Form, active: int = 0) -> dict[str, Any]:
 
     width = form.width if isinstance(form.width, (int, float)) and form.width > 0 else 1024
     height = form.height if isinstance(form.height, (int, float)) and form.height > 0 else 1024
-    return canvas_value(width, height, [s.phrase for s in form.subjects],
-                        [_parse_box_or_none(s.box) for s in form.subjects], active)
+    return canvas_value(
+        width,
+        height,
+        [s.phrase for s in form.subjects],
+        [_parse_box_or_none(s.box) for s in form.subjects],
+        active,
+    )

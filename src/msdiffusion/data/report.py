@@ -18,24 +18,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from ..atomic import atomic_save_image, atomic_write_text
+from ..charts import PALETTE, font
 from .config import BuildConfig
 from .stats import STAGES, Stats
 
 __all__ = ["RecordSummary", "write_report", "draw_grid"]
 
-PALETTE = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-)
 AREA_BINS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)
 ASPECT_BINS = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0, float("inf"))
 SIMILARITY_BINS = (-1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001)
@@ -206,13 +197,6 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType
-        return ImageFont.load_default()
-
-
 def _fit(image: Image.Image, side: int) -> Image.Image:
     """Scale (up or down) so the long side is ``side``."""
     scale = side / max(image.size)
@@ -268,12 +252,12 @@ def _cell(root: Path, record: dict[str, Any], font: Any) -> Image.Image:
 
 def draw_grid(root: Path, records: list[dict[str, Any]], columns: int = 3) -> Image.Image:
     """A sheet of sample cells (paths in ``records`` are relative to ``root``)."""
-    font = _font(12)
+    label_font = font(12)
     if not records:
         sheet = Image.new("RGB", (400, 60), (250, 250, 250))
-        ImageDraw.Draw(sheet).text((10, 20), "no samples", fill=(0, 0, 0), font=font)
+        ImageDraw.Draw(sheet).text((10, 20), "no samples", fill=(0, 0, 0), font=label_font)
         return sheet
-    cells = [_cell(root, r, font) for r in records]
+    cells = [_cell(root, r, label_font) for r in records]
     cw, ch = cells[0].size
     rows = -(-len(cells) // columns)
     sheet = Image.new("RGB", (min(columns, len(cells)) * cw, rows * ch), (255, 255, 255))

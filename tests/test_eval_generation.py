@@ -156,7 +156,7 @@ def test_two_cpu_processes_take_disjoint_complete_slices(tmp_path, data_root):
 
 
 def test_ablation_switches_reach_the_request(tmp_path):
-    from msdiffusion.evaluation.benchmarks import Benchmark, BenchSample, BenchSubject
+    from msdiffusion.benchmarks import Benchmark, BenchSample, BenchSubject
     from msdiffusion.evaluation.generate import GenerationConfig, build_request
 
     Image.new("RGB", (8, 8)).save(tmp_path / "ref.png")
@@ -165,8 +165,12 @@ def test_ablation_switches_reach_the_request(tmp_path):
     bench = Benchmark("toy", tmp_path, [sample], [])
     plain = build_request(sample, bench, GenerationConfig(), seed=3)
     assert plain.subjects[0].mask is None and not plain.drop_grounding_tokens
-    ablated = build_request(sample, bench, GenerationConfig(region="image", height=64, width=96,
-                                                            drop_grounding_tokens=True), seed=3)
+    ablated = build_request(
+        sample,
+        bench,
+        GenerationConfig(region="image", height=64, width=96, drop_grounding_tokens=True),
+        seed=3,
+    )
     mask = ablated.subjects[0].mask
     assert mask.size == (96, 64) and mask.getextrema() == (255, 255)  # the whole output
     assert ablated.subjects[0].box == subject.box  # still embedded in the grounding tokens

@@ -402,10 +402,10 @@ def test_region_image_attends_everywhere_but_keeps_boxes_in_the_grounding(tiny_s
             torch.manual_seed(1)
             x = torch.randn_like(inputs.latents)
             with torch.no_grad():
-                outputs[region, name] = model(
-                    x, torch.tensor([10, 900]), inputs.prompt_embeds,
-                    inputs.pooled_prompt_embeds, inputs.time_ids, inputs.image_embeds,
-                    inputs.phrase_embeds, boxes, inputs.valid, torch.tensor([False, False]))
+                conditions = replace(
+                    inputs, boxes=boxes, drop_grounding=torch.tensor([False, False])
+                )
+                outputs[region, name] = model(x, torch.tensor([10, 900]), conditions)
         adapter.uninstall(unet)
     assert torch.equal(outputs["box", "full"], outputs["image", "full"])
     assert not torch.allclose(outputs["box", "real"], outputs["image", "real"])

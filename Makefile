@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint bench train-demo eval-demo bench-eval data-demo bench-data ui clean
+.PHONY: setup demo test lint bench learn train-demo eval-demo bench-eval data-demo bench-data ui clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,14 @@ demo: setup
 	  --subject examples/subjects/dog.png --box 0.05,0.3,0.5,0.9 --phrase dog \
 	  --subject examples/subjects/cat.png --box 0.5,0.3,0.95,0.9 --phrase cat \
 	  --steps 20 --seed 0 --out outputs/demo
+
+# The learning proof (docs/learning.md). SETTING=quick (default): the shipped base, brief adapters,
+# <= 15 min on 2 cores, report in outputs/learn-quick/. SETTING=full: the base from scratch and
+# every ablation (a few CPU hours), report in docs/learning.md.
+SETTING ?= quick
+learn: setup
+	$(PY) -m msdiffusion.toyworld.learn --setting $(SETTING) \
+	  $(if $(filter full,$(SETTING)),--docs docs/learning.md)
 
 test: setup
 	bash scripts/install_browser.sh

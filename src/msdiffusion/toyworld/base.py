@@ -52,13 +52,13 @@ class BaseSettings:
     seed: int = 0
     scenes: int = 24000  # training scenes rendered once (VAE and UNet data)
     batch_size: int = 32
-    vae_steps: int = 2500
+    vae_steps: int = 1200
     vae_lr: float = 1e-3
     encoder_identities: int = 3000  # subjects with `encoder_views` reference frames each
     encoder_views: int = 3
     encoder_steps: int = 1200
     encoder_lr: float = 5e-4
-    unet_steps: int = 9000
+    unet_steps: int = 4000
     unet_lr: float = 3e-4
     text_lr: float = 1e-4
     warmup_steps: int = 200

@@ -79,7 +79,7 @@ class LearnSettings:
 
 SETTINGS = {
     "full": LearnSettings(
-        "full", records=8000, train_base=True, base=BaseSettings(vae_steps=1200, unet_steps=7000)
+        "full", records=8000, train_base=True, base=BaseSettings()
     ),
     "quick": LearnSettings(
         "quick",

@@ -393,7 +393,14 @@ def train_base(
     log = _Log(out / "base_log.jsonl")
     torch.manual_seed(settings.seed)
     components = random_components("toy", seed=settings.seed)
-    pixels, captions = render_scenes(settings.seed, settings.scenes, progress=progress)
+    scenes = phases / "scenes.npz"
+    if scenes.exists():
+        with np.load(scenes) as cached:
+            pixels, captions = cached["pixels"], [str(c) for c in cached["captions"]]
+    else:
+        pixels, captions = render_scenes(settings.seed, settings.scenes, progress=progress)
+        np.savez(phases / "scenes.tmp.npz", pixels=pixels, captions=np.asarray(captions))
+        (phases / "scenes.tmp.npz").replace(scenes)
     for name, phase in (("vae", train_vae), ("image_encoder", train_image_encoder)):
         module = components[name]
         done = phases / f"{name}.safetensors"

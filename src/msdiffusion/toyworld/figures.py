@@ -264,11 +264,12 @@ def write_learning_report(
     figures = target.parent / target.stem
     figures.mkdir(parents=True, exist_ok=True)
     world_picture(figures / "world.png")
+    runs = {k: out / "eval" / k for k in reports}
     comparison_grid(
         out / "bench",
-        {k: out / "eval" / k for k in reports},
+        runs,
         labels,
-        settings.grid_samples,
+        _grid_samples(next(iter(runs.values())), settings.grid_per_group),
         figures / "grid.png",
     )
     curves = _losses(out)

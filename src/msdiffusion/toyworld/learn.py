@@ -67,20 +67,12 @@ class LearnSettings:
     scale: float = 1.0  # the image-branch scale γ at evaluation (1.0 = the training value)
     swap_samples: int = 20  # 2-subject samples generated again with their boxes swapped
     base_dir: str | None = None  # an existing base (base/ + image_encoder/) instead of either
-    grid_samples: tuple[str, ...] = (
-        "1-subject/000/0",
-        "1-subject/001/0",
-        "2-subject/000/0",
-        "2-subject/002/0",
-        "3-subject/000/0",
-        "3-subject/001/0",
-    )
+    grid_per_group: int = 2  # samples per group in the picture grid
+    threads: int | None = None  # torch threads of every stage's process (None: torch's default)
 
 
 SETTINGS = {
-    "full": LearnSettings(
-        "full", records=8000, train_base=True, base=BaseSettings()
-    ),
+    "full": LearnSettings("full", records=8000, train_base=True, base=BaseSettings()),
     "quick": LearnSettings(
         "quick",
         records=2000,
@@ -97,20 +89,25 @@ def _log(message: str) -> None:
     print(f"[learn {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _run(args: list[str], log: Path) -> None:
+def _run(args: list[str], log: Path, settings: LearnSettings | None = None) -> None:
     """A subprocess whose output goes to ``log`` (progress bars included); raise on failure."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a", encoding="utf-8") as handle:
         handle.write(f"$ {' '.join(args)}\n")
         handle.flush()
-        done = subprocess.run(
-            args, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-        )
+        done = subprocess.run(args, stdout=handle, stderr=subprocess.STDOUT, env=_env(settings))
     if done.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
         raise RuntimeError(
             f"{args[2:4]} failed (exit {done.returncode}); last lines of {log}:\n" + "\n".join(tail)
         )
+
+
+def _env(settings: LearnSettings | None) -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if settings is not None and settings.threads:
+        env["OMP_NUM_THREADS"] = str(settings.threads)  # torch's intra-op threads
+    return env
 
 
 def _cli(*args: str) -> list[str]:
@@ -173,14 +170,11 @@ def _recipe(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in ("threads", "checkpoint_every")}
 
 
-def _train_adapter(
-    out: Path, name: str, settings: LearnSettings, base: Path, manifest: Path, stages: _Stages
-) -> Path:
-    run = out / "adapters" / name
-    if (run / "adapter" / "config.json").exists():
-        return run / "adapter"
+def _adapter_config(out: Path, settings: LearnSettings, base: Path, manifest: Path) -> Path:
+    """The adapters' training config (the variants add ``--set`` overrides to it); the frozen
+    encoders' outputs come from one embedding cache shared by every variant."""
     config = {
-        "output_dir": str(run),
+        "output_dir": str(out / "adapters" / "full"),
         "seed": 0,
         "batch_size": settings.batch_size,
         "max_steps": settings.adapter_steps,
@@ -189,21 +183,44 @@ def _train_adapter(
             "base": str(base / "base"),
             "image_encoder": str(base / "image_encoder"),
         },
-        "data": {"manifest": str(manifest), "resolution": 64, "num_workers": 1},
+        "data": {
+            "manifest": str(manifest),
+            "cache_dir": str(out / "cache"),
+            "resolution": 64,
+            "num_workers": 1,
+        },
         "optim": {"learning_rate": settings.learning_rate},
         "checkpoint": {"every": max(100, settings.adapter_steps // 8), "keep": 1},
         "logging": {"every": 25, "report_to": "none"},
     }
-    path = out / "configs" / f"{name}.json"
+    path = out / "configs" / "adapter.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config, indent=2) + "\n")
-    args = ["train", "--config", str(path)]
+    return path
+
+
+def _cache(out: Path, config: Path, settings: LearnSettings, stages: _Stages) -> None:
+    if (out / "cache" / "index.json").exists():
+        return
+    _log(f"embedding cache: the frozen encoders once over the manifest ({out}/cache)")
+    start = time.time()
+    _run(_cli("train", "cache", "--config", str(config)), out / "cache.log", settings)
+    stages.record("embedding cache", time.time() - start)
+
+
+def _train_adapter(
+    out: Path, name: str, settings: LearnSettings, config: Path, stages: _Stages
+) -> Path:
+    run = out / "adapters" / name
+    if (run / "adapter" / "config.json").exists():
+        return run / "adapter"
+    args = ["train", "--config", str(config), "--output-dir", str(run)]
     args += [f"--set={k}={json.dumps(v)}" for k, v in VARIANTS[name].train.items()]
     if (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("step-*")):
         args += ["--resume", "latest"]
     _log(f"adapter {name}: {settings.adapter_steps} steps ({run}/train.log)")
     start = time.time()
-    _run(_cli(*args), run / "train.log")
+    _run(_cli(*args), run / "train.log", settings)
     stages.record(f"adapter {name}", time.time() - start)
     return run / "adapter"
 
@@ -252,8 +269,8 @@ def _evaluate(
         args += list(variant.eval_args)
         _log(f"eval {name}: generate and score")
         start = time.time()
-        _run(_cli(*args), run / "eval.log")
-        _run(_cli("eval", "score", str(run), "--no-progress"), run / "eval.log")
+        _run(_cli(*args), run / "eval.log", settings)
+        _run(_cli("eval", "score", str(run), "--no-progress"), run / "eval.log", settings)
         stages.record(f"eval {name}", time.time() - start)
     return json.loads(report.read_text())
 
@@ -270,7 +287,9 @@ def run_learn(
     manifest, bench = _world(out, settings, stages)
     base = _base(out, settings, stages)
     trained = [v for v in settings.variants if VARIANTS[v].adapter is None]
-    adapters = {v: _train_adapter(out, v, settings, base, manifest, stages) for v in trained}
+    config = _adapter_config(out, settings, base, manifest)
+    _cache(out, config, settings, stages)
+    adapters = {v: _train_adapter(out, v, settings, config, stages) for v in trained}
     reports = {
         v: _evaluate(out, v, settings, base, bench, adapters, stages) for v in settings.variants
     }
@@ -345,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "records": args.records,
         "eval_limit": args.eval_limit,
         "base_dir": args.base,
+        "threads": args.threads,
     }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     run_learn(args.out or f"outputs/learn-{settings.name}", settings, docs=args.docs)

@@ -1,9 +1,21 @@
 """Feature extractors for scoring (CLIP, DINO, OWLv2) and the reference-feature cache.
 
 Each extractor loads its model once (``from_pretrained`` on a hub id or a local folder), batches
-its inputs and returns float32 CPU tensors. They use the model's own preprocessing, except OWLv2,
-whose square padding and boxes are ``msdiffusion.owlv2``'s (sizes and normalisation read from the
-model's ``preprocessor_config.json``).
+its inputs and returns float32 CPU tensors. Preprocessing:
+
+- CLIP: the model's own image processor (for CLIP ViT-B/32: short side 224 bicubic, centre crop
+  224, CLIP mean/std);
+- DINO: ``"resize-crop"`` (default, common practice and DINO's own evaluation transform) resizes
+  the short side to 8/7 of the model's input (256 for 224) with Pillow's bicubic filter, crops the
+  centre to the input size and normalises with the processor's mean/std; ``"processor"`` uses the
+  model's image processor instead (for ViTs: a bilinear squash to 224², aspect ratio lost);
+- OWLv2: ``msdiffusion.owlv2``'s square padding (grey) and boxes, sizes and normalisation read
+  from the model's ``preprocessor_config.json``.
+
+Every extractor's ``info`` names its model, the SHA-256 of its weights (over the state dict:
+names, shapes, dtypes, bytes — the same whatever folder or hub cache they were loaded from) and its
+preprocessing; that identity keys the reference-feature cache and lets ``eval compare`` match
+scorers.
 
 Embeddings: CLIP image/text = the projected ``pooler_output`` (``get_image_features`` /
 ``get_text_features``); DINO = the CLS token of the last layer (``last_hidden_state[:, 0]``, the
@@ -13,28 +25,34 @@ DreamBooth protocol; works for DINO ViTs and DINOv2 alike).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from ..atomic import atomic_write_bytes
+from ..errors import InputError
 from ..geometry import nms
 from ..owlv2 import owlv2_boxes, owlv2_pixels
 from ..runtime import dtype_label, load_or_explain
 
 __all__ = [
     "DEFAULT_MODELS",
+    "DINO_PREPROCESSING",
     "ClipEmbedder",
     "Detection",
     "DinoEmbedder",
     "OwlDetector",
     "ReferenceCache",
+    "resize_center_crop",
+    "weights_sha256",
 ]
 
 DEFAULT_MODELS = {
@@ -44,6 +62,8 @@ DEFAULT_MODELS = {
 }
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DINO_PREPROCESSING = ("resize-crop", "processor")
+RESIZE_RATIO = 256 / 224  # resize the short side to this times the crop, then crop the centre
 
 
 @contextlib.contextmanager
@@ -79,16 +99,28 @@ def _load(loader: Any, model_id: str, role: str, **kwargs: Any) -> Any:
     )
 
 
-def _fingerprint(model_id: str, model: Any) -> str:
-    """What identifies the weights: the id plus the hub commit, or the local files' size/mtime."""
-    parts = [model_id, str(getattr(model.config, "_commit_hash", None) or "")]
-    path = Path(model_id)
-    if path.is_dir():
-        for f in sorted(path.iterdir()):
-            if f.suffix in (".safetensors", ".bin", ".json"):
-                st = f.stat()
-                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+def weights_sha256(model: torch.nn.Module, skip: Iterable[str] = ()) -> str:
+    """SHA-256 over a model's state dict (sorted names, shapes, dtypes and raw bytes), leaving
+    out the entries named in ``skip``."""
+    digest = hashlib.sha256()
+    skip = set(skip)
+    for name, tensor in sorted(model.state_dict().items()):
+        if name in skip:
+            continue
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resize_center_crop(image: Image.Image, short: int, crop: int) -> Image.Image:
+    """Short side to ``short`` (bicubic, aspect kept; the long side truncated as torchvision
+    does), then the centre ``crop`` × ``crop`` (offsets rounded as torchvision does)."""
+    w, h = image.size
+    size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    image = image.resize(size, Image.Resampling.BICUBIC)
+    left, top = int(round((size[0] - crop) / 2.0)), int(round((size[1] - crop) / 2.0))
+    return image.crop((left, top, left + crop, top + crop))
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -116,22 +148,78 @@ class _Extractor:
     ):
         self.model_id, self.device, self.dtype = model_id, device, dtype
         self.batch_size = batch_size
-        self.model = self._load_model().to(device=device, dtype=dtype).eval()
-        self.fingerprint = _fingerprint(model_id, self.model)
+        self._random: set[str] = set()  # parameters the checkpoint lacks (initialised at random)
+        model = self._load_model()
+        self.weights = weights_sha256(model, skip=self._random)  # as loaded, before any cast
+        self.model = model.to(device=device, dtype=dtype).eval()
+        identity = json.dumps([self.weights, self.preprocessing, str(dtype)], sort_keys=True)
+        self.fingerprint = hashlib.sha256(identity.encode()).hexdigest()
 
     def _load_model(self) -> Any:
         raise NotImplementedError
 
+    def _load_weights(self, loader: Any) -> Any:
+        """The network, noting which of its parameters the checkpoint did not have (e.g. the
+        pooler of DINO checkpoints, unused here): random at each load, so not its identity."""
+        model, info = _load(loader, self.model_id, self.role, output_loading_info=True)
+        self._random = set(info.get("missing_keys") or ())
+        return model
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """How images become pixels: what decides the numbers besides the weights."""
+        raise NotImplementedError
+
     @property
     def info(self) -> dict[str, Any]:
-        """How the numbers were made: printed next to them in every report."""
+        """How the numbers were made: printed next to them in every report. ``identity`` is
+        what ``eval compare`` matches (weights, preprocessing, dtype) — never the path."""
+        dtype = dtype_label(self.dtype)
         return {
             "model": self.model_id,
             "class": type(self.model).__name__,
             "revision": getattr(self.model.config, "_commit_hash", None),
+            "weights_sha256": self.weights,
             "fingerprint": self.fingerprint[:16],
-            "dtype": dtype_label(self.dtype),
+            "preprocessing": self.preprocessing,
+            "dtype": dtype,
+            "identity": {
+                "weights_sha256": self.weights,
+                "preprocessing": self.preprocessing,
+                "dtype": dtype,
+            },
         }
+
+
+def _plain(value: Any) -> Any:
+    """A processor's size (a dict, or a transformers SizeDict dataclass) as a plain dict."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return dict(value) if isinstance(value, dict) else value
+
+
+def _processor_settings(processor: Any) -> dict[str, Any]:
+    """The settings of a transformers image processor that change its pixels."""
+    out: dict[str, Any] = {"backend": f"transformers {type(processor).__name__}"}
+    for key in (
+        "do_resize",
+        "size",
+        "resample",
+        "do_center_crop",
+        "crop_size",
+        "image_mean",
+        "image_std",
+    ):
+        value = getattr(processor, key, None)
+        value = _plain(value)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v is not None}
+        elif key == "resample" and value is not None:
+            value = Image.Resampling(int(value)).name.lower()
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
 
 
 class _ImageEmbedder(_Extractor):
@@ -147,14 +235,22 @@ class _ImageEmbedder(_Extractor):
     def _embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return _processor_settings(self.processor)
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(N,) images -> (N, 3, H, W) model input."""
+        return self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")[
+            "pixel_values"
+        ]
+
     @torch.inference_mode()
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """(N,) images -> (N, D) float32 CPU embeddings (not normalised)."""
         out = []
         for chunk in _batches(list(images), self.batch_size):
-            pixels = self.processor(
-                images=[im.convert("RGB") for im in chunk], return_tensors="pt"
-            )["pixel_values"]
+            pixels = self.pixels(chunk)
             out.append(self._embed_pixels(pixels.to(self.device, self.dtype)).float().cpu())
         dim = out[0].shape[-1] if out else 0
         return torch.cat(out) if out else torch.empty(0, dim)
@@ -169,7 +265,7 @@ class ClipEmbedder(_ImageEmbedder):
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = _load(AutoTokenizer, self.model_id, self.role)
-        return _load(AutoModel, self.model_id, self.role)
+        return self._load_weights(AutoModel)
 
     def _embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return _features(self.model.get_image_features(pixel_values=pixel_values))
@@ -189,14 +285,60 @@ class ClipEmbedder(_ImageEmbedder):
 
 
 class DinoEmbedder(_ImageEmbedder):
-    """Self-supervised ViT CLS embeddings (DINO). Default ``facebook/dino-vits16``."""
+    """Self-supervised ViT CLS embeddings (DINO). Default ``facebook/dino-vits16``.
+
+    ``preprocessing``: ``"resize-crop"`` (default) or ``"processor"`` (module docstring).
+    """
 
     role = "dino"
+
+    def __init__(self, model_id: str, *, preprocessing: str = "resize-crop", **kwargs: Any):
+        if preprocessing not in DINO_PREPROCESSING:
+            raise InputError(
+                "dino_preprocessing",
+                f"must be one of {', '.join(DINO_PREPROCESSING)}",
+                preprocessing,
+            )
+        self.mode = preprocessing
+        super().__init__(model_id, **kwargs)
 
     def _load_network(self) -> Any:
         from transformers import AutoModel
 
-        return _load(AutoModel, self.model_id, self.role)
+        return self._load_weights(AutoModel)
+
+    def _crop_size(self) -> int:
+        size = _plain(getattr(self.processor, "crop_size", None) or self.processor.size)
+        size = size if isinstance(size, dict) else {"height": size}
+        return int(size.get("height") or size.get("shortest_edge"))
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        if self.mode == "processor":
+            return {"mode": "processor", **super().preprocessing}
+        crop = self._crop_size()
+        return {
+            "mode": "resize-crop",
+            "backend": "pillow",
+            "resize_short_side": round(crop * RESIZE_RATIO),
+            "resample": "bicubic",
+            "center_crop": crop,
+            "image_mean": list(self.processor.image_mean),
+            "image_std": list(self.processor.image_std),
+        }
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        if self.mode == "processor":
+            return super().pixels(images)
+        crop = self._crop_size()
+        mean = np.asarray(self.processor.image_mean, np.float32)
+        std = np.asarray(self.processor.image_std, np.float32)
+        batch = []
+        for im in images:
+            im = resize_center_crop(im.convert("RGB"), round(crop * RESIZE_RATIO), crop)
+            arr = (np.asarray(im, dtype=np.float32) / 255.0 - mean) / std  # (crop, crop, 3)
+            batch.append(torch.from_numpy(arr).permute(2, 0, 1))  # (3, crop, crop)
+        return torch.stack(batch)
 
     def _embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]  # (B, D) CLS token
@@ -237,7 +379,7 @@ class OwlDetector(_Extractor):
         from transformers import AutoTokenizer, Owlv2ForObjectDetection
 
         self.tokenizer = _load(AutoTokenizer, self.model_id, self.role)
-        model = _load(Owlv2ForObjectDetection, self.model_id, self.role)
+        model = self._load_weights(Owlv2ForObjectDetection)
         cfg: dict[str, Any] = {}
         local = Path(self.model_id) / "preprocessor_config.json"
         try:
@@ -262,13 +404,20 @@ class OwlDetector(_Extractor):
         return model
 
     @property
-    def info(self) -> dict[str, Any]:
+    def preprocessing(self) -> dict[str, Any]:
         return {
-            **super().info,
-            "query_template": self.query_template,
+            "backend": "pillow",
+            "steps": "pad to a square (bottom/right, grey), bilinear resize, normalise",
             "input_size": self.image_size,
-            "preprocessing": "pad-square (grey) + Pillow bilinear",
+            "image_mean": list(self.mean),
+            "image_std": list(self.std),
         }
+
+    @property
+    def info(self) -> dict[str, Any]:
+        info = super().info
+        info["identity"]["query_template"] = self.query_template
+        return {**info, "query_template": self.query_template, "input_size": self.image_size}
 
     @torch.inference_mode()
     def detect(
@@ -340,7 +489,9 @@ class ReferenceCache:
     """Embeddings of reference images, keyed by file content, one safetensors file per model.
 
     References are few and shared by many samples (and runs): each is embedded once per model;
-    ``cache_dir`` may be shared between runs (``--cache-dir``).
+    ``cache_dir`` may be shared between runs (``--cache-dir``). The file's key is the extractor's
+    fingerprint — weights, preprocessing and dtype — so other preprocessing never reads stale
+    features.
     """
 
     def __init__(self, cache_dir: str | Path | None):
@@ -365,5 +516,14 @@ class ReferenceCache:
             feats = extractor.embed_images([load(p) for _, p in todo])
             stored.update({k: feats[i].contiguous() for i, (k, _) in enumerate(todo)})
             if file is not None:
-                atomic_write_bytes(file, save(stored, metadata={"model": extractor.model_id}))
+                atomic_write_bytes(
+                    file,
+                    save(
+                        stored,
+                        metadata={
+                            "model": extractor.model_id,
+                            "preprocessing": json.dumps(extractor.preprocessing, sort_keys=True),
+                        },
+                    ),
+                )
         return {p: stored[k] for p, k in keys.items()}

@@ -58,6 +58,17 @@ def test_generate_index_resume_and_truncated_file(tmp_path, data_root):
     summary = json.loads((out / "generation.json").read_text())
     assert summary["complete"] and summary["done"] == 4 and summary["images_per_s"] > 0
     assert not (out / ".staging").exists()
+    meta = json.loads((out / "run.json").read_text())  # the protocol and every deviation
+    assert meta["protocol"] == {
+        "name": "paper",
+        "deviations": {
+            "steps": {"protocol": 30, "run": 1},
+            "height": {"protocol": 1024, "run": 64},
+            "width": {"protocol": 1024, "run": 64},
+            "images_per_sample": {"protocol": 5, "run": 2},
+        },
+    }
+    assert meta["generation"]["negative_prompt"].startswith("monochrome, lowres")
 
     # Resume: finished images are kept as they are.
     mtimes = {r.image: (out / r.image).stat().st_mtime_ns for r in records}
@@ -89,6 +100,10 @@ def test_generate_index_resume_and_truncated_file(tmp_path, data_root):
             GenerationConfig(images_per_sample=2, steps=2, height=64, width=64),
             samples=samples,
             progress=False,
+        )
+    with pytest.raises(InputError, match="measured against the paper protocol"):
+        run_generation(
+            bench, out, config, samples=samples, progress=False, model=model, protocol="mip-adapter"
         )
     with pytest.raises(InputError, match="holds a msbench run"):
         dream = load_benchmark("dreambench", data_root)

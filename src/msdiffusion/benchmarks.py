@@ -69,6 +69,7 @@ class BenchSubject:
     box: Box  # (x0, y0, x1, y1), normalised to the output image
     image: str  # the reference the generator is conditioned on
     references: tuple[str, ...]  # the references identity metrics compare with
+    category: str = ""  # MS-Bench: its category ("living"); DreamBench: live/object; toy: class
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +78,7 @@ class BenchSubject:
             "box": list(self.box),
             "image": self.image,
             "references": list(self.references),
+            "category": self.category,
         }
 
 
@@ -318,6 +320,7 @@ def _load_msbench(data_dir: str | Path, spec_path: str | Path | None) -> Benchma
     spec, sha = load_msbench_spec(spec_path)
     root = _resolve_data_dir(data_dir, "msbench", list(spec["categories"]))
     found = {name: _find_image(root, rel) for name, rel in spec["files"].items()}
+    category_of = {n: cat for cat, names in spec["categories"].items() for n in names}
     samples, combos = [], 0
     for ctype, t in spec["combination_types"].items():
         _check_id(ctype, "spec")
@@ -331,6 +334,7 @@ def _load_msbench(data_dir: str | Path, spec_path: str | Path | None) -> Benchma
                     box=box,
                     image=found[n] or spec["files"][n],
                     references=(found[n] or spec["files"][n],),
+                    category=category_of[n],
                 )
                 for n, box in zip(names, boxes, strict=True)
             )
@@ -459,6 +463,7 @@ def _load_dreambench(
             box=box,
             image=refs[0],
             references=refs if references == "all" else refs[:1],
+            category=group,
         )
         for p, template in enumerate(live_prompts if group == "live" else object_prompts):
             samples.append(
@@ -517,6 +522,7 @@ def _load_toy(data_dir: str | Path) -> Benchmark:
                 box=tuple(s["box"]),
                 image=s["image"],
                 references=(s["image"],),
+                category=s["phrase"],
             )
             for s in entry["subjects"]
         )

@@ -42,6 +42,22 @@ def text_width(draw: ImageDraw.ImageDraw, text: str, font: Any) -> int:
     return right - left
 
 
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels (breaking at spaces; "\\n" kept)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}" if line else word
+            if line and text_width(draw, trial, font) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
 def bar_chart(
     title: str,
     categories: Sequence[str],
@@ -50,27 +66,38 @@ def bar_chart(
     *,
     subtitle: str = "",
     value_format: str = "{:.3f}",
+    intervals: dict[str, Sequence[tuple[float, float] | None]] | None = None,
+    references: dict[str, float] | None = None,
 ) -> None:
     """Horizontal grouped bars: one row per category, one bar per series (e.g. per run).
 
-    ``series[name][i]`` is the value of ``categories[i]`` (None: no bar, "n/a").
+    ``series[name][i]`` is the value of ``categories[i]`` (None: no bar, "n/a");
+    ``intervals[name][i]`` an optional (low, high) drawn as a whisker; ``references[label]`` a
+    value of the first category (the overall one) drawn as a dashed vertical line across its row
+    (e.g. the number a paper reports) and named in the legend. Every bar is labelled with its
+    value, and the axis starts at a labelled zero (or below it, for negative values). A long
+    subtitle wraps.
     """
+    intervals, references = intervals or {}, references or {}
     names = list(series)
     bar_h, gap, label_w, plot_w, pad = 16, 10, 0, 520, 16
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     f_small, f_title = font(12), font(16)
     label_w = max([text_width(probe, c, f_small) for c in categories] + [40]) + 12
-    legend_h = 20 if len(names) > 1 else 0
-    row_h = bar_h * len(names) + gap
-    top = pad + 26 + (18 if subtitle else 0) + legend_h
-    height = top + row_h * len(categories) + 34
     width = pad * 2 + label_w + plot_w + 70
+    sub_lines = _wrap(probe, subtitle, f_small, width - 2 * pad) if subtitle else []
+    legend_h = 20 if len(names) > 1 or references else 0
+    row_h = bar_h * len(names) + gap
+    top = pad + 26 + 16 * len(sub_lines) + legend_h
+    height = top + row_h * len(categories) + 34
     im = Image.new("RGB", (width, height), BACKGROUND)
     d = ImageDraw.Draw(im)
     d.text((pad, pad), title, fill=INK, font=f_title)
-    if subtitle:
-        d.text((pad, pad + 24), subtitle, fill=(90, 90, 90), font=f_small)
+    for k, line in enumerate(sub_lines):
+        d.text((pad, pad + 24 + 16 * k), line, fill=(90, 90, 90), font=f_small)
     values = [v for s in series.values() for v in s if v is not None]
+    values += [e for ivs in intervals.values() for iv in ivs if iv for e in iv]
+    values += list(references.values())
     lo = min(0.0, min(values, default=0.0))
     hi = max(values, default=1.0)
     hi = hi if hi > lo else lo + 1.0
@@ -79,11 +106,12 @@ def bar_chart(
     def x_of(v: float) -> int:
         return int(x0 + (v - lo) / (hi - lo) * plot_w)
 
-    for t in range(6):  # vertical grid lines with tick labels
+    for t in range(6):  # vertical grid lines with tick labels; zero gets its own below
         v = lo + (hi - lo) * t / 5
         x = x_of(v)
         d.line([(x, top - 4), (x, height - 30)], fill=_GRID)
-        d.text((x - 12, height - 26), value_format.format(v), fill=(90, 90, 90), font=f_small)
+        if abs(x - x_of(0.0)) >= 30:
+            d.text((x - 12, height - 26), value_format.format(v), fill=(90, 90, 90), font=f_small)
     if legend_h:
         lx = x0
         for k, name in enumerate(names):
@@ -92,6 +120,15 @@ def bar_chart(
             )
             d.text((lx + 14, top - legend_h - 2), name, fill=INK, font=f_small)
             lx += 24 + text_width(d, name, f_small)
+        for label, value in references.items():
+            d.line([(lx, top - legend_h + 5), (lx + 10, top - legend_h + 5)], fill=INK, width=2)
+            text = f"{label}: {value_format.format(value)}"
+            d.text((lx + 14, top - legend_h - 2), text, fill=INK, font=f_small)
+            lx += 24 + text_width(d, text, f_small)
+    for value in references.values():  # dashed: a number from elsewhere, not a bar of ours
+        x, bottom = x_of(value), top + row_h - gap // 2
+        for y in range(top - 4, bottom, 6):
+            d.line([(x, y), (x, min(y + 3, bottom))], fill=INK, width=2)
     for i, cat in enumerate(categories):
         y = top + i * row_h
         d.text((pad, y + (row_h - gap) // 2 - 7), cat, fill=INK, font=f_small)
@@ -110,8 +147,18 @@ def bar_chart(
                 ],
                 fill=PALETTE[k % len(PALETTE)],
             )
-            d.text((x_of(max(v, 0.0)) + 4, by + 1), value_format.format(v), fill=INK, font=f_small)
-    d.line([(x_of(0.0), top - 4), (x_of(0.0), height - 30)], fill=INK)
+            iv = (intervals.get(name) or [None] * len(categories))[i]
+            end = x_of(max(v, 0.0))
+            if iv is not None:  # whisker at the bar's middle, capped
+                mid = by + bar_h // 2
+                d.line([(x_of(iv[0]), mid), (x_of(iv[1]), mid)], fill=INK, width=1)
+                for e in iv:
+                    d.line([(x_of(e), mid - 3), (x_of(e), mid + 3)], fill=INK, width=1)
+                end = max(end, x_of(iv[1]))
+            d.text((end + 4, by + 1), value_format.format(v), fill=INK, font=f_small)
+    zero = x_of(0.0)
+    d.line([(zero, top - 4), (zero, height - 30)], fill=INK)
+    d.text((zero - 3, height - 26), "0", fill=INK, font=f_small)
     atomic_save_image(im, path)
 
 

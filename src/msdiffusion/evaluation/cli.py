@@ -17,6 +17,7 @@ from ..errors import InputError
 __all__ = ["register"]
 
 _EPILOG = """examples:
+  msdiffusion eval protocols paper                       (what the default protocol fixes)
   msdiffusion eval list msbench --data ../shared/data
   msdiffusion eval generate msbench --data DATA --out runs/tiny --preset tiny --limit 13 \\
       --images-per-sample 1 --steps 4 --height 256 --width 256
@@ -25,7 +26,14 @@ _EPILOG = """examples:
   msdiffusion eval score runs/ms
   msdiffusion eval score theirs/ --benchmark msbench --data DATA      (bring your own images)
   msdiffusion eval compare runs/ms theirs/ --out runs/compare
-See docs/evaluation.md."""
+Every run is measured against a protocol (--protocol, default paper; toy for the toy benchmark):
+settings not given take the protocol's, and settings that differ from it are recorded as
+deviations. See docs/evaluation.md."""
+
+_PROTOCOL_HELP = (
+    "evaluation protocol: paper (default) | dreambench | mip-adapter | toy (the toy "
+    "benchmark's, and its default); `eval protocols` lists what each fixes"
+)
 
 
 def _box(text: str) -> tuple[float, ...]:
@@ -79,12 +87,16 @@ def register(subparsers: Any) -> None:
         help="benchmarks: list, generate, score, compare (MS-Bench, DreamBench)",
         description="Evaluate on MS-Bench and DreamBench: enumerate, generate (resumable, "
         "sharded with accelerate), score (CLIP-T, CLIP-I, DINO, M-DINO, layout IoU) "
-        "and compare runs.",
+        "and compare runs, under a named protocol.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = ev.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", parser_class=type(ev))
     sub.required = True
+
+    p = sub.add_parser("protocols", help="list the evaluation protocols, or show one's settings")
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.set_defaults(func=_cmd_protocols)
 
     p = sub.add_parser("list", help="count a benchmark's samples per group; export its samples")
     _add_benchmark_options(p, positional=True)
@@ -124,8 +136,9 @@ def register(subparsers: Any) -> None:
     )
     _add_benchmark_options(p, positional=True, scoring=False)
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (created or resumed)")
+    p.add_argument("--protocol", metavar="NAME", help=_PROTOCOL_HELP)
     p.add_argument(
-        "--images-per-sample", type=int, metavar="N", default=5, help="default 5 (as the paper)"
+        "--images-per-sample", type=int, metavar="N", help="default: the protocol's (paper: 5)"
     )
     p.add_argument(
         "--limit", type=int, metavar="N", help="at most N samples, round-robin over the groups"
@@ -144,21 +157,23 @@ def register(subparsers: Any) -> None:
         "--dtype", choices=("fp32", "fp16", "bf16"), help="default: fp16 on CUDA, fp32 on CPU"
     )
     m.add_argument("--device", help="default: this process's accelerate device")
-    g = p.add_argument_group("sampling")
-    g.add_argument("--steps", type=int, metavar="N", default=30)
-    g.add_argument("--guidance-scale", type=float, metavar="X", default=7.5)
+    g = p.add_argument_group("sampling (default: the protocol's; paper: the released model's)")
+    g.add_argument("--steps", type=int, metavar="N", help="paper: 30")
+    g.add_argument("--guidance-scale", type=float, metavar="X", help="paper: 7.5")
+    g.add_argument("--scale", type=float, metavar="X", help="image-branch scale γ; paper: 0.6")
+    g.add_argument("--height", type=int, metavar="N", help="paper: 1024")
+    g.add_argument("--width", type=int, metavar="N", help="paper: 1024")
     g.add_argument(
-        "--scale", type=float, metavar="X", default=0.6, help="image-branch scale (default 0.6)"
+        "--negative-prompt",
+        metavar="TEXT",
+        help="paper: 'monochrome, lowres, bad anatomy, worst quality, low quality'",
     )
-    g.add_argument("--height", type=int, metavar="N", help="default: the preset's size")
-    g.add_argument("--width", type=int, metavar="N", help="default: the preset's size")
-    g.add_argument("--negative-prompt", default="")
     g.add_argument(
         "--seed",
         type=int,
         metavar="N",
-        default=0,
-        help="base seed (each image's seed derives from it, the sample id and the image index)",
+        help="base seed (each image's seed derives from it, the sample id and the "
+        "image index); paper: 0",
     )
     g.add_argument(
         "--batch-size", type=int, metavar="N", default=1, help="prompts per pipeline call"
@@ -186,34 +201,70 @@ def register(subparsers: Any) -> None:
     p.add_argument("--benchmark", help="for runs without run.json (bring-your-own images)")
     p.add_argument("--data", metavar="DIR", help="benchmark images (default: the run's)")
     p.add_argument("--index", metavar="FILE", help="index file listing sample_id and image")
+    p.add_argument(
+        "--protocol",
+        metavar="NAME",
+        help=_PROTOCOL_HELP + "; default: the one the run was generated under",
+    )
     _add_benchmark_options(p, positional=False)
-    m = p.add_argument_group("models")
+    m = p.add_argument_group("models (default: the protocol's)")
     m.add_argument(
         "--models",
-        choices=("default", "tiny"),
-        default="default",
+        choices=("protocol", "tiny"),
+        default="protocol",
         help="tiny: random tiny scorers (offline smoke test; numbers are meaningless)",
     )
-    m.add_argument("--clip-model", metavar="ID|DIR", help="default openai/clip-vit-base-patch32")
-    m.add_argument("--dino-model", metavar="ID|DIR", help="default facebook/dino-vits16")
+    m.add_argument("--clip-model", metavar="ID|DIR", help="paper: openai/clip-vit-base-patch32")
+    m.add_argument("--dino-model", metavar="ID|DIR", help="paper: facebook/dino-vits16")
     m.add_argument(
         "--detector-model",
         metavar="ID|DIR",
-        help="default google/owlv2-base-patch16-ensemble; 'none' skips detection",
+        help="paper: google/owlv2-base-patch16-ensemble; 'none' skips detection",
     )
-    m.add_argument("--query-template", default="a photo of a {}", help="detector query")
+    m.add_argument(
+        "--dino-preprocessing",
+        choices=("resize-crop", "processor"),
+        help="resize-crop: short side 256 bicubic + centre crop 224 (paper); "
+        "processor: the model's own (a 224² squash for ViTs)",
+    )
+    m.add_argument(
+        "--query-template", metavar="TEXT", help="detector query; paper: 'a photo of a {}'"
+    )
+    m.add_argument(
+        "--detection-threshold",
+        type=float,
+        metavar="X",
+        help="a subject whose best detection scores lower is missing (0 in M-DINO, "
+        "the det metrics and IoU); paper: 0.1; 0 counts every best box",
+    )
     m.add_argument("--device", default="auto")
-    m.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    m.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="paper: fp32")
     m.add_argument("--batch-size", type=int, metavar="N", default=32)
     m.add_argument("--detector-batch-size", type=int, metavar="N", default=8)
     m.add_argument("--cache-dir", metavar="DIR", help="reference-feature cache (default RUN/cache)")
-    c = p.add_argument_group("conventions (default: raw cosines)")
-    c.add_argument("--percent", action="store_true", help="similarities x100")
+    c = p.add_argument_group(
+        "report (conventions default to the protocol's: raw cosines, except mip-adapter's CLIP-T)"
+    )
+    c.add_argument("--percent", action="store_const", const=True, help="similarities x100")
     c.add_argument(
         "--clip-t-weight",
         type=float,
         metavar="W",
         help="CLIP-T as CLIPScore: W*max(cos,0) (W=2.5 in the CLIPScore paper)",
+    )
+    c.add_argument(
+        "--resamples",
+        type=int,
+        metavar="N",
+        default=2000,
+        help="bootstrap resamples per interval (default 2000)",
+    )
+    c.add_argument(
+        "--worst",
+        type=int,
+        metavar="N",
+        default=8,
+        help="worst samples shown with their images (default 8)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_score)
@@ -228,9 +279,23 @@ def register(subparsers: Any) -> None:
         help="average each run over all its scored samples (default: only samples "
         "scored in every run)",
     )
-    p.add_argument("--allow-different-models", action="store_true")
+    p.add_argument(
+        "--allow-different-models",
+        action="store_true",
+        help="compare runs whose scorers (weights, preprocessing) or scoring settings differ",
+    )
+    p.add_argument(
+        "--no-reference", action="store_true", help="leave out the paper's reported numbers"
+    )
     p.add_argument("--percent", action="store_true")
     p.add_argument("--clip-t-weight", type=float, metavar="W")
+    p.add_argument(
+        "--resamples",
+        type=int,
+        metavar="N",
+        default=2000,
+        help="bootstrap resamples and permutations (default 2000)",
+    )
     p.set_defaults(func=_cmd_compare)
 
 
@@ -247,6 +312,18 @@ def _benchmark(args: argparse.Namespace):
         box=args.box,
         references=getattr(args, "references", None) or "all",
     )
+
+
+def _cmd_protocols(args: argparse.Namespace) -> int:
+    from .protocols import PROTOCOLS, get_protocol
+
+    if args.name:
+        print(get_protocol(args.name).table())
+        return 0
+    width = max(map(len, PROTOCOLS))
+    for name, proto in PROTOCOLS.items():
+        print(f"{name:<{width}}  [{', '.join(proto.benchmarks)}]  {proto.description}")
+    return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -297,12 +374,16 @@ def _cmd_standin(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .generate import GenerationConfig, run_generation
+    from .protocols import default_protocol, get_protocol
 
     bench = _benchmark(args)
-    if bench.missing and os.environ.get("RANK", "0") == "0":  # once, not per process
+    main = os.environ.get("RANK", "0") == "0"  # say things once, not per process
+    if bench.missing and main:
         print(f"warning: {bench.missing_report()}", file=sys.stderr)
+    protocol = get_protocol(args.protocol or default_protocol(bench.name)).check(bench.name)
     samples = bench.select(groups=args.groups, limit=args.limit)
-    config = GenerationConfig(
+    config = GenerationConfig.from_protocol(
+        protocol,
         preset=args.preset,
         base=args.base,
         image_encoder=args.image_encoder,
@@ -319,6 +400,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         region=args.region,
         drop_grounding_tokens=args.drop_grounding_tokens,
     )
+    devs = config.deviations(protocol)
+    if devs and main:
+        print(
+            f"note: protocol {protocol.name} with deviations: "
+            + ", ".join(f"{k}={v['run']!r} (protocol {v['protocol']!r})" for k, v in devs.items()),
+            file=sys.stderr,
+        )
     stats = run_generation(
         bench,
         args.out,
@@ -328,6 +416,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         overlays=args.overlays,
         device=args.device,
         progress=not args.no_progress,
+        protocol=protocol.name,
     )
     if stats["process"] == 0:
         summary = json.loads((Path(args.out) / "generation.json").read_text())
@@ -342,38 +431,50 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from .features import DEFAULT_MODELS
+    from dataclasses import replace
+
+    from ..benchmarks import canonical_name
+    from ..runtime import resolve_device
+    from .protocols import default_protocol, get_protocol
     from .report import summary_table
-    from .runs import resolve_run
+    from .runs import RunFolder, resolve_run
     from .scoring import ScoringConfig, score_run
 
+    meta = RunFolder(args.run).read_meta() if Path(args.run).is_dir() else None
+    name = args.protocol or ((meta or {}).get("protocol") or {}).get("name")
+    bench_name = (meta or {}).get("benchmark") or args.benchmark
+    protocol = get_protocol(
+        name or default_protocol(canonical_name(bench_name) if bench_name else "msbench")
+    )
     inputs = resolve_run(
         args.run,
         benchmark=args.benchmark,
         data=args.data,
         spec=args.spec,
         box=args.box,
-        references=args.references,
         index=args.index,
+        references=args.references or protocol.scoring.get("references"),
     )
-    models = dict(DEFAULT_MODELS)
+    protocol.check(inputs.benchmark.name)
+    models: dict[str, str | None] = {"clip": None, "dino": None, "detector": None}
     if args.models == "tiny":
         from ..testing.scorers import write_tiny_scorers
 
-        models = write_tiny_scorers(
-            Path(args.cache_dir or inputs.run.root / "cache") / "tiny-scorers"
+        models.update(
+            write_tiny_scorers(Path(args.cache_dir or inputs.run.root / "cache") / "tiny-scorers")
         )
         print(
             "note: tiny random scorers — the numbers are meaningless (smoke test)", file=sys.stderr
         )
     detector = args.detector_model or models["detector"]
-    from ..runtime import resolve_device
-
-    config = ScoringConfig(
+    config = ScoringConfig.from_protocol(
+        protocol,
         clip_model=args.clip_model or models["clip"],
         dino_model=args.dino_model or models["dino"],
-        detector_model=None if detector.lower() == "none" else detector,
+        detector_model=detector,
+        dino_preprocessing=args.dino_preprocessing,
         query_template=args.query_template,
+        detection_threshold=args.detection_threshold,
         device=str(resolve_device(args.device)),
         dtype=args.dtype,
         batch_size=args.batch_size,
@@ -381,11 +482,20 @@ def _cmd_score(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         percent=args.percent,
         clip_t_weight=args.clip_t_weight,
+        resamples=args.resamples,
+        worst=args.worst,
     )
-    report = score_run(inputs, config, progress=not args.no_progress)
+    if detector is not None and detector.lower() == "none":
+        config = replace(config, detector_model=None)
+    report = score_run(inputs, config, progress=not args.no_progress, protocol=protocol.name)
     for role, info in report["models"].items():
         if info:
             print(f"{role}: {info['model']}")
+    block = report["protocol"]
+    print(
+        f"protocol: {block['name']}"
+        + ("" if block["comparable"] else " (with deviations: see report.md)")
+    )
     print(summary_table(report))
     sk = report["counts"]["skipped"]
     if any(sk.values()):
@@ -399,7 +509,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .report import compare_runs
+    from .compare import compare_runs
 
     result = compare_runs(
         args.runs,
@@ -409,6 +519,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         allow_different_models=args.allow_different_models,
         percent=args.percent,
         clip_t_weight=args.clip_t_weight,
+        reference=not args.no_reference,
+        resamples=args.resamples,
     )
     print(result["markdown"])
     return 0

@@ -19,7 +19,8 @@ __all__ = ["draw_boxes", "sample_grid"]
 
 def draw_boxes(image: Image.Image, subjects: Sequence[dict[str, Any]]) -> Image.Image:
     """A copy of ``image`` with each subject's requested box (thick, labelled with the phrase)
-    and detected box (thin, with its IoU) in the subject's colour."""
+    and detected box (thin, with its IoU — or "missing" below the detection threshold) in the
+    subject's colour."""
     im = image.convert("RGB").copy()
     d = ImageDraw.Draw(im)
     label_font = font(max(10, im.width // 24))
@@ -35,10 +36,17 @@ def draw_boxes(image: Image.Image, subjects: Sequence[dict[str, Any]]) -> Image.
         if sub.get("det_box"):
             x0, y0, x1, y1 = box_to_pixels(sub["det_box"], im.width, im.height)
             d.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=1)
-            if sub.get("iou") is not None:
+            note = (
+                "missing"
+                if sub.get("detected") is False
+                else f"IoU {sub['iou']:.2f}"
+                if sub.get("iou") is not None
+                else None
+            )
+            if note:
                 d.text(
                     (x0 + 3, y1 - label_font.size - 4 if hasattr(label_font, "size") else y1 - 14),
-                    f"IoU {sub['iou']:.2f}",
+                    note,
                     fill=color,
                     font=label_font,
                 )

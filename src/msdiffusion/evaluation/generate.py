@@ -10,6 +10,8 @@
   image (:func:`~msdiffusion.evaluation.runs.shard`): disjoint shares that together cover the plan.
   The main process writes ``run.json`` and ``index.jsonl``; at the end it records throughput and
   completeness in ``generation.json``.
+- ``run.json`` names the evaluation protocol (:mod:`~msdiffusion.evaluation.protocols`) and every
+  setting that deviates from it.
 """
 
 from __future__ import annotations
@@ -31,16 +33,35 @@ from ..atomic import atomic_write_json
 from ..benchmarks import Benchmark, BenchSample
 from ..errors import InputError
 from ..runtime import check_dtype_name
+from .protocols import (
+    GENERATION_KEYS,
+    RELEASED_NEGATIVE_PROMPT,
+    Protocol,
+    default_protocol,
+    deviations,
+    get_protocol,
+)
 from .runs import ImageRecord, RunFolder, shard
 
-__all__ = ["GenerationConfig", "image_seed", "plan_images", "build_request", "run_generation"]
+__all__ = [
+    "GenerationConfig",
+    "image_seed",
+    "plan_images",
+    "build_request",
+    "run_generation",
+    "recorded_deviations",
+]
 
 MAX_IMAGES_PER_SAMPLE = 1000
 
 
 @dataclass
 class GenerationConfig:
-    """How images are made. Everything but ``images_per_sample`` must match to resume a run."""
+    """How images are made. Everything but ``images_per_sample`` must match to resume a run.
+
+    The defaults are the ``paper`` protocol's sampling (the released model's); height and width
+    ``None`` mean the preset's native size. :meth:`from_protocol` starts from any protocol.
+    """
 
     preset: str = "tiny"
     base: str | None = None  # SDXL folder or hub id (overrides the preset's)
@@ -52,7 +73,7 @@ class GenerationConfig:
     scale: float = 0.6
     height: int | None = None  # None = the preset's native size
     width: int | None = None
-    negative_prompt: str = ""
+    negative_prompt: str = RELEASED_NEGATIVE_PROMPT
     seed: int = 0
     images_per_sample: int = 5
     # "box": each subject attends in its box (the method); "image": every subject's attention
@@ -76,11 +97,45 @@ class GenerationConfig:
         if self.steps < 1:
             raise InputError("steps", "must be >= 1", self.steps)
 
+    @classmethod
+    def from_protocol(cls, protocol: str | Protocol, **settings: Any) -> GenerationConfig:
+        """The protocol's generation settings, with ``settings`` (those not None) on top."""
+        proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
+        given = {k: v for k, v in settings.items() if v is not None}
+        return cls(**{**proto.generation, **given})
+
     def identity(self) -> dict[str, Any]:
         """The settings that decide what an image looks like."""
         d = asdict(self)
         d.pop("images_per_sample")
         return d
+
+    def effective(self) -> dict[str, Any]:
+        """The settings with the size resolved (``None`` → the preset's native size)."""
+        from ..presets import PRESETS
+
+        d = asdict(self)
+        native = PRESETS[self.preset].default_size if self.preset in PRESETS else None
+        d["height"] = self.height or self.width or native
+        d["width"] = self.width or self.height or native
+        return d
+
+    def deviations(self, protocol: Protocol) -> dict[str, dict[str, Any]]:
+        """The protocol's generation settings this configuration does not follow."""
+        actual = self.effective()
+        return deviations(protocol.generation, {k: actual[k] for k in GENERATION_KEYS})
+
+
+def recorded_deviations(meta: dict[str, Any], protocol: Protocol) -> dict[str, dict[str, Any]]:
+    """The generation settings a run (its ``run.json``) did not take from ``protocol``."""
+    settings = dict(meta.get("generation") or {})
+    try:
+        config = GenerationConfig(**settings, images_per_sample=meta.get("images_per_sample", 1))
+    except (TypeError, InputError):  # written by another version: compare what it says
+        return deviations(
+            protocol.generation, {**settings, "images_per_sample": meta.get("images_per_sample")}
+        )
+    return config.deviations(protocol)
 
 
 def image_seed(base_seed: int, sample_id: str, k: int) -> int:
@@ -141,7 +196,11 @@ def build_request(sample: BenchSample, benchmark: Benchmark, config: GenerationC
 
 
 def _check_resume(
-    meta: dict[str, Any], benchmark: Benchmark, config: GenerationConfig, out: Path
+    meta: dict[str, Any],
+    benchmark: Benchmark,
+    config: GenerationConfig,
+    out: Path,
+    protocol: Protocol,
 ) -> None:
     if meta.get("benchmark") != benchmark.name:
         raise InputError(
@@ -155,6 +214,14 @@ def _check_resume(
             "was generated with other benchmark options "
             f"{meta.get('benchmark_options')}; choose another --out",
             benchmark.options,
+        )
+    recorded = (meta.get("protocol") or {}).get("name", protocol.name)
+    if recorded != protocol.name:
+        raise InputError(
+            "protocol",
+            f"the run in {out} is measured against the {recorded} "
+            "protocol; resume with it or choose another --out",
+            protocol.name,
         )
     before = meta.get("generation", {})
     changed = {k: (before.get(k), v) for k, v in config.identity().items() if before.get(k) != v}
@@ -221,6 +288,7 @@ def run_generation(
     device: str | None = None,
     progress: bool = True,
     model: Any = None,
+    protocol: str | None = None,
 ) -> dict[str, Any]:
     """Generate (this process's share of) ``samples`` into run folder ``out``.
 
@@ -228,6 +296,8 @@ def run_generation(
     totals once every process is done. Call it in every process of an ``accelerate launch``.
     ``model``: an already loaded :class:`~msdiffusion.loading.LoadedModel` to use instead of
     loading ``config``'s (it must be the model ``config`` describes: the run records ``config``).
+    ``protocol``: the evaluation protocol the run is measured against (default: the benchmark's,
+    ``paper`` or ``toy``); ``run.json`` records it and the settings that deviate from it.
     """
     from accelerate import PartialState
     from tqdm.auto import tqdm
@@ -236,6 +306,7 @@ def run_generation(
 
     if batch_size < 1:
         raise InputError("batch_size", "must be >= 1", batch_size)
+    proto = get_protocol(protocol or default_protocol(benchmark.name)).check(benchmark.name)
     state = _process_state(PartialState)
     run = RunFolder(out)
     samples = list(samples if samples is not None else benchmark.runnable)
@@ -244,7 +315,7 @@ def run_generation(
         raise InputError("samples", "include samples whose references are missing", skipped[:3])
     meta = run.read_meta()
     if meta is not None:
-        _check_resume(meta, benchmark, config, run.root)
+        _check_resume(meta, benchmark, config, run.root, proto)
     plan = plan_images(samples, config, run)
     if state.is_main_process:
         run.root.mkdir(parents=True, exist_ok=True)
@@ -256,6 +327,7 @@ def run_generation(
                 "benchmark_definition": benchmark.definition,
                 "generation": config.identity(),
                 "images_per_sample": config.images_per_sample,
+                "protocol": {"name": proto.name, "deviations": config.deviations(proto)},
                 "samples": len(samples),
                 "images": len(plan),
                 "skipped_samples": len(benchmark.skipped),

@@ -1,4 +1,4 @@
-"""Metric arithmetic: cosines, detection matching, M-DINO products, summaries, conventions.
+"""Metric arithmetic: cosines, detection matching, M-DINO products, conventions.
 
 Pure functions on tensors, boxes and PIL images — no models — so every number the harness reports
 can be checked by hand. Box geometry (IoU, crops) is ``msdiffusion.geometry``.
@@ -21,7 +21,6 @@ __all__ = [
     "assign_detections",
     "cosine_rows",
     "product_score",
-    "summarize",
 ]
 
 # Metrics that are cosines (or products of cosines): the ones the x100 convention rescales.
@@ -71,17 +70,6 @@ def product_score(values: Sequence[float]) -> float:
     """Product of per-subject similarities, each clamped at 0 (two failures never multiply into a
     success)."""
     return math.prod(max(float(v), 0.0) for v in values)
-
-
-def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
-    """Mean, sample standard deviation, count and 95% half-width (normal approximation)."""
-    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    n = len(vals)
-    if n == 0:
-        return {"mean": None, "std": None, "n": 0, "ci95": None}
-    mean = sum(vals) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "n": n, "ci95": 1.96 * std / math.sqrt(n)}
 
 
 def apply_convention(

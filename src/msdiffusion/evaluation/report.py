@@ -1,77 +1,61 @@
-"""Reports: ``report.json`` + ``report.md``, a bar chart per metric, a grid of samples, and
-``compare`` across runs.
+"""Reports: ``report.json`` + ``report.md``, a bar chart per metric, a grid of samples and one of
+the worst samples.
 
-Every table names the model behind each number; counts of skipped images (missing, corrupt, no
-reference) sit next to the averages they were left out of.
+Every table names the model behind each number and gives its 95 % interval (bootstrap over
+samples, :mod:`~msdiffusion.evaluation.stats`); the protocol the numbers are measured against and
+every deviation from it head the report; counts of skipped images (missing, corrupt, no reference)
+and of missing subjects sit next to the averages they were left out of.
 """
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..errors import InputError
-from .metrics import apply_convention, summarize
+from .breakdowns import Aggregator, benchmark_weights
+from .catalog import METRICS, model_names
+from .markdown import headline, report_markdown, summary_table
+from .protocols import Protocol
 from .runs import RunInputs
 
-__all__ = ["METRICS", "build_report", "write_report", "compare_runs", "summary_table"]
+__all__ = ["METRICS", "REPORT_FORMAT", "build_report", "write_report", "summary_table", "headline"]
 
 REPORT_FORMAT = "msdiffusion-eval-report"
-# metric -> (label, model roles, what it compares)
-METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "clip_t": ("CLIP-T", ("clip",), "whole output vs prompt"),
-    "clip_i": ("CLIP-I", ("clip",), "whole output vs references"),
-    "dino": ("DINO", ("dino",), "whole output vs references"),
-    "clip_i_box": ("CLIP-I box", ("clip",), "crop at the layout box vs reference"),
-    "dino_box": ("DINO box", ("dino",), "crop at the layout box vs reference"),
-    "m_dino_box": ("M-DINO box", ("dino",), "product over subjects of DINO box"),
-    "clip_i_det": ("CLIP-I det", ("clip", "detector"), "crop at the detected box vs reference"),
-    "dino_det": ("DINO det", ("dino", "detector"), "crop at the detected box vs reference"),
-    "m_dino_det": ("M-DINO det", ("dino", "detector"), "product over subjects of DINO det"),
-    "layout_iou": ("IoU", ("detector",), "detected box vs requested box"),
-    "toy_identity": (
-        "Identity",
-        ("toy",),
-        "box content retrieved among the sample's and "
-        "distractor references (1 = right, chance = 1/candidates)",
-    ),
-    "toy_identity_all": (
-        "Identity (all)",
-        ("toy",),
-        "every subject of the image right at once (product of the subjects' identity scores)",
-    ),
-    "toy_layout": ("Layout", ("toy",), "share of each subject's pixels inside its box"),
-    "toy_background": ("Background", ("toy",), "the prompt's background outside the boxes"),
-}
-# What a benchmark's headline table shows first (the report has them all).
-HEADLINE = {
-    "msbench": (
-        "clip_t",
-        "clip_i_det",
-        "dino_det",
-        "m_dino_det",
-        "clip_i_box",
-        "dino_box",
-        "m_dino_box",
-        "layout_iou",
-    ),
-    "dreambench": ("clip_t", "clip_i", "dino", "layout_iou"),
-    "toy": ("toy_identity", "toy_identity_all", "toy_layout", "toy_background"),
-}
+SEED_RULE = "image k of a sample: sha256('<base>:<sample_id>') mod (2^31-1000) + k"
 
 
-def _model_names(models: dict[str, Any], roles: Sequence[str]) -> str:
-    return " + ".join(models[r]["model"] for r in roles if models.get(r))
-
-
-def _summaries(rows: Sequence[dict[str, Any]], convention: dict[str, Any]) -> dict[str, Any]:
+def _detection(rows: Sequence[dict[str, Any]], threshold: float | None) -> dict[str, Any] | None:
+    found = [s["detected"] for r in rows for s in r.get("subjects", []) if "detected" in s]
+    if not found:
+        return None
     return {
-        m: summarize([apply_convention(m, r.get(m), **convention) for r in rows]) for m in METRICS
+        "threshold": threshold,
+        "subjects": len(found),
+        "detected": sum(found),
+        "missing": len(found) - sum(found),
+        "rate": sum(found) / len(found),
+        "unit": "subject of an image",
+    }
+
+
+def _protocol_block(
+    protocol: Protocol, bench: str, meta: dict[str, Any] | None, scoring_deviations: dict[str, Any]
+) -> dict[str, Any]:
+    from .generate import recorded_deviations
+
+    generation = recorded_deviations(meta, protocol) if meta else None
+    # external images: only the scoring can be checked (how they were made is theirs to say)
+    comparable = not scoring_deviations and not generation
+    return {
+        "name": protocol.name,
+        "description": protocol.description,
+        "headline": list(protocol.headline.get(bench, ())),
+        "deviations": {"generation": generation, "scoring": scoring_deviations},
+        "comparable": comparable,
+        "settings": protocol.to_dict(),
     }
 
 
@@ -81,51 +65,29 @@ def build_report(
     skipped: dict[str, list[str]],
     models: dict[str, Any],
     scoring: dict[str, Any],
-    *,
-    percent: bool = False,
-    clip_t_weight: float | None = None,
+    protocol: Protocol,
+    scoring_deviations: dict[str, Any],
 ) -> dict[str, Any]:
     """The report as a dict (what ``report.json`` holds)."""
     from ..version import __version__
 
     bench, meta = inputs.benchmark, inputs.meta
-    convention = {"percent": percent, "clip_t_weight": clip_t_weight}
-    by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_group[r["group"]].append(r)
-    groups = {
-        g: {
-            "images": len(by_group[g]),
-            "samples": len({r["sample_id"] for r in by_group[g]}),
-            "metrics": _summaries(by_group[g], convention),
-        }
-        for g in bench.groups
-        if g in by_group
-    }
-    macro = {
-        m: summarize(
-            [
-                g["metrics"][m]["mean"]
-                for g in groups.values()
-                if g["metrics"][m]["mean"] is not None
-            ]
-        )["mean"]
-        for m in METRICS
-    }
-    weak = sum(
-        1
-        for r in rows
-        for s in r["subjects"]
-        if s.get("det_score") is not None and s["det_score"] < scoring["weak_detection"]
-    )
+    convention = {"percent": scoring["percent"], "clip_t_weight": scoring["clip_t_weight"]}
+    agg = Aggregator(rows, bench, convention, resamples=scoring["resamples"], seed=scoring["seed"])
+    metrics = list(METRICS)
     # Our runs are expected to cover their plan (index.jsonl); external ones the whole benchmark.
     planned = {r.sample_id for r in inputs.records} if meta else {s.id for s in bench.runnable}
+    planned_groups = [g for g in bench.groups if any(bench.get(i).group == g for i in planned)]
+    weights = benchmark_weights(bench, planned_groups)
+    groups = agg.by(lambda r: r["group"], metrics, order=bench.groups)
     scored = {r["sample_id"] for r in rows}
     generation = (meta or {}).get("generation")
+    block = _protocol_block(protocol, bench.name, meta, scoring_deviations)
     return {
         "format": REPORT_FORMAT,
         "msdiffusion_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(),
+        "protocol": block,
         "benchmark": {
             "name": bench.name,
             "data_dir": str(bench.data_dir),
@@ -146,7 +108,7 @@ def build_report(
         "seeds": (
             {
                 "base_seed": generation["seed"],
-                "rule": "image k of a sample: sha256('<base>:<sample_id>') mod (2^31-1000) + k",
+                "rule": SEED_RULE,
                 "per_image": "scores.jsonl / index.jsonl",
             }
             if generation
@@ -155,6 +117,25 @@ def build_report(
         "models": models,
         "scoring": scoring,
         "convention": convention,
+        "interval": {
+            "method": "bootstrap over samples (percentile); a sample's images move together",
+            "level": 0.95,
+            "resamples": scoring["resamples"],
+            "seed": scoring["seed"],
+        },
+        "weighting": {
+            "scheme": "overall = the groups' means weighted by their share of the benchmark's "
+            "samples (its definition); groups, subject counts, categories and "
+            "subjects: the mean over their samples",
+            "weights": weights,
+            "subset": len(scored)
+            < sum(r["samples"] for r in bench.counts() if r["group"] in weights),
+            "samples_scored": len(scored),
+            "samples_in_benchmark": sum(
+                r["samples"] for r in bench.counts() if r["group"] in weights
+            ),
+            "groups_without_samples": [g for g in weights if g not in groups],
+        },
         "counts": {
             "images_listed": len(inputs.records),
             "images_scored": len(rows),
@@ -163,116 +144,53 @@ def build_report(
             "samples_scored": len(scored),
             "samples_expected": len(planned),
             "samples_without_images": len(planned - scored),
-            "weak_detections": weak,
         },
+        "detection": _detection(rows, scoring.get("detection_threshold")),
         "metrics": {
-            m: {"label": label, "models": _model_names(models, roles), "description": desc}
+            m: {"label": label, "models": model_names(models, roles), "description": desc}
             for m, (label, roles, desc) in METRICS.items()
         },
-        "overall": _summaries(rows, convention),
-        "overall_macro": macro,
+        "overall": agg.overall(metrics, weights),
+        "overall_macro": {m: _macro(groups, m) for m in metrics},
         "groups": groups,
+        "breakdowns": {
+            "subjects": agg.by(lambda r: str(r.get("n_subjects") or len(r["subjects"])), metrics),
+            "category": agg.by_subject(lambda s: s.category or "–", metrics),
+            "subject": agg.by_subject(lambda s: s.name, metrics),
+        },
+        "worst": agg.worst(protocol.worst_by.get(bench.name, ""), scoring["worst"]),
     }
 
 
-def _fmt(v: float | None, percent: bool) -> str:
-    if v is None:
-        return "–"
-    return f"{v:.2f}" if percent else f"{v:.4f}"
+def _macro(groups: dict[str, Any], metric: str) -> float | None:
+    means = [
+        g["metrics"][metric]["mean"]
+        for g in groups.values()
+        if g["metrics"][metric]["mean"] is not None
+    ]
+    return sum(means) / len(means) if means else None
 
 
-def _columns(report: dict[str, Any]) -> list[str]:
-    first = HEADLINE.get(report["benchmark"]["name"], tuple(METRICS))
-    rest = [m for m in METRICS if m not in first]
-    return [m for m in (*first, *rest) if report["overall"][m]["n"]]
+def _cells(
+    rows: Sequence[dict[str, Any]], inputs: RunInputs, captions: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Grid cells of ``rows``: the image, its subjects (boxes, detections), references, caption."""
+    from PIL import Image
 
-
-def summary_table(report: dict[str, Any], columns: Sequence[str] | None = None) -> str:
-    """Markdown table: overall and per group, one column per metric (model named in a note)."""
-    cols = list(columns or _columns(report))
-    pct = report["convention"]["percent"]
-    head = "| group | images | " + " | ".join(METRICS[m][0] for m in cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 2)]
-    rows = [("**all**", report["counts"]["images_scored"], report["overall"])]
-    rows += [(g, v["images"], v["metrics"]) for g, v in report["groups"].items()]
-    for name, n, metrics in rows:
-        lines.append(
-            f"| {name} | {n} | " + " | ".join(_fmt(metrics[m]["mean"], pct) for m in cols) + " |"
+    cells = []
+    for k, r in enumerate(rows):
+        sample = inputs.benchmark.get(r["sample_id"])
+        with Image.open(inputs.run.resolve(r["image"])) as im:
+            image = im.convert("RGB")
+        refs = []
+        for sub in sample.subjects:
+            with Image.open(inputs.benchmark.path(sub.image)) as ref:
+                refs.append(ref.convert("RGB"))
+        text = captions[k] if captions else f"[{r['group']}] {sample.prompt}"
+        cells.append(
+            {"image": image, "subjects": r["subjects"], "references": refs, "caption": text}
         )
-    return "\n".join(lines)
-
-
-def _markdown(report: dict[str, Any]) -> str:
-    b, c, run = report["benchmark"], report["counts"], report["run"]
-    conv = report["convention"]
-    scale = (
-        "raw cosines"
-        if not conv["percent"] and conv["clip_t_weight"] is None
-        else ", ".join(
-            x
-            for x in (
-                conv["percent"] and "similarities ×100",
-                conv["clip_t_weight"] and f"CLIP-T = {conv['clip_t_weight']}·max(cos, 0)",
-            )
-            if x
-        )
-    )
-    out = [
-        f"# {b['name']} evaluation — {Path(run['path']).name}",
-        "",
-        f"msdiffusion {report['msdiffusion_version']} · {report['created'][:19]}Z · "
-        f"{scale} · IoU as a fraction",
-        "",
-    ]
-    out += ["## Models", "", "| role | model | revision |", "|---|---|---|"]
-    out += [
-        f"| {role} | `{m['model']}` | {m.get('revision') or 'local'} |"
-        for role, m in report["models"].items()
-        if m
-    ]
-    out += ["", "| metric | models | compares |", "|---|---|---|"]
-    out += [
-        f"| {v['label']} | {v['models']} | {v['description']} |"
-        for k, v in report["metrics"].items()
-        if report["overall"][k]["n"]
-    ]
-    out += ["", "## Results (mean over images)", "", summary_table(report), ""]
-    sk = c["skipped"]
-    out += [
-        "## Counts",
-        "",
-        f"- images listed {c['images_listed']}, scored **{c['images_scored']}** "
-        f"({c['samples_scored']} samples); skipped: {sk['missing']} missing, "
-        f"{sk['corrupt']} corrupt or truncated, {sk['no_reference']} without reference",
-        f"- benchmark: {b['samples']} samples, {b['runnable_samples']} runnable with this data "
-        f"({b['skipped_samples']} skipped; missing references: "
-        f"{', '.join(b['missing_references']) or 'none'})",
-        f"- samples expected {c['samples_expected']} ("
-        + ("the run's plan" if run["kind"] == "msdiffusion" else "every runnable sample")
-        + f"), without any scored image: **{c['samples_without_images']}**",
-        f"- weak detections (score < {report['scoring']['weak_detection']}): "
-        f"{c['weak_detections']}",
-    ]
-    for kind, examples in c.get("skipped_examples", {}).items():
-        out.append(f"- {kind}: {', '.join(examples[:5])}{' …' if len(examples) > 5 else ''}")
-    gen = run.get("generation")
-    out += ["", "## Run", ""]
-    if gen:
-        out.append(
-            "- generation: " + ", ".join(f"{k}={v}" for k, v in gen.items() if v not in (None, ""))
-        )
-        out.append(
-            f"- images per sample: {run['images_per_sample']}; seeds: "
-            f"{report['seeds']['rule']} (base {report['seeds']['base_seed']})"
-        )
-    else:
-        out.append("- external images (bring-your-own); seeds unknown")
-    out += [
-        "",
-        "Charts: `charts/<metric>.png` · samples: `grid.png` · per image: `scores.jsonl`",
-        "",
-    ]
-    return "\n".join(out)
+    return cells
 
 
 def write_report(
@@ -283,27 +201,26 @@ def write_report(
     *,
     grid_cells: int = 16,
 ) -> None:
-    """``report.json``, ``report.md``, ``charts/<metric>.png``, ``grid.png`` under ``root``."""
-    from PIL import Image
-
+    """``report.json``, ``report.md``, ``charts/<metric>.png``, ``grid.png`` and ``worst.png``
+    under ``root``."""
     from ..charts import bar_chart
     from .drawing import sample_grid
 
     atomic_write_json(root / "report.json", report)
-    atomic_write_text(root / "report.md", _markdown(report))
+    atomic_write_text(root / "report.md", report_markdown(report))
     groups = list(report["groups"])
     fmt = "{:.1f}" if report["convention"]["percent"] else "{:.3f}"
-    for m in _columns(report):
-        values = [report["overall"][m]["mean"]] + [
-            report["groups"][g]["metrics"][m]["mean"] for g in groups
-        ]
+    for m in (m for m in METRICS if report["overall"][m]["n"]):  # a chart per metric
+        parts = [report["overall"][m]] + [report["groups"][g]["metrics"][m] for g in groups]
         bar_chart(
-            f"{METRICS[m][0]} | {report['benchmark']['name']}",
-            ["all"] + groups,
-            {"mean": values},
+            f"{METRICS[m][0]} | {report['benchmark']['name']} | {report['protocol']['name']}"
+            " protocol",
+            ["all (weighted)"] + groups,
+            {"mean": [p["mean"] for p in parts]},
             root / "charts" / f"{m}.png",
             subtitle=report["metrics"][m]["models"],
             value_format=fmt,
+            intervals={"mean": [_interval(p) for p in parts]},
         )
     # First image of the first sample of each group, then of other samples, then any image.
     picks: list[dict[str, Any]] = []
@@ -313,179 +230,23 @@ def write_report(
             if len(picks) < grid_cells and key(r) not in seen and r not in picks:
                 picks.append(r)
                 seen.add(key(r))
-    cells = []
-    for r in picks[:grid_cells]:
-        sample = inputs.benchmark.get(r["sample_id"])
-        with Image.open(inputs.run.resolve(r["image"])) as im:
-            image = im.convert("RGB")
-        refs = []
-        for sub in sample.subjects:
-            with Image.open(inputs.benchmark.path(sub.image)) as ref:
-                refs.append(ref.convert("RGB"))
-        cells.append(
-            {
-                "image": image,
-                "subjects": r["subjects"],
-                "references": refs,
-                "caption": f"[{r['group']}] {sample.prompt}",
-            }
-        )
-    if cells:
-        sample_grid(cells, root / "grid.png")
-
-
-# ----------------------------------------------------------------------------------------------
-# compare
-
-
-def _read_scored(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    try:
-        report = json.loads((run / "report.json").read_text(encoding="utf-8"))
-        rows = [
-            json.loads(line)
-            for line in (run / "scores.jsonl").read_text(encoding="utf-8").splitlines()
-            if line.strip()
+    if picks:
+        sample_grid(_cells(picks[:grid_cells], inputs), root / "grid.png")
+    by_image = {r["image"]: r for r in rows}
+    worst = [w for w in report["worst"] if w["images"]]  # each sample's worst image
+    if worst:
+        captions = [
+            f"{METRICS[w['metric']][0]} {fmt.format(w['images'][0]['value'] or 0.0)} · "
+            f"[{w['group']}] {w['prompt']}"
+            for w in worst
         ]
-    except (OSError, ValueError) as err:
-        raise InputError(
-            "runs",
-            "each run needs report.json and scores.jsonl (run `msdiffusion eval score RUN` first)",
-            str(run),
-        ) from err
-    if report.get("format") != REPORT_FORMAT:
-        raise InputError("runs", "report.json is not an msdiffusion evaluation report", str(run))
-    return report, rows
-
-
-def compare_runs(
-    runs: Sequence[str | Path],
-    *,
-    out: str | Path | None = None,
-    names: Sequence[str] | None = None,
-    common_only: bool = True,
-    allow_different_models: bool = False,
-    percent: bool = False,
-    clip_t_weight: float | None = None,
-) -> dict[str, Any]:
-    """Several scored runs side by side: one row per run, overall and per group.
-
-    By default only samples scored in *every* run count (like for like); runs of different
-    benchmarks are refused, and so are runs scored with different models unless allowed.
-    Writes ``compare.json``, ``compare.md`` and ``charts/<metric>.png`` to ``out`` if given.
-    """
-    if len(runs) < 2:
-        raise InputError("runs", "compare needs at least two runs", list(map(str, runs)))
-    paths = [Path(r) for r in runs]
-    names = list(names) if names else [p.name or str(p) for p in paths]
-    if len(names) != len(paths) or len(set(names)) != len(names):
-        raise InputError("names", "need one distinct name per run", names)
-    loaded = [_read_scored(p) for p in paths]
-    benches = {rep["benchmark"]["name"] for rep, _ in loaded}
-    if len(benches) > 1:
-        raise InputError("runs", "are of different benchmarks", sorted(benches))
-    model_sets = [
-        {k: (v or {}).get("model") for k, v in rep["models"].items()} for rep, _ in loaded
-    ]
-    if any(m != model_sets[0] for m in model_sets) and not allow_different_models:
-        raise InputError(
-            "runs",
-            "were scored with different models (numbers would not "
-            "compare); rescore or pass --allow-different-models",
-            model_sets,
+        sample_grid(
+            _cells([by_image[w["images"][0]["image"]] for w in worst], inputs, captions),
+            root / "worst.png",
         )
-    common = set.intersection(*({r["sample_id"] for r in rows} for _, rows in loaded))
-    if common_only and not common:
-        raise InputError("runs", "have no scored sample in common", names)
-    convention = {"percent": percent, "clip_t_weight": clip_t_weight}
-    bench = loaded[0][0]["benchmark"]["name"]
-    groups = list(
-        dict.fromkeys(
-            r["group"]
-            for _, rows in loaded
-            for r in rows
-            if not common_only or r["sample_id"] in common
-        )
-    )
-    table: dict[str, Any] = {}
-    for name, (rep, rows) in zip(names, loaded, strict=True):
-        kept = [r for r in rows if not common_only or r["sample_id"] in common]
-        table[name] = {
-            "images": len(kept),
-            "samples": len({r["sample_id"] for r in kept}),
-            "overall": _summaries(kept, convention),
-            "groups": {
-                g: _summaries([r for r in kept if r["group"] == g], convention) for g in groups
-            },
-            "models": rep["models"],
-            "run": rep["run"]["path"],
-        }
-    cols = [
-        m
-        for m in (*HEADLINE.get(bench, ()), *METRICS)
-        if any(t["overall"][m]["n"] for t in table.values())
-    ]
-    cols = list(dict.fromkeys(cols))
-    result = {
-        "format": "msdiffusion-eval-compare",
-        "benchmark": bench,
-        "runs": table,
-        "common_only": common_only,
-        "common_samples": len(common),
-        "convention": convention,
-        "models": {k: v for k, v in model_sets[0].items()},
-        "metrics": cols,
-    }
-    result["markdown"] = _compare_markdown(result, cols, groups)
-    if out is not None:
-        out = Path(out)
-        atomic_write_json(
-            out / "compare.json", {k: v for k, v in result.items() if k != "markdown"}
-        )
-        atomic_write_text(out / "compare.md", result["markdown"])
-        from ..charts import bar_chart
-
-        fmt = "{:.1f}" if percent else "{:.3f}"
-        for m in cols:
-            series = {
-                n: [t["overall"][m]["mean"]] + [t["groups"][g][m]["mean"] for g in groups]
-                for n, t in table.items()
-            }
-            bar_chart(
-                f"{METRICS[m][0]} | {bench}",
-                ["all"] + groups,
-                series,
-                out / "charts" / f"{m}.png",
-                value_format=fmt,
-                subtitle=_model_names(loaded[0][0]["models"], METRICS[m][1]),
-            )
-    return result
 
 
-def _compare_markdown(result: dict[str, Any], cols: list[str], groups: list[str]) -> str:
-    pct = result["convention"]["percent"]
-    models = ", ".join(f"{k}: `{v}`" for k, v in result["models"].items() if v)
-    scope = (
-        f"samples scored in every run ({result['common_samples']})"
-        if result["common_only"]
-        else "all scored samples of each run"
-    )
-    lines = [f"# {result['benchmark']}: comparison", "", f"Models — {models}. Scope: {scope}.", ""]
-    header = "| run | images | " + " | ".join(METRICS[m][0] for m in cols) + " |"
-    sep = "|" + "---|" * (len(cols) + 2)
-    lines += ["## All", "", header, sep]
-    for name, t in result["runs"].items():
-        lines.append(
-            f"| {name} | {t['images']} | "
-            + " | ".join(_fmt(t["overall"][m]["mean"], pct) for m in cols)
-            + " |"
-        )
-    for g in groups:
-        lines += ["", f"## {g}", "", header, sep]
-        for name, t in result["runs"].items():
-            n = t["groups"][g]["clip_t"]["n"]
-            lines.append(
-                f"| {name} | {n} | "
-                + " | ".join(_fmt(t["groups"][g][m]["mean"], pct) for m in cols)
-                + " |"
-            )
-    return "\n".join(lines) + "\n"
+def _interval(summary: dict[str, Any]) -> tuple[float, float] | None:
+    if summary.get("ci_low") is None:
+        return None
+    return summary["ci_low"], summary["ci_high"]

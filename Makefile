@@ -56,10 +56,18 @@ train-demo: setup
 	  --steps 20 --seed 0 --out outputs/train-demo/generated
 
 eval-demo: setup
+	rm -rf outputs/eval-tiny outputs/eval-tiny-base outputs/eval-compare
 	$(VENV)/bin/msdiffusion eval standin outputs/evaldata
 	$(VENV)/bin/msdiffusion eval generate msbench --data outputs/evaldata --out outputs/eval-tiny \
-	  --preset tiny --limit 13 --images-per-sample 1 --steps 4
+	  --protocol paper --preset tiny --limit 13 --images-per-sample 1 --steps 4 \
+	  --height 256 --width 256
 	$(VENV)/bin/msdiffusion eval score outputs/eval-tiny --models tiny
+	$(VENV)/bin/msdiffusion eval generate msbench --data outputs/evaldata \
+	  --out outputs/eval-tiny-base --protocol paper --preset tiny --limit 13 \
+	  --images-per-sample 1 --steps 4 --height 256 --width 256 --scale 0
+	$(VENV)/bin/msdiffusion eval score outputs/eval-tiny-base --models tiny
+	$(VENV)/bin/msdiffusion eval compare outputs/eval-tiny outputs/eval-tiny-base \
+	  --names adapter,base --out outputs/eval-compare
 
 bench-eval: setup
 	$(PY) benchmarks/eval_throughput.py

@@ -1,8 +1,13 @@
-"""Data pipeline end to end: video builds, resume, shards, the CLI, `data check`, training."""
+"""Data pipeline end to end in one process: video builds, shards, the CLI, kill -9 + resume."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +27,11 @@ from msdiffusion.data.build import build_dataset
 from msdiffusion.data.config import BuildConfig
 from msdiffusion.data.models import Models, load_models
 from msdiffusion.errors import InputError
+from msdiffusion.shards import iter_samples, read_index
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
@@ -53,42 +61,42 @@ def models() -> Models:
     return loaded
 
 
-def _records(manifest: Path) -> list[dict]:
-    return [json.loads(line) for line in manifest.read_text().splitlines()]
+def records(dataset: Path) -> list[dict]:
+    return [s.record for s in iter_samples(read_index(dataset).paths())]
 
 
-CFG = BuildConfig.from_dict(settings_for_tests())
+CFG = BuildConfig.from_dict(settings_for_tests(shards={"inputs_per_shard": 2}))
 
 
 @pytest.fixture(scope="module")
 def clean(videos, models, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean") / "ds"
-    return build_dataset(videos, out, mode="videos", cfg=CFG, models=models, progress=False)
+    return build_dataset(
+        videos, out, mode="videos", cfg=CFG, engine="local", models=models, progress=False
+    )
 
 
 def test_video_build_pairs_subjects_across_frames(clean):
-    records = {(r["meta"]["source"], r["meta"]["shot"]): r for r in _records(clean.manifest)}
-    assert set(records) == {("clip.mp4", 0), ("clip.mp4", 1), ("more/walk.mp4", 0)}
-    first = records[("clip.mp4", 0)]
+    dataset = clean.index.parent
+    found = {(r["meta"]["source"], r["meta"]["shot"]): r for r in records(dataset)}
+    assert set(found) == {("clip.mp4", 0), ("clip.mp4", 1), ("more/walk.mp4", 0)}
+    first = found[("clip.mp4", 0)]
     assert first["caption"] == STANDARD_CAPTION
     assert [s["phrase"] for s in first["subjects"]] == ["red square", "blue circle"]
     # the boxes are where the shapes are at the target time (shot 0 is 2 s: u = t / 1.9)
     t = first["meta"]["target_time"]
     for s, shape in zip(first["subjects"], standard_shots()[0].shapes, strict=True):
         x0, y0, x1, y1 = shape.box(t / 1.9)
-        want = (x0 / 192, y0 / 144, x1 / 192, y1 / 144)
-        assert s["box"] == pytest.approx(want, abs=0.03), s["phrase"]
-    root = clean.manifest.parent
-    for record in records.values():
+        assert s["box"] == pytest.approx((x0 / 192, y0 / 144, x1 / 192, y1 / 144), abs=0.03)
+    for record in found.values():
         meta = record["meta"]
         for s, sm in zip(record["subjects"], meta["subjects"], strict=True):
-            gap = abs(sm["reference_time"] - meta["target_time"])
-            assert gap >= CFG.video.min_gap_s  # the time-gap rule, from another frame
+            assert abs(sm["reference_time"] - meta["target_time"]) >= CFG.video.min_gap_s
             assert meta["shot_start"] <= sm["reference_time"] < meta["shot_end"]  # same shot
-            assert s["augmented"] is False and (root / s["reference"]).is_file()
+            assert s["augmented"] is False and s["reference"].startswith("ref")
     # the static green square is a near-duplicate in every frame: never a subject
-    assert [s["phrase"] for s in records[("clip.mp4", 1)]["subjects"]] == ["yellow square"]
-    report = clean.report
+    assert [s["phrase"] for s in found[("clip.mp4", 1)]["subjects"]] == ["yellow square"]
+    report, index = clean.report, read_index(dataset)
     skipped = report["skipped"]
     assert skipped["subject:near_duplicate"] == 1
     assert skipped["frame:dark"] >= 5  # shot 2 of clip.mp4 is dark...
@@ -97,87 +105,144 @@ def test_video_build_pairs_subjects_across_frames(clean):
     funnel = {row["stage"]: row["count"] for row in report["funnel"]}
     assert funnel["files"] == 4 and funnel["files_ok"] == 2 and funnel["samples"] == 3
     assert funnel["shots"] == 5 and funnel["subjects"] == 4
-    assert json.loads((root / "report.json").read_text())["samples"] == 3
-    assert "| frame:dark |" in (root / "report.md").read_text()
-    assert (root / "report_grid.png").stat().st_size > 1000
+    # 4 inputs, 2 per shard: 2 shards, counted in the index; raw records for every target
+    assert [s["samples"] for s in index.shards] == [2, 1] and index.samples == 3
+    assert all((dataset / s["raw"]).is_file() for s in index.shards)
+    assert index.config_fingerprint == CFG.fingerprint()
+    assert "| frame:dark |" in (dataset / "report.md").read_text()
+    assert (dataset / "report_grid.png").stat().st_size > 1000
+    assert (dataset / "failed.jsonl").read_text() == ""
 
 
-def test_manifest_passes_data_check(clean, capsys):
+def test_shards_pass_data_check_and_export_to_a_manifest(clean, tmp_path, capsys):
     from msdiffusion.manifest import scan_manifest
 
-    scan = scan_manifest(clean.manifest, open_images=True, decode=True)
-    assert scan.problems == [] and len(scan.records) == 3
-    assert main(["data", "check", str(clean.manifest)]) == 0
+    dataset = clean.index.parent
+    assert main(["data", "check", str(dataset)]) == 0
     assert "no problems found" in capsys.readouterr().out
+    assert main(["data", "check", str(dataset / "shards" / "shard-000001.tar"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["valid"] == 1
+    assert main(["data", "export", str(dataset), "--out", str(tmp_path / "m")]) == 0
+    scan = scan_manifest(tmp_path / "m" / "manifest.jsonl", open_images=True, decode=True)
+    assert scan.problems == [] and len(scan.records) == 3
+    assert main(["data", "export", str(dataset), "--out", str(tmp_path / "m")]) == 2  # not empty
+    assert "exists and is not empty" in capsys.readouterr().err
 
 
-def test_resume_after_a_crash_equals_a_clean_run(videos, models, clean, tmp_path):
-    out = tmp_path / "ds"
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_first(rel):
-        raise Crash(rel)
-
-    with pytest.raises(Crash):
-        build_dataset(
-            videos,
-            out,
-            mode="videos",
-            cfg=CFG,
-            models=models,
-            progress=False,
-            on_file_done=crash_after_first,
-        )
-    assert not (out / "manifest.jsonl").exists()  # nothing half-written looks complete
-    assert len(list((out / "parts").glob("*.json"))) == 1
-    # debris of a file that was in progress when the process died
-    junk = out / "images" / "walk-0000" / "0000.png"
-    junk.parent.mkdir(parents=True)
-    junk.write_bytes(b"half")
-    resumed = build_dataset(videos, out, mode="videos", cfg=CFG, models=models, progress=False)
-    assert (resumed.processed, resumed.already_done) == (3, 1)
-    assert resumed.manifest.read_text() == clean.manifest.read_text()
-    assert resumed.report["funnel"] == clean.report["funnel"]
-    assert resumed.report["skipped"] == clean.report["skipped"]
-    # a finished dataset re-merges without loading models or processing anything
-    again = build_dataset(videos, out, mode="videos", cfg=CFG, models=None, progress=False)
-    assert again.processed == 0 and again.manifest.read_text() == clean.manifest.read_text()
-    # resuming with other settings is refused, naming the folder
+def test_resume_refuses_other_settings_and_changed_inputs(videos, models, clean, tmp_path):
+    dataset = clean.index.parent
+    again = build_dataset(
+        videos, dataset, mode="videos", cfg=CFG, engine="local", models=None, progress=False
+    )  # finished: re-finishes without any model
+    assert again.shards_written == 0 and again.report["samples"] == 3
     with pytest.raises(InputError, match="--out: this dataset was started with other settings"):
         build_dataset(
             videos,
-            out,
+            dataset,
             mode="videos",
-            cfg=BuildConfig.from_dict(settings_for_tests(seed=1)),
+            cfg=BuildConfig.from_dict(settings_for_tests(seed=1, shards={"inputs_per_shard": 2})),
+            engine="local",
+            models=models,
+            progress=False,
+        )
+    with pytest.raises(InputError, match="--out: exists and is not a dataset folder"):
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "notes.txt").write_text("mine")
+        build_dataset(
+            videos,
+            tmp_path / "mine",
+            mode="videos",
+            cfg=CFG,
+            engine="local",
             models=models,
             progress=False,
         )
 
 
-def test_shards_merge_into_the_same_manifest(videos, models, clean, tmp_path):
+def _slow_settings() -> dict:
+    """The test settings with a detector plug-in that sleeps, so a kill lands mid-build."""
+    return settings_for_tests(
+        shards={"inputs_per_shard": 1},
+        models={
+            "captioner": None,
+            "segmenter": None,
+            "features": tiny_models_config()["features"],
+            "detector": {
+                "kind": "test_data_helpers:slow_colour_detector",
+                "options": {"delay": 0.15},
+            },
+        },
+    )
+
+
+def test_kill_minus_9_then_resume_gives_the_same_shards(videos, tmp_path):
+    """A build process killed with SIGKILL after its first shard, then resumed, writes the same
+    bytes as one uninterrupted build (local engine here; test_data_ray does it on Ray)."""
+    cfg_file = tmp_path / "data.json"
+    cfg_file.write_text(json.dumps(_slow_settings()))
     out = tmp_path / "ds"
-    first = build_dataset(
-        videos, out, mode="videos", cfg=CFG, models=models, shard=(0, 2), progress=False
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "msdiffusion.cli",
+            "data",
+            "build",
+            "--videos",
+            str(videos),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg_file),
+            "--engine",
+            "local",
+            "--no-progress",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
-    assert first.manifest is None and first.processed == 2 and first.remaining == 2
-    second = build_dataset(
-        videos, out, mode="videos", cfg=CFG, models=models, shard=(1, 2), progress=False
+    marker = out / "shards" / "shard-000000.json"
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), proc.stderr.read().decode()[-2000:]
+    assert not (out / "index.json").exists()  # nothing half-written looks complete
+    done = sorted(p.name for p in (out / "shards").glob("shard-*.json"))
+    assert len(done) < 4, "the kill came too late to interrupt anything"
+    cfg = BuildConfig.from_dict(_slow_settings())
+    resumed = build_dataset(videos, out, mode="videos", cfg=cfg, engine="local", progress=False)
+    assert resumed.shards_done_before == len(done) and resumed.index is not None
+    fresh = build_dataset(
+        videos, tmp_path / "fresh", mode="videos", cfg=cfg, engine="local", progress=False
     )
-    assert second.processed == 2 and second.manifest.read_text() == clean.manifest.read_text()
-    with pytest.raises(InputError, match="--shard"):
-        build_dataset(videos, out, mode="videos", cfg=CFG, models=models, shard=(2, 2))
+    for kind in ("shards", "raw"):
+        names = sorted(p.name for p in (out / kind).glob("*.tar"))
+        assert names == sorted(p.name for p in (tmp_path / "fresh" / kind).glob("*.tar"))
+        for name in names:
+            assert (out / kind / name).read_bytes() == (
+                tmp_path / "fresh" / kind / name
+            ).read_bytes(), name
+    assert resumed.report["funnel"] == fresh.report["funnel"]
+    assert not list(out.rglob(".*.tmp"))
 
 
-def test_cli_builds_with_tiny_real_models_and_the_manifest_trains(tmp_path, capsys):
+def test_cli_builds_with_tiny_real_models_and_the_shards_train(tmp_path, capsys):
     """`msdiffusion data build` with the tiny real captioner, Grounding DINO, SAM and DINOv2
-    loaded from disk; then `data check` and a two-step training run on the result."""
+    loaded from disk; then `data check`, export and a two-step training run on the result."""
     videos = tmp_path / "videos"  # square: training's centre crop keeps every (random) box
     make_video(videos / "a.mp4", standard_shots()[:1], size=(192, 192))
     make_video(videos / "b.mp4", standard_shots()[1:2], size=(192, 192))
     # Random weights find random boxes: keep every box that is not degenerate.
     settings = settings_for_tests(
+        raw={"min_score": 0.0},
         filters={
             "score_threshold": 0.0,
             "min_box_area": 0.0,
@@ -200,22 +265,33 @@ def test_cli_builds_with_tiny_real_models_and_the_manifest_trains(tmp_path, caps
             str(out),
             "--config",
             str(config),
+            "--engine",
+            "local",
             "--no-progress",
         ]
     )
     assert code == 0
     printed = capsys.readouterr().out
-    assert "processed 2 files" in printed and "report:" in printed
-    records = _records(out / "manifest.jsonl")
-    assert records, "the tiny models should yield samples with these permissive filters"
-    assert all(r["meta"]["caption_source"] == "model" for r in records)
-    assert main(["data", "check", str(out / "manifest.jsonl")]) == 0
+    assert "wrote 1 shards" in printed and "report:" in printed
+    found = records(out)
+    assert found, "the tiny models should yield samples with these permissive filters"
+    assert all(r["meta"]["caption_source"] == "model" for r in found)
+    assert main(["data", "check", str(out)]) == 0
     # bad arguments are one line on stderr and exit code 2
     assert main(["data", "build", "--videos", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "--videos: must be an existing folder" in capsys.readouterr().err
     assert (
         main(
-            ["data", "build", "--videos", str(videos), "--out", str(tmp_path / "x"), "--shard", "5"]
+            [
+                "data",
+                "build",
+                "--videos",
+                str(videos),
+                "--out",
+                str(tmp_path / "x"),
+                "--num-cpus",
+                "0",
+            ]
         )
         == 2
     )
@@ -223,6 +299,7 @@ def test_cli_builds_with_tiny_real_models_and_the_manifest_trains(tmp_path, caps
     pytest.importorskip(
         "msdiffusion.training.trainer", reason="training engine not available in this checkout"
     )
+    assert main(["data", "export", str(out), "--out", str(tmp_path / "m")]) == 0
     run = tmp_path / "run"
     code = main(
         [
@@ -230,7 +307,7 @@ def test_cli_builds_with_tiny_real_models_and_the_manifest_trains(tmp_path, caps
             "--preset",
             "tiny",
             "--manifest",
-            str(out / "manifest.jsonl"),
+            str(tmp_path / "m" / "manifest.jsonl"),
             "--output-dir",
             str(run),
             "--max-steps",
@@ -255,9 +332,9 @@ def test_cli_builds_with_tiny_real_models_and_the_manifest_trains(tmp_path, caps
 
 
 def test_demo_builds_offline_with_random_models(tmp_path, capsys):
-    assert main(["data", "demo", "--out", str(tmp_path), "--videos", "1"]) == 0
+    assert main(["data", "demo", "--out", str(tmp_path), "--videos", "1", "--engine", "local"]) == 0
     assert "next: msdiffusion data check" in capsys.readouterr().out
-    records = _records(tmp_path / "dataset" / "manifest.jsonl")
-    assert records and all(r["meta"]["source"] == "shapes_000.mp4" for r in records)
+    found = records(tmp_path / "dataset")
+    assert found and all(r["meta"]["source"] == "shapes_000.mp4" for r in found)
     assert main(["data", "config"]) == 0
     assert BuildConfig.from_dict(json.loads(capsys.readouterr().out)) == BuildConfig()

@@ -4,7 +4,7 @@
 * ``tiny_model_dirs``: the real transformers model classes (BLIP, Grounding DINO, OWLv2, SAM,
   CLIP vision, DINOv2) built from tiny configs with random weights and saved with
   ``save_pretrained``, so the pipeline loads them through the real ``from_pretrained`` path;
-* ``ColourDetector``: a small deterministic detector with the ``Detector`` interface that finds
+* ``ColourDetector`` (``msdiffusion.data.synthetic``): a deterministic detector that finds
   "red square", "blue circle", ... by colour — for tests that need known boxes.
 """
 
@@ -19,51 +19,16 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from msdiffusion.data.boxes import Detection  # noqa: E402
 from msdiffusion.data.synthetic import (  # noqa: E402,F401  (re-exported for the tests)
     COLOURS,
     STANDARD_CAPTION,
+    ColourDetector,
     Shape,
     Shot,
     make_video,
     standard_shots,
 )
 from msdiffusion.testing.data_models import save_random_models  # noqa: E402
-
-
-class ColourDetector:
-    """Finds phrases that name a colour ("red square") as the bounding box of that colour."""
-
-    def __init__(self, tolerance: float = 70.0):
-        self.tolerance = tolerance
-
-    def detect(self, images: list[Image.Image], phrases: list[list[str]]) -> list[list[Detection]]:
-        out = []
-        for image, names in zip(images, phrases, strict=True):
-            pixels = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
-            h, w = pixels.shape[:2]
-            found = []
-            for p, phrase in enumerate(names):
-                colour = next((COLOURS[c] for c in COLOURS if c in phrase.lower()), None)
-                if colour is None:
-                    continue
-                near = np.abs(pixels - np.array(colour)).max(-1) < self.tolerance
-                if near.sum() < 20:
-                    continue
-                ys, xs = np.nonzero(near)
-                box = (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
-                found.append(Detection(tuple(float(v) for v in box), 0.9, p))
-            out.append(found)
-        return out
-
-
-def colour_detector(path, device, dtype, **options) -> ColourDetector:
-    """``ColourDetector`` as a ``module:attribute`` plug-in (``kind: test_data_helpers:...``)."""
-    return ColourDetector(**options)
-
 
 # --- tiny real transformers models ----------------------------------------------------------
 
@@ -114,3 +79,40 @@ def settings_for_tests(**sections) -> dict:
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
     return base
+
+
+class SlowColourDetector(ColourDetector):
+    """``ColourDetector`` that waits ``delay`` seconds per call: a build slow enough to kill."""
+
+    def __init__(self, delay: float = 0.5, **options):
+        super().__init__(**options)
+        self.delay = delay
+
+    def detect(self, images, phrases):
+        import time
+
+        time.sleep(self.delay)
+        return super().detect(images, phrases)
+
+
+def slow_colour_detector(path, device, dtype, **options) -> SlowColourDetector:
+    return SlowColourDetector(**options)
+
+
+class PoisonedDetector(ColourDetector):
+    """``ColourDetector`` that raises on any frame showing magenta: a model that breaks on one
+    input (as a processor does on a 6000×20 image), wherever the batch comes from."""
+
+    def detect(self, images, phrases):
+        import numpy as np
+
+        for image in images:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+            magenta = (pixels[..., 0] > 180) & (pixels[..., 1] < 80) & (pixels[..., 2] > 180)
+            if magenta.sum() > 50:
+                raise ValueError("poisoned frame: the processor rejects it")
+        return super().detect(images, phrases)
+
+
+def poisoned_detector(path, device, dtype, **options) -> PoisonedDetector:
+    return PoisonedDetector(**options)

@@ -20,6 +20,7 @@ from msdiffusion.data.config import BuildConfig
 from msdiffusion.data.media import BadInput, load_rgb
 from msdiffusion.data.models import Models, load_models
 from msdiffusion.data.stats import Stats
+from msdiffusion.shards import iter_samples, read_index
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -137,26 +138,34 @@ def test_image_only_build_flags_augmented_references(tmp_path, image_models):
         )
     )
     (photos / "c.txt").write_text("a green square and a red square\n")
-    cfg = BuildConfig.from_dict(settings_for_tests(images_per_chunk=4))
+    cfg = BuildConfig.from_dict(settings_for_tests(shards={"inputs_per_shard": 4}))
     result = build_dataset(
-        photos, tmp_path / "ds", mode="images", cfg=cfg, models=image_models, progress=False
+        photos,
+        tmp_path / "ds",
+        mode="images",
+        cfg=cfg,
+        engine="local",
+        models=image_models,
+        progress=False,
     )
-    lines = result.manifest.read_text().splitlines()
-    records = {r["meta"]["source"]: r for r in map(json.loads, lines)}
+    samples = {
+        s.record["meta"]["source"]: s for s in iter_samples(read_index(result.index).paths())
+    }
+    records = {source: s.record for source, s in samples.items()}
     assert set(records) == {"a.png", "c.png", "sub/b.jpg"}  # d.png's random caption has no colour
     assert [s["phrase"] for s in records["a.png"]["subjects"]] == ["red square", "blue square"]
     assert records["sub/b.jpg"]["meta"]["caption_source"] == "sidecar"
-    root = result.manifest.parent
-    for record in records.values():
-        target = Image.open(root / record["image"])
+    root = result.index.parent
+    for source, record in records.items():
+        target = samples[source].open(record["image"])
         assert target.mode == "RGB" and target.size == (160, 120)
         for s in record["subjects"]:
             assert s["augmented"] is True
-            ref = Image.open(root / s["reference"])
+            ref = samples[source].open(s["reference"])
             x0, y0, x1, y1 = s["reference_box"]
             assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
             if s["reference_mask"] is not None:
-                assert Image.open(root / s["reference_mask"]).size == ref.size
+                assert samples[source].open(s["reference_mask"]).size == ref.size
             # the reference box frames the subject's colour in the augmented crop
             inside = (
                 np.asarray(ref.convert("RGB"))[
@@ -176,11 +185,13 @@ def test_image_only_build_flags_augmented_references(tmp_path, image_models):
     assert (root / "report_grid.png").is_file() and (root / "report.md").is_file()
     # the same seed gives the same dataset, byte for byte
     again = build_dataset(
-        photos, tmp_path / "ds2", mode="images", cfg=cfg, models=image_models, progress=False
+        photos,
+        tmp_path / "ds2",
+        mode="images",
+        cfg=cfg,
+        engine="local",
+        models=image_models,
+        progress=False,
     )
-    assert again.manifest.read_text() == result.manifest.read_text()
-    for record in records.values():
-        for s in record["subjects"]:
-            assert (root / s["reference"]).read_bytes() == (
-                again.manifest.parent / s["reference"]
-            ).read_bytes()
+    for name in ("shards/shard-000000.tar", "shards/shard-000001.tar", "raw/raw-000000.tar"):
+        assert (root / name).read_bytes() == (again.index.parent / name).read_bytes()

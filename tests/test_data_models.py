@@ -101,8 +101,37 @@ def test_model_errors_name_the_setting(tmp_path):
     # a plug-in: module:attribute, called with (path, device, dtype, **options)
     plugin = load_one(
         "detector",
-        ModelSpec("test_data_helpers:colour_detector", None, {"tolerance": 10.0}),
+        ModelSpec("msdiffusion.data.synthetic:colour_detector", None, {"tolerance": 10.0}),
         device,
         dtype,
     )
     assert plugin.tolerance == 10.0
+
+
+def test_detection_of_mixed_sizes_does_not_depend_on_the_batch(dirs):
+    """Frames of different videos share a model batch; Grounding DINO pads a batch to its
+    largest image, so the detect stage batches equal sizes only: a frame's detections are
+    those it gets alone."""
+    from msdiffusion.data.stages import _batched_by_size
+
+    detector = load_one(
+        "detector",
+        ModelSpec("grounding_dino", dirs["grounding_dino"]),
+        torch.device("cpu"),
+        torch.float32,
+    )
+    frames = [IMAGES[1], IMAGES[0], Image.new("RGB", (160, 90), (30, 200, 60))]
+    phrases = [["blue circle"], ["red square", "cat"], ["green square"]]
+    mixed = _batched_by_size(detector.detect, frames, phrases, size=8)
+    for frame, names, dets in zip(frames, phrases, mixed, strict=True):
+        alone = detector.detect([frame], [names])[0]
+        assert [d.phrase for d in dets] == [d.phrase for d in alone]
+        np.testing.assert_allclose(
+            [d.box + (d.score,) for d in dets], [d.box + (d.score,) for d in alone], atol=1e-5
+        )
+    padded = detector.detect(frames, phrases)[0]  # what a plain batch would give the first
+    assert not np.allclose(
+        [d.box + (d.score,) for d in padded[:5]],
+        [d.box + (d.score,) for d in mixed[0][:5]],
+        atol=1e-5,
+    )

@@ -107,3 +107,39 @@ def test_bad_videos_raise_bad_input_or_keep_partial(tmp_path, video):
     stats = Stats()
     part = decode_video(cut, sample_fps=10, max_frames=100, max_side=256, stats=stats)
     assert 0 < len(part) < 10
+
+
+def test_rotation_metadata_is_applied(tmp_path):
+    shots = standard_shots()[:1]
+    plain = decode_video(
+        make_video(tmp_path / "plain.mp4", shots),
+        sample_fps=2,
+        max_frames=2,
+        max_side=1024,
+        stats=Stats(),
+    )
+    stats = Stats()
+    turned = decode_video(
+        make_video(tmp_path / "turned.mp4", shots, rotation=-90),
+        sample_fps=2,
+        max_frames=2,
+        max_side=1024,
+        stats=stats,
+    )
+    assert turned.size == (144, 192) and turned.frame(0).size == (144, 192)  # portrait
+    want = np.asarray(plain.frame(0).transpose(Image.Transpose.ROTATE_270), dtype=float)
+    assert np.abs(np.asarray(turned.frame(0), dtype=float) - want).mean() < 2  # 90° clockwise
+    assert stats.converted["video_rotated"] == 1
+
+
+def test_small_videos_decode_and_too_small_ones_are_reported(tmp_path):
+    shots = [Shot(1.0, (100, 100, 100), (Shape("red", "square", (30, 30), (60, 40), 16, 20),))]
+    narrow = make_video(tmp_path / "narrow.mp4", shots, size=(120, 100))  # chroma < 64 wide
+    video = decode_video(
+        narrow, sample_fps=2, max_frames=10, max_side=256, stats=Stats(), min_side=64
+    )
+    assert video.size == (120, 100) and len(video.diffs) == 10
+    tiny = make_video(tmp_path / "tiny.mp4", shots, size=(96, 48))
+    with pytest.raises(BadInput) as err:
+        decode_video(tiny, sample_fps=2, max_frames=10, max_side=256, stats=Stats(), min_side=64)
+    assert err.value.reason == "too_small" and "96x48" in str(err.value)

@@ -1,8 +1,9 @@
 """Building multi-subject training data from raw videos and images (``msdiffusion data build``).
 
-Pipeline (docs/data.md): decode → sample frames → split shots → drop bad frames → pick target and
-reference frames → caption → entity phrases → open-vocabulary detection → filters → match each
-subject in a reference frame (or augment it, for image-only input) → SAM mask → manifest + report.
+A Ray Data program (docs/data.md): decode → sample frames → split shots → drop bad frames → pick
+target and reference frames → caption → entity phrases → open-vocabulary detection → filters →
+match each subject in a reference frame (or augment it, for image-only input) → SAM mask →
+WebDataset shards (``msdiffusion.shards``) + raw model outputs + report.
 
     from msdiffusion.data import BuildConfig, build_dataset
     result = build_dataset("clips/", "datasets/clips", mode="videos", cfg=BuildConfig())
@@ -18,6 +19,8 @@ _EXPORTS = {
     "load_build_config": "msdiffusion.data.config",
     "build_dataset": "msdiffusion.data.build",
     "BuildResult": "msdiffusion.data.build",
+    "refilter_dataset": "msdiffusion.data.refilter",
+    "export_manifest": "msdiffusion.data.export",
     "Models": "msdiffusion.data.models",
     "load_models": "msdiffusion.data.models",
     "Detection": "msdiffusion.data.boxes",

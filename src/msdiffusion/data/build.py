@@ -1,50 +1,54 @@
-"""``build_dataset``: input folder → dataset folder (manifest, crops, masks, report).
+"""``build_dataset``: an input folder → a dataset folder of WebDataset shards, resumably.
 
-Work is split in *units*: one video, or a chunk of ``images_per_chunk`` images (formed from the
-sorted input list, so a chunk's content does not depend on how many processes run). Units are
-dealt round-robin to shards — the processes of ``accelerate launch`` (one per GPU) or ``torchrun``,
-or an explicit ``shard=(index, count)`` for independent jobs (a cluster array). A unit whose files
-all have a part is done and skipped, so re-running the same command resumes. Whichever process
-finishes and finds every input done merges the parts into ``manifest.jsonl`` and writes the report
-(two finishing at once write the same files, atomically); the manifest's order (by input path,
-then sample) and content do not depend on the sharding or on interruptions.
+1. List the inputs (sorted), cut them into shard groups (``writer.ShardPlan``), and claim the
+   output folder: ``build.json`` holds the settings' fingerprint and ``inputs.json`` the input
+   list, so a resumed build cannot silently mix settings or inputs.
+2. Run the stages over the inputs of the shards not yet done (``engine.py``: Ray Data by
+   default, or in this process) and write their shards as the items arrive (``writer.py``).
+3. Once every shard is done: ``index.json`` (shard list, counts, fingerprints), ``failed.jsonl``
+   (inputs that raised, with stage and reason) and the report (``report.py``).
+
+Re-running the same command resumes at the first shard without its marker; a finished dataset
+re-finishes without loading any model.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..atomic import atomic_open, atomic_write_text
+from ..atomic import atomic_open, atomic_write_json
 from ..errors import InputError
+from ..shards import FORMAT, INDEX_NAME, ShardSample, iter_samples
 from ..version import __version__
 from .config import BuildConfig
-from .media import BadInput
-from .models import Models, load_models
-from .samples import Target, build_samples
-from .sources import SidecarCaptions, file_key, image_target, list_inputs, video_targets
-from .stats import Stats
-from .writer import MANIFEST_NAME, DatasetWriter
+from .engine import ENGINES, ensure_ray, run_local, run_ray
+from .report import RecordSummary, write_report
 
-__all__ = ["BuildResult", "build_dataset", "MODES"]
+if TYPE_CHECKING:
+    from .models import Models
+from .sources import SidecarCaptions, list_inputs
+from .stats import Stats
+from .writer import ShardPlan, ShardWriter, read_entry
+
+__all__ = ["BuildResult", "build_dataset", "claim_output", "finish_dataset", "MODES"]
 
 MODES = ("videos", "images")
 
 
 @dataclass
 class BuildResult:
-    """What a run did; ``manifest`` is None while other shards still have files to do (the last
-    shard to finish writes it)."""
+    """What a run did; ``index`` is None while shards remain (``max_shards``)."""
 
-    manifest: Path | None
+    index: Path | None
     report: dict[str, Any] | None
-    processed: int  # input files processed by this run
-    already_done: int  # input files of this shard found done (resumed)
-    remaining: int  # input files (all shards) without a part after this run
-    shard: tuple[int, int] = (0, 1)  # (index, count) this run processed
+    shards_written: int  # by this run
+    shards_done_before: int  # found done (resumed)
+    shards_remaining: int  # not done after this run
+    inputs: int
 
 
 def build_dataset(
@@ -53,90 +57,86 @@ def build_dataset(
     *,
     mode: str,
     cfg: BuildConfig | None = None,
+    engine: str = "ray",
     models: Models | None = None,
-    shard: tuple[int, int] | None = None,
-    limit: int | None = None,
+    max_shards: int | None = None,
     progress: bool = True,
-    on_file_done: Callable[[str], None] | None = None,
 ) -> BuildResult:
-    """Build (or resume building) a training dataset from the ``mode`` files under ``inputs``.
+    """Build (or resume building) the dataset of the ``mode`` files under ``inputs``.
 
-    ``models``: already loaded models (default: loaded from ``cfg.models`` once, if any file needs
-    them). ``shard``: ``(index, count)`` of independent jobs; default: the accelerate process
-    layout. ``limit``: process at most this many units in this run. ``on_file_done(relative_path)``
-    is called after each input's part is written.
+    ``engine``: ``ray`` (default; connects to or starts Ray) or ``local`` (this process; then
+    ``models`` may pass already loaded models). ``max_shards``: write at most this many shards in
+    this run (time-boxed jobs).
     """
     if mode not in MODES:
         raise InputError("mode", f"one of {', '.join(MODES)}", mode)
+    if engine not in ENGINES:
+        raise InputError("--engine", f"one of {', '.join(ENGINES)}", engine)
+    if models is not None and engine != "local":
+        raise InputError(
+            "models",
+            "loaded models can only be passed to the local engine (Ray "
+            "actors load theirs from the config)",
+            type(models).__name__,
+        )
+    if max_shards is not None and max_shards < 0:
+        raise InputError("--max-shards", ">= 0", max_shards)
+    from .models import check_specs  # torch: only the driver and the model actors load it
+
     cfg = cfg or BuildConfig()
+    check_specs(
+        cfg.models,
+        ("captioner", "detector", "segmenter") + (("features",) if mode == "videos" else ()),
+    )
     root, out = Path(inputs), Path(out)
     files = list_inputs(root, mode)
     if not files:
         raise InputError(f"--{mode}", f"no {mode[:-1]} files found in the folder", str(root))
-    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
-        raise InputError("--shard", "INDEX/COUNT with 0 <= INDEX < COUNT", shard)
-    if limit is not None and limit < 0:
-        raise InputError("--limit", ">= 0", limit)
-    writer = DatasetWriter(out, cfg)
-    _claim(out, cfg, mode, root)
-
-    keys = {rel: file_key(rel) for rel in files}
-    size = 1 if mode == "videos" else cfg.images_per_chunk
-    units = [files[i : i + size] for i in range(0, len(files), size)]
-    state: Any = None
-    if shard is None:  # the process layout of `accelerate launch` / `torchrun`, if any
-        import torch
-        from accelerate import PartialState
-
-        state = PartialState(cpu=cfg.models.device == "cpu" or not torch.cuda.is_available())
-        shard = (state.process_index, state.num_processes)
-    mine = [u for n, u in enumerate(units) if n % shard[1] == shard[0]]
-    todo = [u for u in mine if not all(writer.has_part(keys[rel]) for rel in u)]
-    done_before = sum(len(u) for u in mine) - sum(len(u) for u in todo)
-    if limit is not None:
-        todo = todo[:limit]
-
-    processed = 0
-    if todo:
-        if models is None:
-            device = cfg.models.device or (state.device if state is not None else "cpu")
-            models = load_models(cfg.models, device, need_features=mode == "videos")
+    plan = ShardPlan(len(files), cfg.shards.inputs_per_shard)
+    claim_output(out, cfg, mode, root, files)
+    writer = ShardWriter(out, cfg, plan)
+    pending = writer.pending()
+    before = plan.count - len(pending)
+    if max_shards is not None:
+        pending = pending[:max_shards]
+    written = 0
+    if pending:
         captions = SidecarCaptions(root, cfg.use_sidecar_captions)
-        from tqdm.auto import tqdm
+        work = [(o, files[o], captions.get(files[o])) for n in pending for o in plan.orders(n)]
+        started = False
+        try:
+            if engine == "ray":
+                started = ensure_ray(cfg)
+                items = run_ray(work, root, mode, cfg, progress=progress)
+            else:
+                items = run_local(work, root, mode, cfg, models=models)
+            for _ in writer.write(items, pending):
+                written += 1
+        finally:
+            if started:
+                import ray
 
-        label = "data build" + (f" [{shard[0]}/{shard[1]}]" if shard[1] > 1 else "")
-        bar = tqdm(
-            total=sum(len(u) for u in todo),
-            desc=label,
-            unit="file",
-            disable=not progress,
-            position=shard[0] if shard[1] > 1 else None,
-        )
-        for unit in todo:
-            _process_unit(unit, root, mode, keys, captions, cfg, models, writer, on_file_done)
-            processed += len(unit)
-            bar.update(len(unit))
-        bar.close()
-
-    # No barrier: a process that finishes early just leaves (a distributed barrier would time out
-    # while slower shards still work); the one that finds every input done merges.
-    remaining = sum(not writer.has_part(keys[rel]) for rel in files)
+                ray.shutdown()
+    remaining = len(writer.pending())
     if remaining:
-        return BuildResult(None, None, processed, done_before, remaining, shard)
-    manifest, report = merge_parts(out, files, keys, cfg, mode)
-    return BuildResult(manifest, report, processed, done_before, 0, shard)
+        return BuildResult(None, None, written, before, remaining, len(files))
+    index, report = finish_dataset(out, cfg, mode, plan)
+    return BuildResult(index, report, written, before, 0, len(files))
 
 
-def _claim(out: Path, cfg: BuildConfig, mode: str, root: Path) -> None:
-    """Write ``build.json``, or check that the existing one was built with the same settings."""
+def claim_output(out: Path, cfg: BuildConfig, mode: str, root: Path, files: list[str]) -> None:
+    """Write ``build.json`` and ``inputs.json``, or check that a started build matches; refuse
+    a folder that holds something else (nothing a user made is overwritten)."""
     info = {
         "mode": mode,
         "config_fingerprint": cfg.fingerprint(),
+        "raw_fingerprint": cfg.raw_fingerprint(),
         "config": cfg.to_dict(),
         "msdiffusion_version": __version__,
+        "input": str(root.resolve()),
     }
-    path = out / "build.json"
-    started = any((out / "parts").glob("*.json"))  # nothing done yet: settings may change
+    path, listed = out / "build.json", out / "inputs.json"
+    started = any((out / "shards").glob("shard-*.json"))
     if path.is_file() and started:
         old = json.loads(path.read_text())
         if old.get("mode") != mode:
@@ -152,77 +152,78 @@ def _claim(out: Path, cfg: BuildConfig, mode: str, root: Path) -> None:
                 "--config); resume with the same config, or use another folder",
                 str(out),
             )
+        before = json.loads(listed.read_text())
+        if before != files:
+            added, removed = len(set(files) - set(before)), len(set(before) - set(files))
+            raise InputError(
+                f"--{mode}",
+                f"the files changed since this build started ({added} "
+                f"added, {removed} removed); resume needs the same files — build "
+                "the new ones into another --out",
+                str(root),
+            )
         return
+    if out.exists() and not path.is_file() and any(out.iterdir()):
+        raise InputError(
+            "--out", "exists and is not a dataset folder (will not overwrite)", str(out)
+        )
     out.mkdir(parents=True, exist_ok=True)
-    info["input"] = str(root.resolve())
-    atomic_write_text(path, json.dumps(info, indent=2))
+    atomic_write_json(listed, files, indent=None)
+    atomic_write_json(path, info)
 
 
-def _process_unit(
-    unit: list[str],
-    root: Path,
-    mode: str,
-    keys: dict[str, str],
-    captions: SidecarCaptions,
-    cfg: BuildConfig,
-    models: Models,
-    writer: DatasetWriter,
-    on_file_done: Callable[[str], None] | None,
-) -> None:
-    """Decode the unit's files, run the model stages on their targets, write one part per file."""
-    per_file: dict[str, Stats] = {}
-    targets: list[Target] = []
-    for rel in unit:
-        stats = per_file[rel] = Stats()
-        stats.add("files")
-        writer.begin_file(keys[rel])
-        front = video_targets if mode == "videos" else image_target
-        try:
-            made = front(root / rel, rel, keys[rel], cfg, stats, captions.get(rel))
-        except BadInput as bad:
-            stats.skip(f"file:{bad.reason}")
+def _pick(entries: list[dict[str, Any]], seed: int, keep: int = 12) -> list[ShardSample]:
+    """``keep`` samples drawn with ``seed`` over the whole dataset, read from their shards."""
+    total = sum(e["samples"] for e in entries)
+    wanted = sorted(random.Random(seed).sample(range(total), min(keep, total)))
+    picked, offset = [], 0
+    for entry in entries:
+        inside = [w - offset for w in wanted if offset <= w < offset + entry["samples"]]
+        offset += entry["samples"]
+        if not inside:
             continue
-        stats.add("files_ok")
-        targets.extend(made if isinstance(made, list) else [made])
-    batch_times = Stats()  # seconds of batched model calls, booked on the unit's first file
-    samples = build_samples(targets, models, cfg, batch_times) if targets else []
-    per_file[unit[0]].merge(batch_times)
-    for rel in unit:
-        key = keys[rel]
-        stats = per_file[rel]
-        with stats.timed("write"):
-            records = writer.write_samples(key, [s for s in samples if s.target.key == key])
-        writer.write_part(key, rel, records, stats, cfg.fingerprint())
-        if on_file_done is not None:
-            on_file_done(rel)
+        for n, sample in enumerate(iter_samples([entry["root"] / entry["path"]])):
+            if n in inside:
+                picked.append(sample)
+            if n >= inside[-1]:
+                break
+    return picked
 
 
-def merge_parts(
-    out: Path, files: list[str], keys: dict[str, str], cfg: BuildConfig, mode: str
+def finish_dataset(
+    out: Path, cfg: BuildConfig, mode: str, plan: ShardPlan, extra: dict[str, Any] | None = None
 ) -> tuple[Path, dict[str, Any]]:
-    """All parts → ``manifest.jsonl`` + report; returns the manifest path and the report.
-
-    Streams: one part in memory at a time, whatever the dataset's size.
-    """
-    from .report import RecordSummary, write_report
-
-    writer = DatasetWriter(out, cfg)
-    summary = RecordSummary(cfg.seed)
-    totals = Stats()
-    fingerprint = cfg.fingerprint()
-    manifest = out / MANIFEST_NAME
-    with atomic_open(manifest) as handle:
-        for rel in files:
-            part = writer.read_part(keys[rel])
-            if part.get("config") != fingerprint:
-                raise InputError(
-                    "--out",
-                    f"part of {rel!r} was built with other settings; use another folder",
-                    str(out),
-                )
-            for record in part["records"]:
-                handle.write(json.dumps(record) + "\n")
-                summary.add(record)
-            totals.merge(Stats.from_dict(part["stats"]))
-    report = write_report(out, summary, totals, cfg, mode)
-    return manifest, report
+    """Every shard done → ``index.json``, ``failed.jsonl`` and the report (reads the markers)."""
+    entries = [read_entry(out, n) for n in range(plan.count)]
+    totals, summary, failed = Stats(), RecordSummary(), []
+    for entry in entries:
+        if entry["config_fingerprint"] != cfg.fingerprint():
+            raise InputError(
+                "--out",
+                f"shard {entry['shard']} was built with other settings; use another folder",
+                str(out),
+            )
+        totals.merge(Stats.from_dict(entry["stats"]))
+        summary.merge(entry["summary"])
+        failed.extend(entry["failed"])
+        entry["root"] = out
+    with atomic_open(out / "failed.jsonl") as handle:
+        for row in failed:
+            handle.write(json.dumps(row) + "\n")
+    keys = ("path", "raw", "inputs", "samples", "subjects", "bytes", "raw_bytes")
+    index = {
+        "format": FORMAT,
+        "mode": mode,
+        "config_fingerprint": cfg.fingerprint(),
+        "raw_fingerprint": cfg.raw_fingerprint(),
+        "inputs": plan.inputs,
+        "samples": summary.samples,
+        "subjects": summary.subjects,
+        "failed_inputs": len(failed),
+        "shards": [{k: e[k] for k in keys} for e in entries],
+        "msdiffusion_version": __version__,
+        **(extra or {}),
+    }
+    atomic_write_json(out / INDEX_NAME, index)
+    report = write_report(out, summary, totals, cfg, mode, _pick(entries, cfg.seed), failed, extra)
+    return out / INDEX_NAME, report

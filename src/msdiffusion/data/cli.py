@@ -1,6 +1,7 @@
-"""`msdiffusion data`: build training manifests from videos or images, and check them.
+"""`msdiffusion data`: build training data from videos or images; refilter, check, export it.
 
-Kept import-light (torch, transformers and PyAV load inside the command), so ``--help`` is fast.
+Kept import-light (Ray, torch, transformers and PyAV load inside the command), so ``--help`` is
+fast.
 """
 
 from __future__ import annotations
@@ -19,30 +20,40 @@ BUILD_EPILOG = """\
 examples:
   msdiffusion data build --videos clips/ --out datasets/clips --config data.json
   msdiffusion data build --images photos/ --out datasets/photos      # augmented references
-  accelerate launch --num_processes 8 -m msdiffusion.cli data build --videos clips/ --out ds/
-  msdiffusion data build --videos clips/ --out ds/ --shard 3/16      # one job of a cluster array
+  RAY_ADDRESS=auto msdiffusion data build --videos /shared/clips --out /shared/ds  # a cluster
+  msdiffusion data refilter datasets/clips --config stricter.json --out datasets/clips-strict
+  msdiffusion data check datasets/clips                             # reads the shards
+  msdiffusion data export datasets/clips --out small/ --limit 100   # a JSONL manifest + files
   msdiffusion data config > data.json                                # every setting, defaults
   msdiffusion data demo --out outputs/data-demo      # synthetic videos, random models, offline
 
-Re-running the same command resumes: finished input files are kept, the rest is processed.
+Runs as a Ray Data program: on this machine by default, on a cluster when RAY_ADDRESS (set by
+`ray job submit`) or config.ray.address names one (docs/data.md). Re-running the same command
+resumes at the first unfinished shard.
 """
 
 
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected INDEX/COUNT such as 0/4, got {text!r}"
-        ) from None
-    return index, count
+def _engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="JSON", help="settings (see `msdiffusion data config`)")
+    parser.add_argument(
+        "--engine",
+        choices=("ray", "local"),
+        default="ray",
+        help="ray (default: a local Ray, or the cluster in RAY_ADDRESS) or local "
+        "(one process, no Ray: for debugging)",
+    )
+    parser.add_argument(
+        "--ray-address", metavar="ADDR", help="a running Ray cluster (auto, or ray://host:10001)"
+    )
+    parser.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of a local Ray")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``data`` command group: ``build``, ``config``, ``demo`` and ``check``."""
+    """Add the ``data`` command group: build, refilter, check, export, config, demo."""
     parser = subparsers.add_parser(
         "data",
-        help="build and check training manifests",
+        help="build, check and export training data",
         description="Build multi-subject training data and check it.",
     )
     data_sub = parser.add_subparsers(
@@ -52,12 +63,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     build = data_sub.add_parser(
         "build",
-        help="videos or images → training manifest, crops, masks and a report",
+        help="videos or images → WebDataset shards (targets, crops, masks) + report",
         description="Mine multi-subject training samples: caption each target frame, ground\n"
         "its entity phrases with an open-vocabulary detector, find each subject again\n"
         "in another frame of the same shot (or, for images, make an augmented crop),\n"
-        "segment it with SAM, and write DATASET/manifest.jsonl with a report\n"
-        "(docs/data.md).",
+        "segment it with SAM, and write DATASET/shards/*.tar with index.json, raw\n"
+        "model outputs (raw/*.tar, for `data refilter`) and a report (docs/data.md).",
         epilog=BUILD_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,25 +76,44 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     source.add_argument("--videos", metavar="DIR", help="folder of videos (searched recursively)")
     source.add_argument("--images", metavar="DIR", help="folder of images (searched recursively)")
     build.add_argument("--out", metavar="DATASET", required=True, help="output dataset folder")
-    build.add_argument("--config", metavar="JSON", help="settings (see `msdiffusion data config`)")
+    _engine_args(build)
     build.add_argument("--seed", type=int, help="override the config's seed")
-    build.add_argument("--device", help="override the device (default: accelerate's, else cpu)")
-    build.add_argument("--batch-size", type=int, metavar="N", help="images per model call")
     build.add_argument(
-        "--shard",
-        type=_shard,
-        metavar="I/N",
-        help="process only shard I of N (independent jobs; the last one to finish "
-        "writes the manifest)",
+        "--device",
+        help="override the models' device (default: cuda where the worker has a GPU, else cpu)",
     )
+    build.add_argument("--batch-size", type=int, metavar="N", help="items per model call")
     build.add_argument(
-        "--limit",
+        "--max-shards",
         type=int,
         metavar="N",
-        help="process at most N videos (or image chunks) in this run",
+        help="write at most N shards in this run (time-boxed jobs)",
     )
-    build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.set_defaults(func=run_build)
+
+    refilter = data_sub.add_parser(
+        "refilter",
+        help="new thresholds on a build's raw outputs → new shards (no models)",
+        description="Apply other filter/match/dedup thresholds to the raw outputs a build kept "
+        "(captions, detections with scores, features, masks) and write a new dataset "
+        "folder; no model runs. Settings that shaped the raw outputs cannot change "
+        "(docs/data.md).",
+    )
+    refilter.add_argument("dataset", help="a dataset folder written by `data build`")
+    refilter.add_argument("--out", metavar="DATASET", required=True, help="new dataset folder")
+    _engine_args(refilter)
+    refilter.set_defaults(func=run_refilter)
+
+    export = data_sub.add_parser(
+        "export",
+        help="shards → a JSONL manifest with image files (small scale)",
+        description="Write a dataset's samples as a training manifest (docs/training-data.md) "
+        "with one file per image.",
+    )
+    export.add_argument("dataset", help="a dataset folder (or one shard .tar)")
+    export.add_argument("--out", metavar="DIR", required=True, help="folder for manifest.jsonl")
+    export.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
+    export.set_defaults(func=run_export)
 
     config = data_sub.add_parser("config", help="print the default build settings as JSON")
     config.set_defaults(func=run_config)
@@ -93,11 +123,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="synthetic videos → a dataset, with random-weight models (offline)",
         description="Write a few synthetic videos (moving shapes, hard cuts) and build a dataset "
         "from them with the random-tiny models: a smoke test of the whole pipeline "
-        "that needs no download. The captions and boxes mean nothing; the manifest "
-        "is valid and trains (`msdiffusion train --preset tiny`).",
+        "that needs no download. The captions and boxes mean nothing; the shards "
+        "are valid (`msdiffusion data check`).",
     )
     demo.add_argument("--out", metavar="DIR", required=True, help="folder for videos/ and dataset/")
     demo.add_argument("--videos", type=int, default=4, metavar="N", help="videos to write (4)")
+    _engine_args(demo)
     demo.set_defaults(func=run_demo)
 
     _register_check(data_sub)
@@ -111,37 +142,71 @@ def run_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:
+    from .config import load_build_config
+
+    overrides = dict(overrides or {})
+    ray: dict[str, Any] = {}
+    if args.ray_address is not None:
+        ray["address"] = args.ray_address
+    if args.num_cpus is not None:
+        if args.num_cpus < 1:
+            raise InputError("--num-cpus", ">= 1", args.num_cpus)
+        ray["num_cpus"] = args.num_cpus
+    if ray:
+        overrides["ray"] = ray
+    return load_build_config(args.config, overrides)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _print_result(result: Any, seconds: float) -> None:
+    print(
+        f"wrote {result.shards_written} shards in {seconds:.1f} s; "
+        f"{result.shards_done_before} were already done"
+    )
+    if result.index is None:
+        print(f"{result.shards_remaining} shards still to do (--max-shards): re-run to go on")
+        return
+    report = result.report or {}
+    failed = report.get("failed_inputs", 0)
+    print(
+        f"{report.get('samples', 0)} samples with {report.get('subjects', 0)} subjects in "
+        f"{result.index}; report: {result.index.parent / 'report.md'}"
+        + (f"; {failed} failed inputs (failed.jsonl)" if failed else "")
+    )
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .build import build_dataset
-    from .config import BuildConfig
     from .synthetic import demo_settings, write_demo_videos
 
     if args.videos < 1:
         raise InputError("--videos", ">= 1", args.videos)
     out = Path(args.out)
+    cfg = _config(args, demo_settings()) if args.config is None else _config(args)
     write_demo_videos(out / "videos", args.videos, size=(192, 192))
     result = build_dataset(
         out / "videos",
         out / "dataset",
         mode="videos",
-        cfg=BuildConfig.from_dict(demo_settings()),
-        progress=False,
+        cfg=cfg,
+        engine=args.engine,
+        progress=_progress(args),
     )
     report = result.report or {}
-    print(f"wrote {report.get('samples', 0)} samples to {result.manifest}")
-    print(f"next: msdiffusion data check {result.manifest}")
-    print(
-        f"      msdiffusion train --preset tiny --manifest {result.manifest} --cpu "
-        f"--max-steps 10 --batch-size 2 --resolution 64 --output-dir {out / 'train'}"
-    )
+    print(f"wrote {report.get('samples', 0)} samples to {result.index}")
+    print(f"next: msdiffusion data check {out / 'dataset'}")
+    print(f"      msdiffusion data export {out / 'dataset'} --out {out / 'manifest'}")
     return 0
 
 
 def run_build(args: argparse.Namespace) -> int:
     from .build import build_dataset
-    from .config import load_build_config
 
     overrides: dict[str, Any] = {}
     if args.seed is not None:
@@ -155,7 +220,7 @@ def run_build(args: argparse.Namespace) -> int:
         models["batch_size"] = args.batch_size
     if models:
         overrides["models"] = models
-    cfg = load_build_config(args.config, overrides)
+    cfg = _config(args, overrides)
     mode, inputs = ("videos", args.videos) if args.videos else ("images", args.images)
     start = time.perf_counter()
     result = build_dataset(
@@ -163,42 +228,46 @@ def run_build(args: argparse.Namespace) -> int:
         args.out,
         mode=mode,
         cfg=cfg,
-        shard=args.shard,
-        limit=args.limit,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        engine=args.engine,
+        max_shards=args.max_shards,
+        progress=_progress(args),
     )
-    seconds = time.perf_counter() - start
-    rate = f" ({result.processed / seconds:.2f} files/s)" if result.processed and seconds else ""
-    print(
-        f"processed {result.processed} files in {seconds:.1f} s{rate}; "
-        f"{result.already_done} were already done"
-        + (f" [shard {result.shard[0]}/{result.shard[1]}]" if result.shard[1] > 1 else "")
+    _print_result(result, time.perf_counter() - start)
+    return 0
+
+
+def run_refilter(args: argparse.Namespace) -> int:
+    from .refilter import refilter_dataset
+
+    start = time.perf_counter()
+    result = refilter_dataset(
+        args.dataset, args.out, _config(args), engine=args.engine, progress=_progress(args)
     )
-    if result.manifest is None:
-        print(
-            f"{result.remaining} input files still to do (other shards, or --limit): the "
-            "last shard to finish writes the manifest; re-run to resume after a failure"
-        )
-        return 0
-    report = result.report or {}
-    print(
-        f"wrote {report.get('samples', 0)} samples with {report.get('subjects', 0)} subjects "
-        f"to {result.manifest}; report: {result.manifest.parent / 'report.md'}"
-    )
+    _print_result(result, time.perf_counter() - start)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_manifest
+
+    manifest = export_manifest(args.dataset, args.out, limit=args.limit)
+    print(f"wrote {manifest}")
     return 0
 
 
 def _register_check(data_subparsers: Any) -> argparse.ArgumentParser:
-    """`msdiffusion data check`: a manifest's problems and summary (``msdiffusion.manifest``)."""
+    """`msdiffusion data check`: a dataset's or a manifest's problems and summary."""
     parser = data_subparsers.add_parser(
         "check",
-        help="validate a training manifest and summarise it",
-        description="Validate a training manifest (JSONL, docs/training-data.md): schema, boxes, "
-        "phrases in captions, duplicate records, missing or unreadable files, mask "
-        "sizes. Prints a summary (records, subjects per record, image sizes) and the "
-        "first problems. Exit code 0: no problems; 1: problems found.",
+        help="validate training data (a dataset's shards, or a manifest)",
+        description="Validate training data: a dataset folder (its index.json and WebDataset "
+        "shards), one shard .tar, or a JSONL manifest (docs/training-data.md). "
+        "Checks the schema, boxes, phrases in captions, duplicate records, missing "
+        "or unreadable images, mask sizes. Prints a summary (records, subjects per "
+        "record, image sizes) and the first problems. Exit code 0: no problems; 1: "
+        "problems found.",
     )
-    parser.add_argument("manifest", help="path to the manifest (.jsonl)")
+    parser.add_argument("data", help="dataset folder, shard .tar or manifest .jsonl")
     parser.add_argument(
         "--no-open", action="store_true", help="only check that files exist (do not open images)"
     )
@@ -210,23 +279,30 @@ def _register_check(data_subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-problems", type=int, default=20, metavar="N", help="problems to print (default 20)"
     )
-    parser.add_argument("--workers", type=int, default=8, help="file-checking threads")
+    parser.add_argument("--workers", type=int, default=8, help="file-checking threads (manifest)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run_check)
     return parser
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from ..manifest import format_report, scan_manifest
+    from pathlib import Path
 
-    scan = scan_manifest(
-        args.manifest,
-        check_files=True,
-        open_images=not args.no_open,
-        decode=args.decode,
-        workers=args.workers,
-        progress=sys.stderr.isatty(),
-    )
+    from ..manifest import format_report, scan_manifest
+    from ..shards import scan_shards
+
+    path = Path(args.data)
+    if path.is_dir() or path.suffix == ".tar" or path.name == "index.json":
+        scan = scan_shards(path, open_images=not args.no_open, decode=args.decode)
+    else:
+        scan = scan_manifest(
+            path,
+            check_files=True,
+            open_images=not args.no_open,
+            decode=args.decode,
+            workers=args.workers,
+            progress=sys.stderr.isatty(),
+        )
     if args.json:
         report = scan.summary()
         report["problems"] = [

@@ -27,8 +27,14 @@ __all__ = [
     "AugmentConfig",
     "ModelSpec",
     "ModelsConfig",
+    "RawConfig",
+    "DedupConfig",
+    "ShardConfig",
+    "FaultConfig",
+    "RayConfig",
     "BuildConfig",
     "load_build_config",
+    "REFILTER_SECTIONS",
 ]
 
 # Words that name scenery rather than a subject; phrases whose head word is one of them are not
@@ -182,8 +188,9 @@ class ModelsConfig:
     """The four models, where they run and how many images go through them at once.
 
     ``captioner: null``: every caption must come from a sidecar; ``segmenter: null``: no masks.
-    ``preset``: ``random-tiny`` / ``random-base`` build the models with random weights instead
-    (offline demos, smoke tests and throughput measurements; the paths are not used).
+    ``preset``: ``random-tiny`` / ``random-base`` / ``random-default`` (the default models'
+    architectures) build the models with random weights instead (offline demos, smoke tests and
+    throughput measurements; the paths are not used).
     """
 
     preset: str | None = None
@@ -197,6 +204,55 @@ class ModelsConfig:
 
 
 @dataclass
+class RawConfig:
+    """What the model stages keep, so ``data refilter`` can apply other thresholds later."""
+
+    min_score: float = 0.2  # detections at or above this score are kept (and embedded)...
+    max_detections: int = 12  # ...at most this many per image, best first
+
+
+@dataclass
+class DedupConfig:
+    """Near-duplicate targets across the whole dataset (the same footage in several clips)."""
+
+    max_distance: int = 4  # Hamming distance of the targets' 64-bit perceptual hashes; -1: off
+
+
+@dataclass
+class ShardConfig:
+    """How the output is cut into WebDataset shards (the resume unit)."""
+
+    inputs_per_shard: int = 1000  # input files per shard: a shard holds their samples
+
+
+@dataclass
+class FaultConfig:
+    """What happens when processing one input raises."""
+
+    retries: int = 2  # further attempts, one input at a time, before it is listed as failed
+
+
+@dataclass
+class RayConfig:
+    """Where and how the Ray Data program runs (speed only: not in the fingerprint).
+
+    ``address``: ``null`` connects to the cluster named by ``RAY_ADDRESS`` (what ``ray job
+    submit`` sets) or else starts Ray on this machine; ``"auto"`` or ``"ray://host:10001"``
+    name a running cluster. ``num_cpus`` and ``object_store_mb`` apply to a local start only.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None  # local start: CPUs Ray may use (null: all)
+    object_store_mb: int = 1024  # local start: shared-memory object store
+    max_actors: int | None = None  # per model stage (null: one per GPU, or 1 on CPUs)
+    cpus_per_actor: float | None = None  # null: 1, or less when the machine has < 8 CPUs
+    gpus_per_actor: float = 0.25  # four model stages share one GPU
+    inputs_per_block: int = 8  # input files per Ray Data block (the decode task's size)
+    fuse_model_stages: bool = False  # one actor pool holds all four models (a small machine:
+    # fewer processes and less memory; a cluster scales each stage's pool on its own)
+
+
+@dataclass
 class BuildConfig:
     """Everything a build needs besides its input and output folders."""
 
@@ -205,7 +261,6 @@ class BuildConfig:
     jpeg_quality: int = 95
     max_image_side: int = 1024  # targets and reference frames are stored at most this large
     max_input_pixels: int = 178_956_970  # larger images are skipped (decompression bombs)
-    images_per_chunk: int = 8  # image-only input: images processed together (the resume unit)
     use_sidecar_captions: bool = True  # <file>.txt or captions.json(l) in the input folder
     phrase_vocabulary: list[str] | None = None  # set: phrases are these words found in captions
     stuff_words: list[str] = field(default_factory=lambda: sorted(set(DEFAULT_STUFF)))
@@ -215,9 +270,19 @@ class BuildConfig:
     match: MatchConfig = field(default_factory=MatchConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    raw: RawConfig = field(default_factory=RawConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     # Settings that change speed, not output: left out of the fingerprint.
-    RUNTIME_KEYS: typing.ClassVar[tuple[str, ...]] = ("models.batch_size", "models.device")
+    RUNTIME_KEYS: typing.ClassVar[tuple[str, ...]] = (
+        "models.batch_size",
+        "models.device",
+        "ray",
+        "faults",
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -226,18 +291,41 @@ class BuildConfig:
         """Plain JSON-ready dict (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    def fingerprint(self) -> str:
-        """sha256 of the settings that change the output."""
+    def output_settings(self) -> dict[str, Any]:
+        """The settings that change the output (all but ``RUNTIME_KEYS``)."""
         data = self.to_dict()
         for key in self.RUNTIME_KEYS:
-            section, name = key.split(".")
-            data[section].pop(name, None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+            section, _, name = key.partition(".")
+            if name:
+                data[section].pop(name, None)
+            else:
+                data.pop(section, None)
+        return data
+
+    def fingerprint(self) -> str:
+        """sha256 of the settings that change the output."""
+        return _digest(self.output_settings())
+
+    def raw_fingerprint(self) -> str:
+        """sha256 of the settings the raw outputs depend on (all but ``REFILTER_SECTIONS``)."""
+        data = self.output_settings()
+        for key in REFILTER_SECTIONS:
+            data.pop(key, None)
+        return _digest(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
         """Build from a (partial) dict; unknown keys and wrong types are an ``InputError``."""
         return build(cls, data, ("config",))
+
+
+# Sections applied after the models (``data refilter`` may change them; the rest is fixed by
+# the raw outputs a build keeps).
+REFILTER_SECTIONS = ("filters", "match", "augment", "dedup", "image_format", "jpeg_quality", "seed")
+
+
+def _digest(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_build_config(
@@ -277,7 +365,6 @@ def _validate(cfg: BuildConfig) -> None:
     _check("config.jpeg_quality", 1 <= cfg.jpeg_quality <= 100, "in 1..100", cfg.jpeg_quality)
     _check("config.max_image_side", cfg.max_image_side >= 64, ">= 64", cfg.max_image_side)
     _check("config.max_input_pixels", cfg.max_input_pixels > 0, "> 0", cfg.max_input_pixels)
-    _check("config.images_per_chunk", cfg.images_per_chunk >= 1, ">= 1", cfg.images_per_chunk)
     _check("config.max_phrases", cfg.max_phrases >= 1, ">= 1", cfg.max_phrases)
     for name in ("phrase_vocabulary", "stuff_words"):
         words = getattr(cfg, name) or []
@@ -363,9 +450,44 @@ def _validate(cfg: BuildConfig) -> None:
         _check(f"config.augment.{name}", 0 <= value < 1, "in [0, 1)", value)
     _check(
         "config.models.preset",
-        mo.preset in (None, "random-tiny", "random-base"),
-        "null, random-tiny or random-base",
+        mo.preset in (None, "random-tiny", "random-base", "random-default"),
+        "null, random-tiny, random-base or random-default",
         mo.preset,
     )
     check_dtype_name(mo.dtype, "config.models.dtype")
     _check("config.models.batch_size", mo.batch_size >= 1, ">= 1", mo.batch_size)
+    r, d, sh, fa, ra = cfg.raw, cfg.dedup, cfg.shards, cfg.faults, cfg.ray
+    _check("config.raw.min_score", 0 <= r.min_score <= 1, "in [0, 1]", r.min_score)
+    _check("config.raw.max_detections", r.max_detections >= 1, ">= 1", r.max_detections)
+    _check(
+        "config.filters.score_threshold",
+        f.score_threshold >= r.min_score,
+        ">= raw.min_score (weaker detections are not kept)",
+        f.score_threshold,
+    )
+    _check(
+        "config.dedup.max_distance",
+        -1 <= d.max_distance <= 64,
+        "in -1..64 (-1: off)",
+        d.max_distance,
+    )
+    _check("config.shards.inputs_per_shard", sh.inputs_per_shard >= 1, ">= 1", sh.inputs_per_shard)
+    _check("config.faults.retries", fa.retries >= 0, ">= 0", fa.retries)
+    _check(
+        "config.ray.num_cpus", ra.num_cpus is None or ra.num_cpus >= 1, ">= 1 or null", ra.num_cpus
+    )
+    _check("config.ray.object_store_mb", ra.object_store_mb >= 64, ">= 64", ra.object_store_mb)
+    _check(
+        "config.ray.max_actors",
+        ra.max_actors is None or ra.max_actors >= 1,
+        ">= 1 or null",
+        ra.max_actors,
+    )
+    _check(
+        "config.ray.cpus_per_actor",
+        ra.cpus_per_actor is None or ra.cpus_per_actor > 0,
+        "> 0 or null",
+        ra.cpus_per_actor,
+    )
+    _check("config.ray.gpus_per_actor", 0 < ra.gpus_per_actor <= 8, "in (0, 8]", ra.gpus_per_actor)
+    _check("config.ray.inputs_per_block", ra.inputs_per_block >= 1, ">= 1", ra.inputs_per_block)

@@ -5,8 +5,9 @@
 (features: CLIP, DINOv2, ...). ``module:attribute`` plugs in your own: a callable taking
 ``(path, device, dtype, **options)`` and returning an object with the same method (``caption``,
 ``detect``, ``segment`` or ``embed``). A missing model is a ``ModelNotAvailableError`` naming it.
-``preset: random-tiny | random-base`` replaces all four with random-weight models
-(``random_models``, from ``msdiffusion.testing.data_models``).
+``preset: random-tiny | random-base | random-default`` replaces all four with random-weight
+models (``random_models``, from ``msdiffusion.testing.data_models``). A Ray actor loads only its
+stage's model (``load_stage_models``).
 """
 
 from __future__ import annotations
@@ -27,17 +28,29 @@ from .detectors import Detector, GroundingDinoDetector, Owlv2Detector
 from .features import FeatureEncoder, HFFeatureEncoder
 from .segmenter import SamSegmenter, Segmenter
 
-__all__ = ["Models", "load_models", "load_one", "random_models"]
+__all__ = [
+    "Models",
+    "ROLES",
+    "load_models",
+    "load_one",
+    "load_stage_models",
+    "check_specs",
+    "random_models",
+    "random_role",
+]
+
+ROLES = ("captioner", "detector", "features", "segmenter")
 
 
 @dataclass
 class Models:
     """What a build runs. None: no captioner (sidecar captions only), no features (image-only
-    input needs none), no segmenter (``reference_mask: null``)."""
+    input needs none), no segmenter (``reference_mask: null``); a model stage's actor holds only
+    its own model (``load_stage_models``)."""
 
-    captioner: Captioner | None
-    detector: Detector
-    features: FeatureEncoder | None
+    captioner: Captioner | None = None
+    detector: Detector | None = None
+    features: FeatureEncoder | None = None
     segmenter: Segmenter | None = None
     batch_size: int = 8
 
@@ -108,6 +121,59 @@ def load_one(role: str, spec: ModelSpec, device: torch.device, dtype: torch.dtyp
     return _guard(role, spec.path, lambda: factory(spec.path, device, dtype, **spec.options))
 
 
+def check_specs(cfg: ModelsConfig, roles: tuple[str, ...] = ROLES) -> None:
+    """Fail fast, before any input is processed, on a model kind that names nothing: an unknown
+    wrapper, a missing path, or a ``module:attribute`` plug-in that does not import here."""
+    if cfg.preset is not None:
+        return
+    for role in roles:
+        spec = getattr(cfg, role)
+        if spec is None:
+            continue
+        if ":" in spec.kind:
+            module, _, attr = spec.kind.partition(":")
+            try:
+                getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as err:
+                raise InputError(
+                    f"config.models.{role}.kind", f"cannot import ({err})", spec.kind
+                ) from None
+        elif spec.kind not in FACTORIES[role]:
+            raise InputError(
+                f"config.models.{role}.kind",
+                f"one of {', '.join(sorted(FACTORIES[role]))} or module:attribute",
+                spec.kind,
+            )
+        elif not spec.path:
+            raise InputError(
+                f"config.models.{role}.path", "a hub id or a folder is needed", spec.path
+            )
+
+
+def _device(cfg: ModelsConfig) -> torch.device:
+    """The configured device, else CUDA when this process sees a GPU (a Ray actor given one)."""
+    return torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_stage_models(
+    cfg: ModelsConfig, role: str | None, device: torch.device | str | None = None
+) -> Models:
+    """Only the model of ``role`` (one of ``ROLES``; None: none), as a ``Models``."""
+    device = torch.device(device) if device is not None else _device(cfg)
+    models = Models(batch_size=cfg.batch_size)
+    if role is None or (role in ("captioner", "segmenter") and getattr(cfg, role) is None):
+        return models
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.preset is not None:
+        detector = cfg.detector.kind if cfg.detector.kind == "owlv2" else "grounding_dino"
+        size = cfg.preset.removeprefix("random-")
+        model = random_role(role, size, detector=detector, device=device, dtype=dtype)
+    else:
+        model = load_one(role, getattr(cfg, role), device, dtype)
+    setattr(models, role, model)
+    return models
+
+
 def load_models(
     cfg: ModelsConfig, device: torch.device | str, *, need_features: bool = True
 ) -> Models:
@@ -166,3 +232,31 @@ def random_models(
     return Models(
         captioner=captioner, detector=found, features=encoder, segmenter=sam, batch_size=batch_size
     )
+
+
+def random_role(
+    role: str,
+    size: str = "tiny",
+    *,
+    seed: int = 0,
+    detector: str = "grounding_dino",
+    features: str = "dinov2",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    max_new_tokens: int = 20,
+) -> Any:
+    """One pipeline model (``role``: captioner, detector, features, segmenter) with random
+    weights, seeded per role: each Ray actor builds only its own, the same in every process."""
+    name = {"captioner": "blip", "detector": detector, "features": features, "segmenter": "sam"}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 100 + ROLES.index(role))
+        model, processor = random_model(name[role], size)
+        model = model.to(device, dtype)
+    if role == "captioner":
+        return HFCaptioner(model, processor, max_new_tokens=max_new_tokens)
+    if role == "detector":
+        wrapper = {"grounding_dino": GroundingDinoDetector, "owlv2": Owlv2Detector}[detector]
+        return wrapper(model, processor)
+    if role == "features":
+        return HFFeatureEncoder(model, getattr(processor, "image_processor", processor))
+    return SamSegmenter(model, processor)

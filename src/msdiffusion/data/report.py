@@ -3,8 +3,9 @@
 ``report.json`` (machine-readable) and ``report.md`` hold the stage funnel, the skip reasons per
 unit (file, frame, shot, sample, subject, detection, mask), the inputs converted on the way in,
 histograms (subjects per sample, box sizes and aspects, match similarity, phrases) and the seconds
-spent per step. ``report_grid.png`` draws random samples (fixed by the seed): the target with its
-subjects' boxes and phrases, next to each subject's reference crop with its mask tinted.
+spent per step, and the failed inputs. ``report_grid.png`` draws random samples (fixed by the
+seed): the target with its subjects' boxes and phrases, next to each subject's reference crop with
+its mask tinted. Histograms are kept per shard (``RecordSummary.to_dict``) and added up.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import random
 import textwrap
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,9 @@ def _bin(value: float, edges: tuple[float, ...]) -> int:
 
 
 class RecordSummary:
-    """Histograms of the manifest's records and a seeded random pick of them for the grid,
-    accumulated one record at a time (a manifest never has to sit in memory)."""
+    """Histograms of records, accumulated one record at a time and added up across shards."""
 
-    def __init__(self, seed: int, keep: int = 12):
-        self.rng, self.keep = random.Random(seed), keep
-        self.picked: list[dict[str, Any]] = []
+    def __init__(self) -> None:
         self.samples = self.subjects = 0
         self.per_sample: Counter[str] = Counter()
         self.phrases: Counter[str] = Counter()
@@ -67,12 +65,6 @@ class RecordSummary:
 
     def add(self, record: dict[str, Any]) -> None:
         self.samples += 1
-        if len(self.picked) < self.keep:  # reservoir sampling
-            self.picked.append(record)
-        else:
-            slot = self.rng.randrange(self.samples)
-            if slot < self.keep:
-                self.picked[slot] = record
         subjects = record["subjects"]
         self.subjects += len(subjects)
         self.per_sample[str(len(subjects))] += 1
@@ -89,6 +81,27 @@ class RecordSummary:
                 self.bins["match_similarity"][_bin(meta["similarity"], SIMILARITY_BINS)] += 1
             self.phrases[s["phrase"].lower()] += 1
             self.augmented[str(s["augmented"]).lower()] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "subjects": self.subjects,
+            "per_sample": dict(self.per_sample),
+            "phrases": dict(self.phrases),
+            "caption_source": dict(self.caption_source),
+            "augmented": dict(self.augmented),
+            "bins": self.bins,
+        }
+
+    def merge(self, data: dict[str, Any]) -> RecordSummary:
+        """Add a ``to_dict`` of another summary into this one."""
+        self.samples += data["samples"]
+        self.subjects += data["subjects"]
+        for name in ("per_sample", "phrases", "caption_source", "augmented"):
+            getattr(self, name).update(data[name])
+        for name, counts in data["bins"].items():
+            self.bins[name] = [a + b for a, b in zip(self.bins[name], counts, strict=True)]
+        return self
 
     def histograms(self) -> dict[str, dict[str, int]]:
         """Subjects per sample, box area/aspect (normalised coordinates), match similarity
@@ -111,7 +124,14 @@ class RecordSummary:
 
 
 def write_report(
-    root: Path, summary: RecordSummary, stats: Stats, cfg: BuildConfig, mode: str
+    root: Path,
+    summary: RecordSummary,
+    stats: Stats,
+    cfg: BuildConfig,
+    mode: str,
+    picked: list[Any],
+    failed: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write report.json, report.md and report_grid.png into ``root``; return the report."""
     files = stats.counts.get("files", 0)
@@ -150,12 +170,15 @@ def write_report(
             step: int(stats.counts.get(f"images:{step}", 0))
             for step in ("caption", "detect", "features", "segment")
         },
+        "failed_inputs": len(failed),
+        "failed": failed[:20],
         "config_fingerprint": cfg.fingerprint(),
         "grid": "report_grid.png",
+        **(extra or {}),
     }
     atomic_write_text(root / "report.json", json.dumps(report, indent=2))
     atomic_write_text(root / "report.md", _markdown(report))
-    atomic_save_image(draw_grid(root, summary.picked), root / "report_grid.png")
+    atomic_save_image(draw_grid(picked), root / "report_grid.png")
     return report
 
 
@@ -182,6 +205,10 @@ def _markdown(report: dict[str, Any]) -> str:
         ("Seconds per step (summed over processes)", report["seconds"]),
         ("Images through each model", report["model_images"]),
         ("Throughput", report["throughput"]),
+        (
+            f"Failed inputs ({report['failed_inputs']}; all in failed.jsonl)",
+            {f"{f['input']} #{f['index']} [{f['stage']}]": f["reason"] for f in report["failed"]},
+        ),
     ):
         lines += ["", f"## {title}", ""]
         if not table:
@@ -204,13 +231,15 @@ def _fit(image: Image.Image, side: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
-def _cell(root: Path, record: dict[str, Any], font: Any) -> Image.Image:
+def _cell(
+    record: dict[str, Any], open_image: Callable[[str], Image.Image], font: Any
+) -> Image.Image:
     target_side, ref_side, pad = 320, 112, 6
     cell = Image.new(
         "RGB", (target_side + 2 * (ref_side + pad) + 3 * pad, target_side + 70), (250, 250, 250)
     )
     draw = ImageDraw.Draw(cell)
-    target = _fit(Image.open(root / record["image"]).convert("RGB"), target_side)
+    target = _fit(open_image(record["image"]).convert("RGB"), target_side)
     cell.paste(target, (pad, pad))
     tw, th = target.size
     for k, s in enumerate(record["subjects"]):
@@ -224,9 +253,9 @@ def _cell(root: Path, record: dict[str, Any], font: Any) -> Image.Image:
             fill=colour,
         )
         draw.text((rect[0] + 2, rect[1]), label, fill=(255, 255, 255), font=font)
-        ref = Image.open(root / s["reference"]).convert("RGB")
+        ref = open_image(s["reference"]).convert("RGB")
         if s.get("reference_mask"):
-            mask = Image.open(root / s["reference_mask"]).convert("L").resize(ref.size)
+            mask = open_image(s["reference_mask"]).convert("L").resize(ref.size)
             tint = Image.new("RGB", ref.size, colour)
             ref = Image.composite(Image.blend(ref, tint, 0.35), ref, mask)
         if s.get("reference_box"):
@@ -250,14 +279,15 @@ def _cell(root: Path, record: dict[str, Any], font: Any) -> Image.Image:
     return cell
 
 
-def draw_grid(root: Path, records: list[dict[str, Any]], columns: int = 3) -> Image.Image:
-    """A sheet of sample cells (paths in ``records`` are relative to ``root``)."""
+def draw_grid(samples: list[Any], columns: int = 3) -> Image.Image:
+    """A sheet of sample cells (``samples``: ``shards.ShardSample``s)."""
+    records = [s.record for s in samples]
     label_font = font(12)
     if not records:
         sheet = Image.new("RGB", (400, 60), (250, 250, 250))
         ImageDraw.Draw(sheet).text((10, 20), "no samples", fill=(0, 0, 0), font=label_font)
         return sheet
-    cells = [_cell(root, r, label_font) for r in records]
+    cells = [_cell(s.record, s.open, label_font) for s in samples]
     cw, ch = cells[0].size
     rows = -(-len(cells) // columns)
     sheet = Image.new("RGB", (min(columns, len(cells)) * cw, rows * ch), (255, 255, 255))

@@ -7,6 +7,8 @@
   (``{"relative/path.jpg": "caption"}``) / ``captions.jsonl`` (``{"file": ..., "caption": ...}``
   per line) at the input folder's root. A video's sidecar caption is used for all of its shots.
 * A video becomes one target per usable shot (``shots.py``); an image becomes one target.
+* ``front_items``: one input → its file item and target items (``item.py``); a bad file is a
+  counted skip, any other exception is retried and then recorded as a failure.
 """
 
 from __future__ import annotations
@@ -18,13 +20,21 @@ from pathlib import Path
 
 from ..errors import InputError
 from .config import BuildConfig
-from .media import IMAGE_EXTENSIONS, load_rgb
-from .samples import Target
+from .faults import attempt
+from .item import Item, encode_image
+from .media import IMAGE_EXTENSIONS, BadInput, load_rgb
 from .shots import choose_pair, find_cuts, split_shots
 from .stats import Stats
 from .video import VIDEO_EXTENSIONS, decode_video
 
-__all__ = ["list_inputs", "file_key", "SidecarCaptions", "video_targets", "image_target"]
+__all__ = [
+    "list_inputs",
+    "file_key",
+    "SidecarCaptions",
+    "video_targets",
+    "image_target",
+    "front_items",
+]
 
 
 def list_inputs(root: Path, mode: str) -> list[str]:
@@ -43,8 +53,9 @@ def list_inputs(root: Path, mode: str) -> list[str]:
 
 
 def file_key(rel: str) -> str:
-    """``clips/My Video.mp4`` → ``My_Video-1a2b3c4d``: unique per path, safe as a file name."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(rel).stem).strip("._")[:40] or "file"
+    """``clips/My Video.mp4`` → ``My_Video-1a2b3c4d``: unique per path, safe as a file name and
+    as a WebDataset key (no dots)."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(rel).stem).strip("_")[:40] or "file"
     return f"{stem}-{hashlib.sha1(rel.encode()).hexdigest()[:8]}"
 
 
@@ -102,12 +113,44 @@ class SidecarCaptions:
         return caption or None
 
 
+def front_items(
+    order: int, rel: str, root: Path, mode: str, cfg: BuildConfig, caption: str | None
+) -> list[Item]:
+    """Decode input ``rel`` into its file item and target items (never raises).
+
+    ``BadInput`` (empty, unreadable, too small, ...) is a counted skip; any other exception is
+    retried ``cfg.faults.retries`` times, then the file item records the failure.
+    """
+    key = file_key(rel)
+    front = video_targets if mode == "videos" else image_target
+
+    def run() -> tuple[Stats, list[Item]]:
+        stats = Stats()
+        stats.add("files")
+        try:
+            targets = front(root / rel, order, rel, key, cfg, stats, caption)
+        except BadInput as bad:
+            stats.skip(f"file:{bad.reason}")
+            return stats, []
+        stats.add("files_ok")
+        return stats, targets
+
+    outcome = attempt(run, 1 + cfg.faults.retries)
+    head = Item(order=order, input=rel, key=key, kind=mode[:-1], done=True)
+    if outcome.error is not None:
+        head.stats.add("files")
+        head.fail("decode", outcome.error, outcome.attempts)
+        return [head]
+    head.stats, targets = outcome.value
+    return [head, *targets]
+
+
 def video_targets(
-    path: Path, rel: str, key: str, cfg: BuildConfig, stats: Stats, caption: str | None
-) -> list[Target]:
+    path: Path, order: int, rel: str, key: str, cfg: BuildConfig, stats: Stats, caption: str | None
+) -> list[Item]:
     """Decode, drop bad frames, split shots and choose each shot's target and references.
 
-    Raises ``media.BadInput`` for a file that yields no frame.
+    Raises ``media.BadInput`` for a file that yields no frame or is too small.
     """
     v = cfg.video
     with stats.timed("decode"):
@@ -116,13 +159,12 @@ def video_targets(
             sample_fps=v.sample_fps,
             max_frames=v.max_frames,
             max_side=cfg.max_image_side,
+            min_side=v.min_side,
             stats=stats,
         )
     kept: list[int] = []
     for i, (brightness, sharpness) in enumerate(video.quality):  # measured while decoding
-        if min(video.size) < v.min_side:
-            stats.skip("frame:too_small")
-        elif brightness < v.min_brightness:
+        if brightness < v.min_brightness:
             stats.skip("frame:dark")
         elif sharpness < v.min_sharpness:
             stats.skip("frame:blurry")
@@ -151,45 +193,48 @@ def video_targets(
         if pair is None:
             stats.skip("shot:no_frame_pair_at_min_gap")
             continue
-        stats.add("targets")
         target = members[pair.target]
         refs = [members[j] for j in pair.references]
-        targets.append(
-            Target(
-                key=key,
-                index=number,
-                image=video.frame(target),
-                caption=caption,
-                stats=stats,
-                references=[video.frame(j) for j in refs],
-                reference_times=[round(video.times[j], 4) for j in refs],
-                meta={
-                    "source": rel,
-                    "kind": "video",
-                    "shot": number,
-                    "shot_start": round(shot[0], 4),
-                    "shot_end": round(shot[1], 4),
-                    "target_time": round(video.times[target], 4),
-                },
-            )
+        item = Item(
+            order=order,
+            input=rel,
+            key=key,
+            index=number,
+            kind="video",
+            frames=[video.encoded[target]] + [video.encoded[j] for j in refs],
+            reference_times=[round(video.times[j], 4) for j in refs],
+            caption=caption,
+            meta={
+                "source": rel,
+                "kind": "video",
+                "shot": number,
+                "shot_start": round(shot[0], 4),
+                "shot_end": round(shot[1], 4),
+                "target_time": round(video.times[target], 4),
+            },
         )
+        item.stats.add("targets")
+        targets.append(item)
     return targets
 
 
 def image_target(
-    path: Path, rel: str, key: str, cfg: BuildConfig, stats: Stats, caption: str | None
-) -> Target:
+    path: Path, order: int, rel: str, key: str, cfg: BuildConfig, stats: Stats, caption: str | None
+) -> list[Item]:
     """Load one image as a target (odd modes converted; ``BadInput`` for unusable files)."""
     with stats.timed("decode"):
         image = load_rgb(
             path, max_side=cfg.max_image_side, max_pixels=cfg.max_input_pixels, stats=stats
         )
-    stats.add("targets")
-    return Target(
+    item = Item(
+        order=order,
+        input=rel,
         key=key,
         index=0,
-        image=image,
+        kind="image",
+        frames=[encode_image(image, "png")],
         caption=caption,
-        stats=stats,
         meta={"source": rel, "kind": "image"},
     )
+    item.stats.add("targets")
+    return [item]

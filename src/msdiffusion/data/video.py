@@ -3,13 +3,15 @@
 Each decoded frame is shrunk to a 64-pixel-wide RGB thumbnail (cheap, in FFmpeg's scaler) whose
 mean absolute difference to the previous one drives the shot splitter (``shots.py``). Frames are
 kept at ``sample_fps``: the first frame at or after each sampling time. A file that cannot be
-opened, has no video stream or no decodable frame raises ``BadInput``; a file that breaks off
+opened, has no video stream or no decodable frame raises ``BadInput``, and so does a video whose
+short side is below ``min_side`` (``too_small``, found at its first frame); a file that breaks off
 half-way keeps the frames decoded before the break (counted: ``truncated_video_partly_used``).
+Rotation metadata (the stream's display matrix: phone videos shot upright) is applied to the
+kept frames, so they are stored the way a player shows them (counted: ``video_rotated``).
 """
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .item import decode_image, encode_image
 from .media import BadInput
 from .shots import frame_quality
 from .stats import Stats
@@ -42,7 +45,8 @@ class DecodedVideo:
     encoded: list[bytes] = field(default_factory=list)
     frame_times: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every decoded frame
     diffs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # |Δthumb| to the previous one
-    size: tuple[int, int] = (0, 0)  # (width, height) as decoded
+    size: tuple[int, int] = (0, 0)  # (width, height) as displayed (rotation applied)
+    rotation: int = 0  # degrees counter-clockwise applied to the decoded frames
     truncated: bool = False
 
     def __len__(self) -> int:
@@ -50,15 +54,12 @@ class DecodedVideo:
 
     def frame(self, index: int) -> Image.Image:
         """Sampled frame ``index`` as RGB (at most ``max_side`` on its long side)."""
-        with Image.open(io.BytesIO(self.encoded[index])) as image:
-            return image.convert("RGB")
+        return decode_image(self.encoded[index])
 
     def add(self, time: float, image: Image.Image) -> None:
         self.times.append(time)
         self.quality.append(frame_quality(image))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=95, subsampling=0)
-        self.encoded.append(buffer.getvalue())
+        self.encoded.append(encode_image(image, "jpg", 95))
 
 
 def _block_mean(plane: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -80,7 +81,8 @@ def thumbnail(frame: Any) -> np.ndarray:
     """
     cols = min(THUMB_WIDTH, frame.width)
     rows = max(1, round(frame.height * cols / max(frame.width, 1)))
-    if frame.format.name in ("yuv420p", "yuvj420p"):
+    chroma_fits = frame.width >= 2 * cols and frame.height >= 2 * rows  # ≥ 1 sample per block
+    if frame.format.name in ("yuv420p", "yuvj420p") and chroma_fits:
         planes = []
         for k, plane in enumerate(frame.planes):
             h = frame.height if k == 0 else (frame.height + 1) // 2
@@ -94,15 +96,32 @@ def thumbnail(frame: Any) -> np.ndarray:
     return small.astype(np.float32) / 255.0
 
 
-def _to_image(frame: Any, max_side: int) -> Image.Image:
-    """RGB PIL image of a frame, at most ``max_side`` (scaled by FFmpeg: faster than Pillow)."""
+def _to_image(frame: Any, max_side: int, rotation: int) -> Image.Image:
+    """RGB PIL image of a frame, at most ``max_side`` (scaled by FFmpeg: faster than Pillow),
+    turned ``rotation`` degrees counter-clockwise (multiples of 90)."""
     scale = min(1.0, max_side / max(frame.width, frame.height))
     if scale == 1.0:
-        return frame.to_image()
-    size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
-    return frame.reformat(
-        width=size[0], height=size[1], format="rgb24", interpolation="AREA"
-    ).to_image()
+        image = frame.to_image()
+    else:
+        size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
+        image = frame.reformat(
+            width=size[0], height=size[1], format="rgb24", interpolation="AREA"
+        ).to_image()
+    turn = {
+        90: Image.Transpose.ROTATE_90,
+        180: Image.Transpose.ROTATE_180,
+        270: Image.Transpose.ROTATE_270,
+    }.get(rotation)
+    return image if turn is None else image.transpose(turn)
+
+
+def _rotation(frame: Any) -> int:
+    """The display rotation of a frame, snapped to 0/90/180/270 (counter-clockwise)."""
+    try:
+        angle = float(frame.rotation or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return int(round(angle / 90.0)) % 4 * 90
 
 
 def require_av():
@@ -119,7 +138,13 @@ def require_av():
 
 
 def decode_video(
-    path: str | Path, *, sample_fps: float, max_frames: int, max_side: int, stats: Stats
+    path: str | Path,
+    *,
+    sample_fps: float,
+    max_frames: int,
+    max_side: int,
+    stats: Stats,
+    min_side: int = 1,
 ) -> DecodedVideo:
     """Decode ``path``; keep one frame per ``1 / sample_fps`` seconds (``max_frames`` at most)."""
     av = require_av()
@@ -146,6 +171,10 @@ def decode_video(
         try:
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else index / rate
+                if index == 0:
+                    out.rotation = _rotation(frame)
+                    if min(frame.width, frame.height) < min_side:
+                        raise BadInput("too_small", f"{frame.width}x{frame.height}")
                 index += 1
                 small = thumbnail(frame)
                 diffs.append(0.0 if previous is None else float(np.abs(small - previous).mean()))
@@ -154,13 +183,20 @@ def decode_video(
                 if next_sample is None:
                     next_sample = t
                 if t + 1e-6 >= next_sample and len(out) < max_frames:
-                    out.size = (frame.width, frame.height)
-                    out.add(t, _to_image(frame, max_side))
+                    image = _to_image(frame, max_side, out.rotation)
+                    out.size = (
+                        (frame.height, frame.width)
+                        if out.rotation in (90, 270)
+                        else (frame.width, frame.height)
+                    )
+                    out.add(t, image)
                     next_sample += 1.0 / sample_fps
                     while next_sample <= t:  # a gap in the timestamps: resume after it
                         next_sample += 1.0 / sample_fps
                 if len(out) >= max_frames:
                     break
+        except BadInput:
+            raise
         except Exception as err:  # corrupt or cut-off data after some good frames
             if not times:
                 raise BadInput("unreadable", f"{type(err).__name__}: {err}") from None
@@ -175,4 +211,6 @@ def decode_video(
     stats.add("frames_sampled", len(out))
     if out.truncated:
         stats.convert("truncated_video_partly_used")
+    if out.rotation:
+        stats.convert("video_rotated")
     return out

@@ -3,8 +3,10 @@
 ``tiny``: a few thousand parameters each, milliseconds per image on a CPU: tests and the demo
 (the models' outputs are meaningless, the code paths are the real ones). ``base``: the released
 checkpoints' architectures at full size (BLIP base, Grounding DINO with Swin-T, SAM ViT-B,
-DINOv2 base, OWLv2 B/16, CLIP B/32): what a throughput benchmark needs when the weights cannot be
-downloaded — compute per image is the same as with trained weights.
+DINOv2 base, OWLv2 B/16, CLIP B/32); ``default``: the architectures of a build's *default*
+models — BLIP large (ViT-L/16 at 384 px), Grounding DINO base (Swin-B), SAM ViT-B, DINOv2 base:
+what a throughput benchmark needs when the weights cannot be downloaded — compute per image is
+the same as with trained weights.
 
 Tokenizers are written to a folder (``tokenizers``): a made-up WordPiece vocabulary for BLIP and
 Grounding DINO, the character-level CLIP tokenizer for OWLv2. ``msdiffusion.data.models`` wraps
@@ -24,7 +26,25 @@ from .tokenizers import bert_tokenizer, char_tokenizer
 __all__ = ["MODEL_NAMES", "random_model", "save_random_models"]
 
 MODEL_NAMES = ("blip", "grounding_dino", "owlv2", "sam", "clip", "dinov2")
-BERT_VOCAB = {"tiny": 1100, "base": 30524}
+BERT_VOCAB = {"tiny": 1100, "base": 30524, "default": 30524}
+# The default checkpoints' architectures where they differ from transformers' config defaults.
+BLIP_LARGE_VISION = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=384,
+    patch_size=16,
+)
+SWIN_B = dict(
+    model_type="swin",
+    embed_dim=128,
+    depths=[2, 2, 18, 2],
+    num_heads=[4, 8, 16, 32],
+    window_size=12,
+    image_size=384,
+    out_indices=[2, 3, 4],
+)
 
 
 def random_model(
@@ -70,8 +90,8 @@ def _build(name: str, size: str, work: Path) -> tuple[Any, Any]:
     from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
-    if size not in ("tiny", "base"):
-        raise ValueError(f"size must be tiny or base, got {size!r}")
+    if size not in ("tiny", "base", "default"):
+        raise ValueError(f"size must be tiny, base or default, got {size!r}")
     if name not in MODEL_NAMES:
         raise ValueError(f"name must be one of {MODEL_NAMES}, got {name!r}")
     tiny = size == "tiny"
@@ -105,7 +125,8 @@ def _build(name: str, size: str, work: Path) -> tuple[Any, Any]:
             else BlipConfig(
                 text_config=dict(
                     vocab_size=vocab, bos_token_id=101, sep_token_id=102, pad_token_id=0
-                )
+                ),
+                vision_config=BLIP_LARGE_VISION if size == "default" else None,
             )
         )
         image_processor = BlipImageProcessorPil(
@@ -151,7 +172,7 @@ def _build(name: str, size: str, work: Path) -> tuple[Any, Any]:
                 decoder_n_points=2,
             )
             if tiny
-            else GroundingDinoConfig()
+            else GroundingDinoConfig(backbone_config=SWIN_B if size == "default" else None)
         )  # = grounding-dino-tiny
         image_processor = GroundingDinoImageProcessorPil(
             size={"shortest_edge": 64, "longest_edge": 96}

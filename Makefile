@@ -76,7 +76,7 @@ data-demo: setup
 	$(VENV)/bin/msdiffusion data demo --out outputs/data-demo
 
 bench-data: setup
-	$(PY) benchmarks/data_throughput.py --models random-base
+	$(PY) benchmarks/data_throughput.py
 
 ui: setup
 	$(VENV)/bin/msdiffusion ui --preset tiny

@@ -29,7 +29,7 @@ demo: setup
 SETTING ?= quick
 learn: setup
 	$(PY) -m msdiffusion.toyworld.learn --setting $(SETTING) \
-	  $(if $(filter full,$(SETTING)),--docs docs/learning.md)
+	  $(if $(filter full,$(SETTING)),--docs docs/learning.md --ship)
 
 test: setup
 	bash scripts/install_browser.sh

@@ -213,3 +213,13 @@ def test_word_tokenizer_keeps_the_world_words_whole(tmp_path):
     ids = tok("a ball, a star and a ring on sand").input_ids
     assert tok.convert_ids_to_tokens(ids)[-2] == "sand</w>"
     assert len(tok("a ballroom").input_ids) > 4  # unknown words still tokenise (characters)
+
+
+def test_learn_command_refuses_bad_counts(capsys):
+    from msdiffusion.toyworld.learn import main
+
+    for flag in ("--jobs", "--threads"):
+        with pytest.raises(SystemExit) as stop:
+            main([flag, "0"])
+        assert stop.value.code == 2
+        assert f"{flag} must be >= 1 (got 0)" in capsys.readouterr().err

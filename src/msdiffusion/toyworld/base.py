@@ -58,7 +58,7 @@ class BaseSettings:
     encoder_views: int = 3
     encoder_steps: int = 1200
     encoder_lr: float = 5e-4
-    unet_steps: int = 4000
+    unet_steps: int = 2600
     unet_lr: float = 3e-4
     text_lr: float = 1e-4
     warmup_steps: int = 200

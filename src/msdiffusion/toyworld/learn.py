@@ -20,16 +20,23 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .base import BaseSettings, train_base
 
 __all__ = ["LearnSettings", "SETTINGS", "VARIANTS", "run_learn", "main"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,10 +76,14 @@ class LearnSettings:
     base_dir: str | None = None  # an existing base (base/ + image_encoder/) instead of either
     grid_per_group: int = 2  # samples per group in the picture grid
     threads: int | None = None  # torch threads of every stage's process (None: torch's default)
+    jobs: int = 1  # variants trained (and evaluated) at once, each in its own process
+    ship: bool = False  # install the base and the full adapter as the `toy` preset's model
 
 
 SETTINGS = {
-    "full": LearnSettings("full", records=8000, train_base=True, base=BaseSettings()),
+    "full": LearnSettings(
+        "full", records=6000, train_base=True, base=BaseSettings(), adapter_steps=1500, jobs=3
+    ),
     "quick": LearnSettings(
         "quick",
         records=2000,
@@ -120,10 +131,22 @@ class _Stages:
     def __init__(self, path: Path):
         self.path = path
         self.times: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+        self._lock = threading.Lock()  # variants run in parallel threads (``jobs``)
 
     def record(self, name: str, seconds: float) -> None:
-        self.times[name] = round(seconds, 1)
-        self.path.write_text(json.dumps(self.times, indent=2) + "\n")
+        with self._lock:
+            self.times[name] = round(seconds, 1)
+            self.path.write_text(json.dumps(self.times, indent=2) + "\n")
+
+
+def _each(jobs: int, work: dict[str, Callable[[], T]]) -> dict[str, T]:
+    """Run the named jobs, ``jobs`` at a time (each starts its own process); results by name,
+    in the given order. The first failure is raised once all started jobs have ended."""
+    if jobs <= 1:
+        return {name: job() for name, job in work.items()}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {name: pool.submit(job) for name, job in work.items()}
+    return {name: future.result() for name, future in futures.items()}
 
 
 def _world(out: Path, settings: LearnSettings, stages: _Stages) -> tuple[Path, Path]:
@@ -289,10 +312,17 @@ def run_learn(
     trained = [v for v in settings.variants if VARIANTS[v].adapter is None]
     config = _adapter_config(out, settings, base, manifest)
     _cache(out, config, settings, stages)
-    adapters = {v: _train_adapter(out, v, settings, config, stages) for v in trained}
-    reports = {
-        v: _evaluate(out, v, settings, base, bench, adapters, stages) for v in settings.variants
-    }
+    adapters = _each(
+        settings.jobs,
+        {v: partial(_train_adapter, out, v, settings, config, stages) for v in trained},
+    )
+    reports = _each(
+        settings.jobs,
+        {
+            v: partial(_evaluate, out, v, settings, base, bench, adapters, stages)
+            for v in settings.variants
+        },
+    )
     swap_file = out / "swap.json"
     if not swap_file.exists() and "full" in adapters:
         _log("swap test: 2-subject samples with their boxes exchanged")
@@ -313,7 +343,24 @@ def run_learn(
         machine=_machine(),
     )
     _log(f"report: {target}")
+    if settings.ship:
+        _ship(base, adapters["full"])
     return target
+
+
+def _ship(base: Path, adapter: Path) -> None:
+    """Install ``base/``, ``image_encoder/`` and the full adapter as the `toy` preset's model
+    (the package's ``toyworld/model``), replacing the folder in one move."""
+    from ..atomic import atomic_dir
+    from ..presets import TOY_MODEL
+
+    if base.resolve() == TOY_MODEL.resolve():
+        raise RuntimeError(f"the base is the shipped model already ({TOY_MODEL}); nothing to ship")
+    with atomic_dir(TOY_MODEL) as tmp:
+        shutil.copytree(base / "base", tmp / "base")
+        shutil.copytree(base / "image_encoder", tmp / "image_encoder")
+        shutil.copytree(adapter, tmp / "adapter")
+    _log(f"shipped: the toy preset's model is now {TOY_MODEL}")
 
 
 def _machine() -> dict[str, Any]:
@@ -357,7 +404,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--base", metavar="DIR", help="use this base (a folder with base/ and image_encoder/)"
     )
+    parser.add_argument(
+        "--ship",
+        action="store_true",
+        help="install the trained base and full adapter as the toy preset's model",
+    )
+    parser.add_argument("--threads", type=int, help="torch threads of each stage's process")
+    parser.add_argument(
+        "--jobs", type=int, help="variants trained and evaluated at once (default 1)"
+    )
     args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1 (got {args.jobs})")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1 (got {args.threads})")
     settings = SETTINGS[args.setting]
     overrides = {
         "adapter_steps": args.adapter_steps,
@@ -365,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         "eval_limit": args.eval_limit,
         "base_dir": args.base,
         "threads": args.threads,
+        "jobs": args.jobs,
+        "ship": args.ship or None,
     }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     run_learn(args.out or f"outputs/learn-{settings.name}", settings, docs=args.docs)

@@ -248,6 +248,25 @@ def _base_losses(base: Path) -> dict[str, list[tuple[float, float]]]:
     }
 
 
+def _base_minutes(base: Path) -> dict[str, float]:
+    """Wall-clock minutes of each base phase from its log; a resumed phase restarts its clock,
+    so its runs are summed."""
+    log = base / "base_log.jsonl"
+    if not log.exists():
+        return {}
+    totals: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        phase, seconds = entry["phase"], float(entry["seconds"])
+        if phase in last and seconds < last[phase]:  # a new run of the phase
+            totals[phase] = totals.get(phase, 0.0) + last[phase]
+        last[phase] = seconds
+    return {phase: (totals.get(phase, 0.0) + last[phase]) / 60 for phase in last}
+
+
 def write_learning_report(
     target: Path,
     *,
@@ -406,7 +425,16 @@ def write_learning_report(
         "| stage | minutes |",
         "|---|---|",
     ]
+    if "base" not in stages:  # trained outside this run: the phases' own clocks
+        names = {"vae": "VAE", "image_encoder": "image encoder", "unet": "UNet + text encoders"}
+        lines += [
+            f"| base: {names.get(phase, phase)} | {minutes:.1f} |"
+            for phase, minutes in _base_minutes(out / "base").items()
+        ]
     lines += [f"| {name} | {seconds / 60:.1f} |" for name, seconds in stages.items()]
     lines.append("")
+    notes = out / "NOTES.md"
+    if notes.exists():  # what happened in this run that the settings do not say
+        lines += ["## Notes on this run", "", notes.read_text(encoding="utf-8").strip(), ""]
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -23,6 +23,7 @@ __all__ = [
     "ErrorList",
     "CheckpointError",
     "ModelNotAvailableError",
+    "GenerationError",
 ]
 
 Location = tuple[str | int, ...]
@@ -146,3 +147,8 @@ class CheckpointError(MSDiffusionError, ValueError):
 
 class ModelNotAvailableError(MSDiffusionError, OSError):
     """A model that is neither on disk nor downloadable (offline, or a wrong id)."""
+
+
+class GenerationError(MSDiffusionError, RuntimeError):
+    """A generation that produced no usable image (e.g. overflowed to NaN), said instead of
+    returning a black or noise picture."""

@@ -13,6 +13,7 @@ works on plain boxes (a scene sampler, detection filters) stays light.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -55,9 +56,12 @@ def validate_box(box: Any, argument: str | Location = "box") -> Box:
         except ValueError:
             raise InputError(argument, "must be four numbers x0,y0,x1,y1", box) from None
     try:
-        values = [float(v) for v in box]
-    except (TypeError, ValueError):
+        items = list(box)
+    except TypeError:
         raise InputError(argument, "must be four numbers x0,y0,x1,y1", box) from None
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in items):
+        raise InputError(argument, "must be four numbers x0,y0,x1,y1", box)  # no "0.1", True
+    values = [float(v) for v in items]
     if len(values) != 4:
         raise InputError(argument, "must be four numbers x0,y0,x1,y1", box)
     if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):

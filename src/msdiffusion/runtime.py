@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import torch
 
 from .errors import InputError, Location, ModelNotAvailableError
+from .hub import is_local
 
 __all__ = [
     "DTYPES",
@@ -101,17 +102,24 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
 
 def load_or_explain(load: Callable[[], T], *, what: str, source: str | None, fix: str) -> T:
     """``load()``, or a ``ModelNotAvailableError`` that says what could not be loaded from where,
-    why (offline and not cached, or the loader's own first line), and ``fix``: what to do."""
+    why, and ``fix``: what to do. Why: a local folder that is not there; one that is there but
+    does not load (the loader's own first line); a hub id offline and not in the local cache; or
+    the hub's own answer."""
     try:
         return load()
     except _hub_errors() as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        from huggingface_hub import constants
+
         first = str(err).splitlines()[0][:160] if str(err) else ""
-        why = (
-            "offline (HF_HUB_OFFLINE=1) and not in the local cache"
-            if offline
-            else f"{err.__class__.__name__}: {first}"
-        )
+        local = source is not None and is_local(source)
+        if local and not os.path.exists(source):
+            why = "no such file or folder"
+        elif local:
+            why = f"it is there but does not load — {err.__class__.__name__}: {first}"
+        elif constants.HF_HUB_OFFLINE:
+            why = "offline (HF_HUB_OFFLINE=1) and not in the local cache"
+        else:
+            why = f"{err.__class__.__name__}: {first}"
         raise ModelNotAvailableError(
             f"cannot load the {what} from {source!r} ({why}); {fix}"
         ) from None

@@ -169,3 +169,78 @@ def test_unet_step_with_subjects_traces_without_graph_breaks(unet, make_adapter)
             *args, added_cond_kwargs=added, cross_attention_kwargs={"ms": cond}
         )
     assert explained.graph_break_count == 0
+
+
+def test_released_layer_order_at_full_sdxl_size():
+    """The released ``ms_adapter`` indices ↔ module names, pinned on SDXL base's real config
+    (built on the meta device: no memory, no weights)."""
+    from diffusers import UNet2DConditionModel
+
+    from msdiffusion.testing.sdxl import ARCHITECTURES
+
+    arch = ARCHITECTURES["full"]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(
+            down_block_types=arch.down_blocks,
+            up_block_types=arch.up_blocks,
+            cross_attention_dim=2048,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+            **arch.unet,
+        )
+    order = released_layer_order(unet)
+    assert len(order) == 70 and sorted(order) == list(range(1, 140, 2))
+    block = "attentions.{}.transformer_blocks.{}.attn2"
+    pins = {
+        1: "down_blocks.1." + block.format(0, 0),  # first of the down blocks
+        47: "down_blocks.2." + block.format(1, 9),  # last of the down blocks
+        49: "up_blocks.0." + block.format(0, 0),  # then the up blocks ...
+        119: "up_blocks.1." + block.format(2, 1),
+        121: "mid_block." + block.format(0, 0),  # ... and the mid block last
+        139: "mid_block." + block.format(0, 9),
+    }
+    assert {i: order[i] for i in pins} == pins
+    assert sum(name.startswith("down_blocks") for name in order.values()) == 24
+    assert sum(name.startswith("up_blocks") for name in order.values()) == 36
+    assert sum(name.startswith("mid_block") for name in order.values()) == 10
+    config = MSAdapter.config_for_unet(unet)
+    assert config.latent_proj_dim == 1664 and config.cross_attention_dim == 2048
+
+
+def test_latent_proj_width_follows_the_original_rule_and_old_files_keep_theirs(
+    unet, make_adapter, tmp_path
+):
+    from msdiffusion.models.adapter import FORMAT, FORMAT_1
+
+    new = make_adapter(unet)  # tiny: phrase 32, box 64 → 2 × 96 = 192 (image_embed_dim is 32)
+    assert new.config.latent_proj_dim == 192
+    assert new.resampler.latent_proj[0].weight.shape == (192, 96)
+    assert new.resampler.latent_proj[2].weight.shape[1] == 192
+    new.save_pretrained(tmp_path / "new")
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert config["format"] == FORMAT and config["latent_proj_dim"] == 192
+    # a format-1 adapter (before latent_proj_dim existed): its width was image_embed_dim
+    old = MSAdapter.for_unet(unet, **{**adapter_kwargs("tiny"), "latent_proj_dim": 32})
+    old.save_pretrained(tmp_path / "old")
+    for path in (tmp_path / "old" / "config.json",):
+        data = json.loads(path.read_text())
+        data["format"] = FORMAT_1
+        del data["latent_proj_dim"]
+        path.write_text(json.dumps(data))
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "old" / "adapter.safetensors"
+    save_file(load_file(weights), str(weights), metadata={"format": FORMAT_1})  # no config inside
+    loaded = MSAdapter.from_pretrained(tmp_path / "old")
+    assert loaded.config.latent_proj_dim == 32
+    for (k1, v1), (k2, v2) in zip(old.state_dict().items(), loaded.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    # a checkpoint of the other width says which width to build
+    with pytest.raises(CheckpointError, match="latent_proj_dim=32"):
+        new.load_state_dict_checked(old.state_dict())
+    data["format"] = "msdiffusion-adapter/9"
+    (tmp_path / "old" / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="newer msdiffusion"):
+        MSAdapter.from_pretrained(tmp_path / "old")

@@ -38,15 +38,18 @@ class MSConditioning:
 
     Shapes: Bc conditioned rows (the UNet batch rows ``cond_start … cond_start + Bc``; with
     classifier-free guidance the unconditional half is left out — its image branch is exactly 0),
-    S subjects (padded; padding has scale 0 and an empty region), Q tokens each, C = cross-attention
-    width.
+    S subjects (padded; padding is marked by ``valid`` and never attended), Q tokens each,
+    C = cross-attention width.
 
     Attributes:
         tokens: (Bc, S, Q, C) subject tokens from the grounding resampler.
         boxes: (Bc, S, 4) normalised boxes; all-zero = no box.
-        scales: (Bc, S) each subject's image-attention scale (γ, or its own; 0 = padding).
+        scales: (Bc, S) each subject's scale (γ, or its own): its attention probabilities are
+            multiplied by it after the joint softmax, so a subject of scale 0 still competes for
+            the cells it shares with others (as released) and adds nothing itself.
         latent_size: (H, W) of the UNet's input latent; each layer finds its grid from it.
         cond_start: first UNet batch row that gets the image branch.
+        valid: (Bc, S) bool, False = padding; None = every subject is real.
         region_masks: (Bc, S, Hm, Wm) bool regions, used where ``has_mask``; or None.
         has_mask: (Bc, S) bool.
         phrase_spans: (Bc, S, 2) token spans ``[start, end)`` of the phrases (auto layout).
@@ -61,6 +64,7 @@ class MSConditioning:
     scales: torch.Tensor
     latent_size: tuple[int, int]
     cond_start: int = 0
+    valid: torch.Tensor | None = None
     region_masks: torch.Tensor | None = None
     has_mask: torch.Tensor | None = None
     phrase_spans: torch.Tensor | None = None
@@ -87,6 +91,7 @@ class MSConditioning:
             boxes=boxes,
             scales=scales,
             latent_size=tuple(latent_size),
+            valid=valid,
             cache_kv=False,
         )
 
@@ -98,6 +103,13 @@ class MSConditioning:
     @property
     def num_subjects(self) -> int:
         return self.tokens.shape[1]
+
+    @property
+    def real(self) -> torch.Tensor:
+        """(Bc, S) bool: the subjects that are not padding."""
+        if self.valid is None:
+            return torch.ones(self.tokens.shape[:2], dtype=torch.bool, device=self.tokens.device)
+        return self.valid
 
     @property
     def auto_layout(self) -> bool:
@@ -118,7 +130,7 @@ class MSConditioning:
             if self.region_masks is not None and self.has_mask is not None:
                 pooled = F.adaptive_max_pool2d(self.region_masks.float(), (h, w)) > 0.5
                 inside = torch.where(self.has_mask[..., None, None], pooled, inside)
-            inside = inside & (self.scales > 0)[..., None, None]
+            inside = inside & self.real[..., None, None]
             self._cache[key] = inside.flatten(-2)
         return self._cache[key]
 
@@ -143,20 +155,38 @@ class MSConditioning:
 
     # -- subject keys/values --------------------------------------------------------------------
     def subject_kv(
-        self, layer: str, to_k_ip: torch.nn.Module, to_v_ip: torch.nn.Module, heads: int
+        self, layer: str, projection: torch.nn.Module
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """This layer's subject keys and values (Bc, heads, S·Q, d); values carry the scales."""
+        """This layer's subject keys and values (Bc, S·Q, inner); the values carry the scales
+        (multiplying a subject's values by s is multiplying its probabilities by s)."""
         key = ("kv", layer)
-        if self.cache_kv and key in self._cache:
+        if key in self._cache:
             return self._cache[key]
         tokens = self.tokens.flatten(1, 2)  # (Bc, S·Q, C)
-        k = to_k_ip(tokens).unflatten(-1, (heads, -1)).transpose(1, 2)  # (Bc, h, S·Q, d)
-        v = to_v_ip(tokens).unflatten(-1, (heads, -1)).transpose(1, 2)
+        k, v = projection.to_k_ip(tokens), projection.to_v_ip(tokens)  # (Bc, S·Q, inner)
         scale = self.scales.to(v.dtype).repeat_interleave(self.tokens.shape[2], dim=1)  # (Bc, S·Q)
-        v = v * scale[:, None, :, None]
+        v = v * scale[..., None]
         if self.cache_kv:
             self._cache[key] = (k, v)
         return k, v
+
+    def precompute(
+        self,
+        projections: dict[str, torch.nn.Module],
+        levels: int,
+        dtype: torch.dtype | None = None,
+    ) -> MSConditioning:
+        """Fill the per-call caches before the first step: every layer's subject K/V (through
+        the adapter's projections, while they are on the device; kept in ``dtype``) and the box
+        masks of the first ``levels`` UNet grids. The denoising steps then only read — one graph
+        under ``torch.compile`` for every step of every call of the same shapes."""
+        for layer, projection in projections.items():
+            k, v = self.subject_kv(layer, projection)
+            if dtype is not None and self.cache_kv:
+                self._cache[("kv", layer)] = (k.to(dtype), v.to(dtype))
+        for h, w in latent_grids(self.latent_size, levels - 1):
+            self.attention_mask(self.box_regions(h, w), cache_key=("mask", h, w))
+        return self
 
     # -- auto layout ----------------------------------------------------------------------------
     def span_weights(self, length: int, dtype: torch.dtype) -> torch.Tensor:
@@ -187,4 +217,4 @@ class MSConditioning:
         mean = total / (count + 1)  # (Bc, S, N)
         lo, hi = mean.amin(-1, keepdim=True), mean.amax(-1, keepdim=True)
         normed = (mean - lo) / (hi - lo + 1e-5)
-        return (normed > self.mask_threshold) & (self.scales > 0)[..., None]
+        return (normed > self.mask_threshold) & self.real[..., None]

@@ -6,7 +6,6 @@ Boxes are ``(x0, y0, x1, y1)`` normalised to [0, 1] of the *output* image (x = c
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .checks import check_number
 from .errors import ErrorList, InputError, Location, format_location
 from .geometry import EMPTY_BOX, Box, mask_bbox, validate_box
 
@@ -22,48 +22,85 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "Subject",
+    "MAX_SCALE",
     "validate_scale",
     "mask_to_array",
     "phrase_token_span",
     "find_phrase",
     "normalise_subject_lists",
     "SubjectLayout",
+    "mask_fits",
     "validate_layout",
 ]
 
 
+# Above this the image branch only saturates (and far above it, overflows to NaN).
+MAX_SCALE = 10.0
+
+
 def validate_scale(scale: Any, argument: str | Location = "scale") -> float:
+    """An image-attention scale: a number in [0, MAX_SCALE]."""
+    return check_number(argument, scale, low=0.0, high=MAX_SCALE)
+
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# ITU-R 601-2 luma, the weights PIL's own grey conversion uses
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _mask_values(mask: Any, argument: str | Location) -> np.ndarray:
+    """A mask as a 2-D array of its raw values (alpha where it has one, else grey levels)."""
+    if isinstance(mask, Image.Image):
+        if mask.mode == "P" and "transparency" in mask.info:
+            mask = mask.convert("RGBA")
+        if mask.mode in _ALPHA_MODES:
+            return np.asarray(mask.getchannel("A"))
+        if mask.mode in ("1", "L", "F") or mask.mode.startswith("I"):
+            return np.asarray(mask)
+        return np.asarray(mask.convert("L"))
     try:
-        value = float(scale)
+        array = np.asarray(mask.detach().cpu() if hasattr(mask, "detach") else mask)
     except (TypeError, ValueError):
-        raise InputError(argument, "must be a number >= 0", scale) from None
-    if not (math.isfinite(value) and value >= 0):
-        raise InputError(argument, "must be a finite number >= 0", scale)
-    return value
+        raise InputError(argument, "must be an image or a 2-D array", type(mask).__name__) from None
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    elif array.ndim == 3 and array.shape[-1] in (1, 2, 3, 4):
+        channels = array.shape[-1]
+        if channels in (2, 4):  # grey + alpha, RGB + alpha: the alpha is the region
+            array = array[..., -1]
+        elif channels == 3:
+            array = array.astype(np.float64) @ _LUMA
+        else:
+            array = array[..., 0]
+    return array
 
 
 def mask_to_array(mask: Any, argument: str | Location = "mask") -> np.ndarray:
-    """A region mask (PIL image, array or tensor; > 0.5 of the range is inside) → bool (h, w)."""
-    if isinstance(mask, Image.Image):
-        array = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
-    else:
-        try:
-            array = np.asarray(
-                mask.detach().cpu() if hasattr(mask, "detach") else mask, dtype=np.float32
-            )
-        except (TypeError, ValueError):
-            raise InputError(
-                argument, "must be an image or a 2-D array", type(mask).__name__
-            ) from None
-        if array.ndim == 3 and array.shape[0] == 1:
-            array = array[0]
+    """A region mask → bool (h, w), by one rule for images and arrays alike.
+
+    The region: an image's alpha channel when it has one (a cut-out), else its grey level; for
+    arrays, (h, w), (1, h, w), or (h, w, c) with the last channel as alpha when c is 2 or 4. The
+    values' range is read from the values: booleans; within [0, 1]; 8-bit levels (up to 255); or
+    16-bit levels (up to 65535) — inside is above half of that range.
+    """
+    array = _mask_values(mask, argument)
     if array.ndim != 2 or array.size == 0:
-        raise InputError(
-            argument, "must be a 2-D (height, width) mask", getattr(array, "shape", None)
-        )
-    inside = array > 0.5
+        raise InputError(argument, "must be a 2-D (height, width) mask", tuple(array.shape))
+    if array.dtype == np.bool_:
+        inside = array
+    else:
+        if not np.issubdtype(array.dtype, np.number):
+            raise InputError(argument, "must hold numbers", str(array.dtype))
+        values = array.astype(np.float64)
+        if not np.isfinite(values).all() or values.min() < 0:
+            raise InputError(argument, "values must be finite and >= 0", float(values.min()))
+        peak = values.max()
+        top = next((t for t in (1.0, 255.0, 65535.0) if peak <= t), None)
+        if top is None:
+            raise InputError(argument, "values must lie in [0, 1], 0–255 or 0–65535", float(peak))
+        inside = values > top / 2
     if not inside.any():
-        raise InputError(argument, "is empty (no pixel above 0.5)", tuple(array.shape))
+        raise InputError(argument, "is empty (no pixel inside the region)", tuple(array.shape))
     return inside
 
 
@@ -78,9 +115,12 @@ class Subject:
             region, or under auto layout (``mask_threshold``), where the attention maps place it.
         phrase: the word(s) naming the subject ("dog"); embedded into its grounding token, and
             located in the prompt for auto layout.
-        mask: an arbitrary region instead of (or refining) the box: an image or array with the
-            output's aspect ratio; pixels > 0.5 are inside.
-        scale: this subject's image-attention scale; ``None`` uses the call's ``scale``.
+        mask: an arbitrary region instead of (or refining) the box: an image (its alpha when it
+            has one) or an array with the output's aspect ratio; inside is above half of the
+            values' range (0–1, 0–255 or 0–65535; see ``mask_to_array``).
+        scale: this subject's image-attention scale in [0, 10] (``MAX_SCALE``): its attention
+            probabilities are multiplied by it — at 0 it still competes for shared cells;
+            ``None`` uses the call's ``scale``.
     """
 
     image: Any
@@ -183,9 +223,16 @@ class SubjectLayout:
     scale: float
 
 
+def mask_fits(mask_size: tuple[int, int], size: tuple[int, int]) -> bool:
+    """Whether a (rows, columns) mask has the aspect ratio of a (height, width) output, up to the
+    rounding of one of its sides to whole pixels."""
+    (mh, mw), (height, width) = mask_size, size
+    return abs(mw - mh * width / height) <= 0.5 or abs(mh - mw * height / width) <= 0.5
+
+
 def validate_layout(
     subjects: list[list[Subject]],
-    prompts: list[str],
+    prompts: Sequence[str | None],
     tokenizer: Any,
     size: tuple[int, int],
     scale: float,
@@ -193,9 +240,12 @@ def validate_layout(
 ) -> list[list[SubjectLayout]]:
     """Check every subject against its prompt and the output ``size`` (height, width): masks of
     the output's aspect ratio, a region for each subject (or auto layout), phrases in the prompt
-    (required under auto layout, a warning otherwise). Reports every error at once."""
+    (required under auto layout, a warning otherwise; a prompt of None — given as embeddings — is
+    not searched). Reports every error at once."""
     height, width = size
-    aspect_rule = f"must have the output's aspect ratio (width x height {width}x{height})"
+    aspect_rule = (
+        f"must have the output's aspect ratio (width x height {width}x{height}), up to rounding"
+    )
     errors = ErrorList()
     layouts: list[list[SubjectLayout]] = []
     for i, (group, prompt) in enumerate(zip(subjects, prompts)):
@@ -203,10 +253,9 @@ def validate_layout(
         for j, subject in enumerate(group):
             where: Location = ("subjects", i, j) if len(subjects) > 1 else ("subjects", j)
             mask = subject.mask
-            if mask is not None:
+            if mask is not None and not mask_fits(mask.shape, size):
                 mh, mw = mask.shape
-                if abs(mh * width - mw * height) > max(height, width, mh, mw):
-                    errors.add(InputError((*where, "mask"), aspect_rule, f"{mw}x{mh}"))
+                errors.add(InputError((*where, "mask"), aspect_rule, f"{mw}x{mh}"))
             if subject.box is None and mask is None and mask_threshold is None:
                 errors.add(
                     InputError(
@@ -215,17 +264,16 @@ def validate_layout(
                         None,
                     )
                 )
-            span = phrase_token_span(tokenizer, prompt, subject.phrase)
+            span = None if prompt is None else phrase_token_span(tokenizer, prompt, subject.phrase)
             if span is None:
                 if mask_threshold is not None:
-                    errors.add(
-                        InputError(
-                            (*where, "phrase"),
-                            f"must appear in the prompt {prompt!r} for auto layout",
-                            subject.phrase,
-                        )
+                    rule = (
+                        f"must appear in the prompt {prompt!r} for auto layout"
+                        if prompt is not None
+                        else "needs the prompt text for auto layout (prompt, not prompt_embeds)"
                     )
-                else:
+                    errors.add(InputError((*where, "phrase"), rule, subject.phrase))
+                elif prompt is not None:
                     logger.warning(
                         "%s.phrase %r is not in the prompt %r",
                         format_location(where),

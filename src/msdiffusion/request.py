@@ -9,7 +9,6 @@ each located at its field (``("subjects", 1, "box")``):
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,11 +17,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .checks import check_flag, check_integer, check_number
 from .configs import read_json
-from .encoding import load_image
+from .encoding import load_image, open_image
 from .errors import ErrorList, InputError
 from .geometry import Box, validate_box
 from .layout import Subject, mask_to_array, validate_layout, validate_scale
+from .pipelines.call_checks import MAX_GUIDANCE
 
 __all__ = ["SubjectSpec", "GenerationRequest", "read_requests"]
 
@@ -83,7 +84,7 @@ class SubjectSpec:
             with errors.check():
                 source = self.mask
                 if isinstance(source, (str, os.PathLike)):
-                    source = load_image(source, ("mask",))
+                    source = open_image(source, ("mask",))  # its own mode: alpha, 16 bits
                 mask = mask_to_array(source, ("mask",))
         errors.raise_if_any()
         return images, mask
@@ -95,29 +96,13 @@ class SubjectSpec:
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < low
-        or (high is not None and value > high)
-    ):
-        rule = f"must be an integer >= {low}" + (f" and <= {high}" if high is not None else "")
-        raise InputError(name, rule, value)
-    return value
+    return check_integer(name, value, low=low, high=high)
 
 
 def _check_float(
     name: str, value: Any, low: float, high: float | None = None, high_open: bool = False
 ) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(name, "must be a number", value) from None
-    too_high = high is not None and (number >= high if high_open else number > high)
-    if not math.isfinite(number) or number < low or too_high:
-        bound = "" if high is None else f" and {'<' if high_open else '<='} {high}"
-        raise InputError(name, f"must be a number >= {low}{bound}", value)
-    return number
+    return check_number(name, value, low=low, high=high, high_open=high_open)
 
 
 @dataclass
@@ -157,9 +142,11 @@ class GenerationRequest:
         with errors.check():
             _check_int("num_inference_steps", self.num_inference_steps, 1, 1000)
         with errors.check():
-            self.guidance_scale = _check_float("guidance_scale", self.guidance_scale, 0.0)
+            self.guidance_scale = _check_float(
+                "guidance_scale", self.guidance_scale, 0.0, MAX_GUIDANCE
+            )
         with errors.check():
-            self.scale = _check_float("scale", self.scale, 0.0)
+            self.scale = validate_scale(self.scale, "scale")
         with errors.check():
             _check_int("seed", self.seed, 0, 2**63 - 1)
         with errors.check():
@@ -171,12 +158,8 @@ class GenerationRequest:
                 )
         with errors.check():
             _check_int("start_step", self.start_step, 0)
-        if not isinstance(self.drop_grounding_tokens, bool):
-            errors.add(
-                InputError(
-                    "drop_grounding_tokens", "must be true or false", self.drop_grounding_tokens
-                )
-            )
+        with errors.check():
+            check_flag("drop_grounding_tokens", self.drop_grounding_tokens)
         if not isinstance(self.subjects, list):
             errors.add(InputError("subjects", "must be a list", self.subjects))
             errors.raise_if_any()

@@ -1,7 +1,12 @@
 """``MSAdapter``: owns every trained weight of MS-Diffusion — the grounding resampler, the dummy
 image tokens and each cross-attention layer's ``to_k_ip``/``to_v_ip`` — and installs/uninstalls the
-multi-subject processors on a UNet. Saved as safetensors + ``config.json`` (the config also in the
-safetensors metadata).
+multi-subject processors on a UNet. The processors hold no weights of their own, so the UNet's
+``state_dict`` stays exactly SDXL's; what is installed is read from the UNet's processors.
+
+Our format: safetensors + ``config.json`` (the config also in the safetensors metadata), read from
+a folder or a hub repository like diffusers models (``subfolder``, ``revision``,
+``local_files_only``). Format 2 records ``latent_proj_dim``; format-1 files (written before it
+existed) used ``image_embed_dim`` there and load with that width.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from torch import nn
 
 from ..atomic import atomic_dir
 from ..errors import CheckpointError, InputError
+from ..hub import HubOptions, fetch_file, file_exists, is_local
 from ..version import __version__
 from .attention import (
+    MSAttnProcessor,
     MSCrossAttnProcessor,
     MSSelfAttnProcessor,
     SubjectProjection,
@@ -33,7 +40,9 @@ __all__ = ["MSAdapter", "MSAdapterConfig"]
 
 WEIGHTS_NAME = "adapter.safetensors"
 CONFIG_NAME = "config.json"
-FORMAT = "msdiffusion-adapter/1"
+RELEASED_NAME = "ms_adapter.bin"
+FORMAT_1 = "msdiffusion-adapter/1"  # latent_proj's hidden width was image_embed_dim
+FORMAT = "msdiffusion-adapter/2"  # latent_proj_dim recorded (default: the original rule)
 
 
 @dataclass
@@ -51,16 +60,34 @@ class MSAdapterConfig:
     num_dummy_tokens: int = 4
     fourier_freqs: int = 8
     ff_mult: int = 4
+    # Hidden width of the resampler's grounding MLP; None = the original rule,
+    # 2 × (phrase_embed_dim + 8 · fourier_freqs) — 1664 for the release.
+    latent_proj_dim: int | None = None
     cross_attention_dim: int = 2048
     layers: dict[str, list[int]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.latent_proj_dim is None:
+            self.latent_proj_dim = 2 * (self.phrase_embed_dim + 8 * self.fourier_freqs)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MSAdapterConfig:
+        """A config as saved (``format`` 1 or 2); a format-1 config without ``latent_proj_dim``
+        keeps the width it was trained with, ``image_embed_dim``."""
+        fmt = data.get("format", FORMAT_1)
+        if fmt not in (FORMAT_1, FORMAT):
+            raise CheckpointError(
+                f"adapter format {fmt!r} is not one this version reads ({FORMAT_1}, {FORMAT}): "
+                f"written by a newer msdiffusion? (this is {__version__})"
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known - {"format", "msdiffusion_version"})
         if unknown:
             raise CheckpointError(f"adapter config has unknown keys {unknown}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if fmt == FORMAT_1 and values.get("latent_proj_dim") is None:
+            values["latent_proj_dim"] = values.get("image_embed_dim", cls.image_embed_dim)
+        return cls(**values)
 
 
 def _module_key(name: str) -> str:
@@ -89,6 +116,7 @@ class MSAdapter(nn.Module):
             out_dim=c.cross_attention_dim,
             fourier_freqs=c.fourier_freqs,
             ff_mult=c.ff_mult,
+            latent_proj_dim=c.latent_proj_dim,
         )
         # Kept for checkpoint compatibility: background cells' image output is zeroed, so these
         # tokens never reach the output (DESIGN §2.2).
@@ -99,7 +127,6 @@ class MSAdapter(nn.Module):
                 for name, (cross_dim, inner) in c.layers.items()
             }
         )
-        self._installed: dict[int, dict[str, Any]] = {}  # id(unet) → its original processors
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -158,9 +185,17 @@ class MSAdapter(nn.Module):
     ) -> torch.Tensor:
         return self.resampler(image_embeds, phrase_embeds, boxes, drop_grounding)
 
+    def layer_projections(self) -> dict[str, SubjectProjection]:
+        """Each cross-attention layer's projections, by the UNet's module name."""
+        return {name: self.projection(name) for name in self.config.layers}
+
     # -- installation ---------------------------------------------------------------------------
     def install(self, unet: nn.Module) -> None:
-        """Put the multi-subject processors on every attention layer of ``unet``."""
+        """Put the multi-subject processors on every attention layer of ``unet``.
+
+        Each keeps the processor it replaces (an earlier MS-Diffusion install passes its own on,
+        with its slicing and fused-projection choices), so ``uninstall`` restores them exactly.
+        """
         layers = cross_attention_layers(unet)
         expected = set(self.config.layers)
         if set(layers) != expected:
@@ -177,29 +212,53 @@ class MSAdapter(nn.Module):
                 raise CheckpointError(
                     f"adapter layer {name} expects [cross, inner] = {want}, the UNet has {have}"
                 )
-        if id(unet) in self._installed:
-            return
-        originals = dict(unet.attn_processors)
         processors: dict[str, Any] = {}
-        for key in originals:
+        for key, current in unet.attn_processors.items():
             layer = key.removesuffix(".processor")
+            ours = isinstance(current, MSAttnProcessor)
+            original = current.original if ours else current
+            slice_size = current.slice_size if ours else getattr(current, "slice_size", None)
+            fused = current.fused if ours else False
             processors[key] = (
-                MSCrossAttnProcessor(layer, self.projection(layer))
+                MSCrossAttnProcessor(
+                    layer, self.projection(layer), self, original, slice_size, fused
+                )
                 if layer in layers
-                else MSSelfAttnProcessor()
+                else MSSelfAttnProcessor(self, original, slice_size, fused)
             )
         unet.set_attn_processor(processors)
-        self._installed[id(unet)] = originals
 
-    def uninstall(self, unet: nn.Module) -> None:
-        """Restore the processors ``unet`` had before ``install``."""
-        originals = self._installed.pop(id(unet), None)
-        if originals is None:
+    def uninstall(self, unet: nn.Module, *, missing_ok: bool = False) -> None:
+        """Restore the processors this adapter's processors replaced on ``unet``."""
+        current = unet.attn_processors
+        mine = {k for k, p in current.items() if isinstance(p, MSAttnProcessor) and p.owner is self}
+        if not mine:
+            if missing_ok:
+                return
             raise InputError("unet", "this adapter is not installed on it", type(unet).__name__)
-        unet.set_attn_processor(originals)
+        unet.set_attn_processor({k: (p.original if k in mine else p) for k, p in current.items()})
 
     def is_installed(self, unet: nn.Module) -> bool:
-        return id(unet) in self._installed
+        """Every attention processor of ``unet`` is this adapter's (read from the UNet)."""
+        return not self.foreign_processors(unet) and bool(unet.attn_processors)
+
+    def foreign_processors(self, unet: nn.Module) -> dict[str, int]:
+        """Processor class name → how many of ``unet``'s attention layers have one that is not
+        this adapter's (empty when it is installed everywhere)."""
+        counts: dict[str, int] = {}
+        for key, p in unet.attn_processors.items():
+            layer = key.removesuffix(".processor")
+            ours = isinstance(p, MSAttnProcessor) and p.owner is self
+            if isinstance(p, MSCrossAttnProcessor):
+                ours = (
+                    ours and layer in self.config.layers and p.projection is self.projection(layer)
+                )
+            if not ours:
+                name = type(p).__name__ + (
+                    " of another adapter" if isinstance(p, MSAttnProcessor) else ""
+                )
+                counts[name] = counts.get(name, 0) + 1
+        return counts
 
     # -- our format -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
@@ -218,13 +277,22 @@ class MSAdapter(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike[str], torch_dtype: torch.dtype | None = None, **_: Any
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        *,
+        torch_dtype: torch.dtype | None = None,
+        weight_name: str = WEIGHTS_NAME,
+        **hub: Any,
     ) -> MSAdapter:
-        """Load an adapter written by ``save_pretrained`` (a folder, or its safetensors file)."""
-        path = Path(directory)
-        weights = path / WEIGHTS_NAME if path.is_dir() else path
-        if not weights.is_file():
-            raise CheckpointError(f"no adapter weights at {weights}")
+        """Load an adapter written by ``save_pretrained``: a folder, its safetensors file, or a
+        hub repository — ``subfolder``, ``revision``, ``local_files_only``, ``cache_dir`` and
+        ``token`` as in diffusers' ``from_pretrained``."""
+        options = HubOptions.pop_from(hub)
+        if hub:
+            raise InputError(next(iter(hub)), "is not an adapter loading option", hub)
+        weights = fetch_file(
+            pretrained_model_name_or_path, weight_name, options, what="MS-Diffusion adapter"
+        )
         try:
             with safe_open(str(weights), framework="pt") as handle:
                 meta = handle.metadata() or {}
@@ -241,6 +309,34 @@ class MSAdapter(nn.Module):
         adapter.load_state_dict_checked(state)
         return adapter.to(torch_dtype) if torch_dtype is not None else adapter
 
+    @classmethod
+    def load(
+        cls,
+        source: str | os.PathLike[str],
+        unet: nn.Module,
+        *,
+        weight_name: str | None = None,
+        hparams: dict[str, Any] | None = None,
+        **hub: Any,
+    ) -> MSAdapter:
+        """An adapter in either format, from a folder, a file or a hub repository: ours
+        (``adapter.safetensors`` + config) or the released ``ms_adapter.bin`` (for ``unet``;
+        ``hparams`` for a configuration other than the release's). ``weight_name`` picks the
+        file; without it ours is looked for first."""
+        options = HubOptions.pop_from(hub)
+        if hub:
+            raise InputError(next(iter(hub)), "is not an adapter loading option", hub)
+        path = Path(os.path.expanduser(os.fspath(source)))
+        if is_local(source) and path.is_file():
+            weight_name = path.name
+        elif weight_name is None:
+            ours = file_exists(source, WEIGHTS_NAME, options)
+            weight_name = WEIGHTS_NAME if ours else RELEASED_NAME
+        if weight_name.endswith(".safetensors"):
+            return cls.from_pretrained(source, weight_name=weight_name, **vars(options))
+        local = fetch_file(source, weight_name, options, what="MS-Diffusion adapter")
+        return cls.from_original_checkpoint(local, unet, **(hparams or {}))
+
     def load_state_dict_checked(self, state: dict[str, torch.Tensor]) -> None:
         """Load every key, exactly; the error names the first missing, extra or mis-shaped key."""
         own = self.state_dict()
@@ -248,9 +344,17 @@ class MSAdapter(nn.Module):
             if key not in state:
                 raise CheckpointError(f"checkpoint is missing key {key!r}")
             if tuple(state[key].shape) != tuple(value.shape):
+                hint = ""
+                first = state.get("resampler.latent_proj.0.weight")
+                if key.startswith("resampler.latent_proj.") and first is not None:
+                    hint = (
+                        f" (the file's grounding MLP is {first.shape[0]} wide, this adapter's "
+                        f"{self.config.latent_proj_dim} — adapters of format 1 used "
+                        f"image_embed_dim: build it with latent_proj_dim={first.shape[0]})"
+                    )
                 raise CheckpointError(
                     f"checkpoint key {key!r} has shape {tuple(state[key].shape)},"
-                    f" expected {tuple(value.shape)}"
+                    f" expected {tuple(value.shape)}{hint}"
                 )
         extra = sorted(set(state) - set(own))
         if extra:

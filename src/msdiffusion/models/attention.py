@@ -6,6 +6,14 @@ region covers it; background cells get 0. Output: ``to_out(text + image)``, the 
 folded into the image values. ``MSSelfAttnProcessor`` is plain attention that accepts the ``ms``
 keyword, so diffusers passes it without warnings.
 
+The processors are plain objects, not modules: the UNet's ``state_dict`` and parameters stay
+exactly those of the UNet (the adapter owns every trained weight), so ``unet.save_pretrained``,
+``ControlNetModel.from_unet`` and CPU offload see a plain SDXL UNet. Each processor remembers the
+adapter that installed it (``owner``) and the processor it replaced (``original``): what is
+installed is read from the UNet itself. They implement what diffusers' own processor choices
+offer: attention slicing (``slice_size``, heads in chunks) and fused projections (``fused``: the
+layer's ``to_qkv`` / ``to_kv``).
+
 The compute is batched over samples and subjects (no Python loops): masks come rasterised once
 per grid and the subject K/V once per layer from ``MSConditioning``; the unconditional half of
 classifier-free guidance is skipped (its image branch is exactly zero).
@@ -13,19 +21,30 @@ classifier-free guidance is skipped (its image branch is exactly zero).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from ..conditioning import MSConditioning
+from ..errors import InputError
 
 __all__ = [
     "cross_attention_layers",
     "SubjectProjection",
+    "MSAttnProcessor",
     "MSSelfAttnProcessor",
     "MSCrossAttnProcessor",
+    "configure_processors",
 ]
+
+HOW_TO_UNINSTALL = (
+    "an MS-Diffusion processor; to use diffusers' default attention, uninstall the adapter first "
+    "(pipe.attach_adapter(None) or adapter.uninstall(unet)) — the MS-Diffusion processors already "
+    "run PyTorch's scaled-dot-product attention"
+)
 
 
 def cross_attention_layers(unet: nn.Module) -> dict[str, Attention]:
@@ -46,7 +65,125 @@ class SubjectProjection(nn.Module):
         self.to_v_ip = nn.Linear(cross_attention_dim, inner_dim, bias=False)
 
 
-class MSSelfAttnProcessor(AttnProcessor2_0):
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, L, h·d) → (B, h, L, d)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    slice_size: int | None,
+) -> torch.Tensor:
+    """SDPA over (B, h, N, d) × (B, h, L, d); with ``slice_size``, ``slice_size`` heads at a time
+    (attention slicing: less memory at once, the same result)."""
+    if slice_size is None or slice_size >= q.shape[1]:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    chunks = []
+    for start in range(0, q.shape[1], slice_size):
+        heads = slice(start, start + slice_size)
+        m = mask if mask is None or mask.shape[1] == 1 else mask[:, heads]
+        chunks.append(F.scaled_dot_product_attention(q[:, heads], k[:, heads], v[:, heads], m))
+    return torch.cat(chunks, dim=1)  # (B, h, N, d)
+
+
+class MSAttnProcessor:
+    """What both MS-Diffusion processors share: who installed them, what they replaced, and the
+    diffusers attention choices they implement (slicing, fused projections).
+
+    Args:
+        owner: the ``MSAdapter`` that installed this processor (None: set by hand).
+        original: the processor it replaced (``uninstall`` puts it back).
+        slice_size: heads per attention slice (None: all at once).
+        fused: use the layer's fused ``to_qkv`` / ``to_kv`` (after ``attn.fuse_projections()``).
+    """
+
+    def __init__(
+        self,
+        owner: nn.Module | None = None,
+        original: Any = None,
+        slice_size: int | None = None,
+        fused: bool = False,
+    ):
+        self.owner = owner
+        self.original = original
+        self.slice_size = slice_size
+        self.fused = fused
+
+    def __repr__(self) -> str:  # diffusers prints it when it refuses to replace it
+        return f"{type(self).__name__} ({HOW_TO_UNINSTALL})"
+
+    # -- the parts of an attention call around the attention itself -----------------------------
+    @staticmethod
+    def _enter(
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        temb: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple[int, ...] | None]:
+        """Normalise and flatten: → hidden (B, N, c), context (B, L, c') or None, SDPA mask, and
+        the (B, c, h, w) shape of a 4-D input."""
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        shape = None
+        if hidden_states.ndim == 4:
+            shape = tuple(hidden_states.shape)
+            b, c, h, w = shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)  # (B, N, c)
+        batch = hidden_states.shape[0]
+        context_len = (
+            hidden_states.shape[1]
+            if encoder_hidden_states is None
+            else encoder_hidden_states.shape[1]
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, context_len, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if encoder_hidden_states is not None and attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states, attention_mask, shape
+
+    def _project(
+        self, attn: Attention, hidden: torch.Tensor, context: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, h, N|L, d) — through the fused projections when ``fused``."""
+        source = hidden if context is None else context
+        if self.fused and not attn.is_cross_attention:
+            q, k, v = attn.to_qkv(hidden).chunk(3, dim=-1)  # (B, N, h·d) each
+        elif self.fused:
+            q = attn.to_q(hidden)
+            k, v = attn.to_kv(source).chunk(2, dim=-1)  # (B, L, h·d) each
+        else:
+            q, k, v = attn.to_q(hidden), attn.to_k(source), attn.to_v(source)
+        q, k, v = (_heads(t, attn.heads) for t in (q, k, v))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        return q, k, v
+
+    @staticmethod
+    def _exit(
+        attn: Attention,
+        out: torch.Tensor,
+        residual: torch.Tensor,
+        shape: tuple[int, ...] | None,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        hidden_states = out.transpose(1, 2).flatten(2).to(dtype)  # (B, N, h·d)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if shape is not None:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(shape)  # (B, c, h, w)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+class MSSelfAttnProcessor(MSAttnProcessor):
     """Scaled-dot-product attention that accepts (and ignores) the ``ms`` conditioning."""
 
     def __call__(
@@ -57,20 +194,34 @@ class MSSelfAttnProcessor(AttnProcessor2_0):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         ms: MSConditioning | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> torch.Tensor:
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        residual = hidden_states
+        hidden, context, mask, shape = self._enter(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb
+        )
+        q, k, v = self._project(attn, hidden, context)
+        out = attend(q, k, v, mask, self.slice_size)  # (B, h, N, d)
+        return self._exit(attn, out, residual, shape, q.dtype)
 
 
-class MSCrossAttnProcessor(nn.Module):
+class MSCrossAttnProcessor(MSAttnProcessor):
     """Text cross-attention + multi-subject image attention for one layer.
 
-    Registered as a submodule of its ``Attention`` (so it moves with the UNet), it refers to the
-    adapter's ``SubjectProjection`` of this layer — the adapter owns the weights.
+    ``layer`` is the module name the adapter keys its ``SubjectProjection`` by; the projection's
+    weights stay in the adapter (``owner``).
     """
 
-    def __init__(self, layer: str, projection: SubjectProjection):
-        super().__init__()
+    def __init__(
+        self,
+        layer: str,
+        projection: SubjectProjection,
+        owner: nn.Module | None = None,
+        original: Any = None,
+        slice_size: int | None = None,
+        fused: bool = False,
+    ):
+        super().__init__(owner, original, slice_size, fused)
         self.layer = layer
         self.projection = projection
 
@@ -82,37 +233,17 @@ class MSCrossAttnProcessor(nn.Module):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         ms: MSConditioning | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> torch.Tensor:
         residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)  # (B, N, c)
-        batch, seq_len, _ = hidden_states.shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-
-        heads = attn.heads
-        q = attn.to_q(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, h, N, d)
-        k = attn.to_k(encoder_hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B,h,L,d)
-        v = attn.to_v(encoder_hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)  # (B, h, N, d)
+        hidden, context, mask, shape = self._enter(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb
+        )
+        q, k, v = self._project(attn, hidden, context)  # (B, h, N|L, d)
+        out = attend(q, k, v, mask, self.slice_size)  # (B, h, N, d)
 
         if ms is not None and ms.num_subjects > 0:
+            batch, seq_len = hidden.shape[:2]
             rows = slice(ms.cond_start, ms.cond_start + ms.num_rows)
             image = self.image_attention(q[rows], k[rows], ms, seq_len)  # (Bc, h, N, d)
             if ms.cond_start == 0 and ms.num_rows == batch:
@@ -121,14 +252,7 @@ class MSCrossAttnProcessor(nn.Module):
                 out = torch.cat((out[: rows.start], out[rows] + image, out[rows.stop :]), dim=0)
             else:  # inference: no second full-size buffer
                 out[rows] += image
-
-        hidden_states = out.transpose(1, 2).flatten(2).to(q.dtype)  # (B, N, h·d)
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return self._exit(attn, out, residual, shape, q.dtype)
 
     def image_attention(
         self, q: torch.Tensor, k_text: torch.Tensor, ms: MSConditioning, seq_len: int
@@ -144,8 +268,47 @@ class MSCrossAttnProcessor(nn.Module):
             mask, fg = ms.attention_mask(ms.box_regions(*grid), cache_key=("mask",) + grid)
         else:
             mask, fg = ms.attention_mask(regions)
-        k, v = ms.subject_kv(
-            self.layer, self.projection.to_k_ip, self.projection.to_v_ip, q.shape[1]
-        )  # (Bc, h, S·Q, d)
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+        k, v = ms.subject_kv(self.layer, self.projection)  # (Bc, S·Q, h·d) each
+        k, v = _heads(k.to(q.dtype), q.shape[1]), _heads(v.to(q.dtype), q.shape[1])
+        out = attend(q, k, v, mask, self.slice_size)  # (Bc, h, N, d)
         return out * fg.to(out.dtype)  # background cells: exactly 0
+
+
+_KEEP: Any = object()
+
+
+def _slice_heads(slice_size: int | str | None, heads: int) -> int | None:
+    """diffusers' slice sizes (None, "auto" = half the heads, "max" = 1, or a number of heads)."""
+    if slice_size is None:
+        return None
+    if slice_size == "auto":
+        return max(heads // 2, 1)
+    if slice_size == "max":
+        return 1
+    if isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 1:
+        raise InputError(
+            "slice_size", 'must be "auto", "max" or a number of heads >= 1', slice_size
+        )
+    if slice_size > heads:
+        raise InputError("slice_size", f"must be at most a layer's {heads} heads", slice_size)
+    return slice_size
+
+
+def configure_processors(
+    unet: nn.Module, *, slice_size: int | str | None = _KEEP, fused: bool | None = None
+) -> None:
+    """Set attention slicing and/or fused projections on the MS-Diffusion processors of ``unet``
+    (what ``enable_attention_slicing`` and ``fuse_qkv_projections`` ask for)."""
+    layers = [
+        m
+        for m in unet.modules()
+        if isinstance(m, Attention) and isinstance(m.processor, MSAttnProcessor)
+    ]
+    sizes = [  # checked for every layer before any changes
+        _slice_heads(slice_size, m.heads) if slice_size is not _KEEP else m.processor.slice_size
+        for m in layers
+    ]
+    for module, size in zip(layers, sizes):
+        module.processor.slice_size = size
+        if fused is not None:
+            module.processor.fused = fused

@@ -66,6 +66,9 @@ class GroundingResampler(nn.Module):
 
     Released sizes: image_embed_dim 1664 (CLIP-G penultimate), phrase_embed_dim 768 (CLIP-L
     pooled), dim 1280, depth 4, 20 heads × 64, Q = 16, out_dim 2048 — about 119 M parameters.
+    ``latent_proj_dim``, the hidden width of the grounding MLP, is 2 × the grounding width
+    (phrase_embed_dim + 64) by default, as in the original code; it equals image_embed_dim for
+    the release only by coincidence (2 × 832 = 1664).
     """
 
     def __init__(
@@ -81,16 +84,18 @@ class GroundingResampler(nn.Module):
         out_dim: int = 2048,
         fourier_freqs: int = 8,
         ff_mult: int = 4,
+        latent_proj_dim: int | None = None,
     ):
         super().__init__()
         self.num_queries, self.dim, self.fourier_freqs = num_queries, dim, fourier_freqs
         grounding_dim = phrase_embed_dim + fourier_freqs * 2 * 4
+        hidden = latent_proj_dim if latent_proj_dim is not None else 2 * grounding_dim
         # learned queries, used instead of the grounded ones when grounding is dropped
         self.grounding_latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
         self.latent_proj = nn.Sequential(
-            nn.Linear(grounding_dim, image_embed_dim),
+            nn.Linear(grounding_dim, hidden),
             nn.GELU(),
-            nn.Linear(image_embed_dim, num_queries * dim),
+            nn.Linear(hidden, num_queries * dim),
         )
         self.latent_norm = nn.LayerNorm(dim)
         self.proj_in = nn.Linear(image_embed_dim, dim)

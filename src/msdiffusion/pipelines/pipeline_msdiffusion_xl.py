@@ -15,14 +15,36 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import retrieve_timesteps
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import (
+    rescale_noise_cfg,
+    retrieve_timesteps,
+)
+from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
 
-from ..errors import InputError
-from ..layout import Subject, normalise_subject_lists, validate_layout, validate_scale
-from ..models.adapter import MSAdapter
+from ..atomic import atomic_write_json
+from ..configs import read_json
+from ..errors import GenerationError, InputError
+from ..hub import HubOptions, fetch_file, is_local
+from ..layout import Subject, normalise_subject_lists, validate_layout
+from ..models.adapter import CONFIG_NAME, WEIGHTS_NAME, MSAdapter
+from .adapter_mixin import AdapterMixin
+from .call_checks import check_call, check_generators, check_latents
 from .subjects import ConditioningSettings, build_conditioning
 
 __all__ = ["MSDiffusionXLPipeline", "MSDiffusionXLPipelineOutput"]
@@ -37,12 +59,13 @@ class MSDiffusionXLPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
 
 
-class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
+class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
     """Multi-subject, layout-guided SDXL (MS-Diffusion).
 
     Components: those of ``StableDiffusionXLPipeline`` plus ``image_encoder`` (CLIP ViT-bigG/14
     vision tower), ``feature_extractor`` (its ``CLIPImageProcessor``), ``adapter`` (``MSAdapter``,
-    installed on the UNet here) and an optional ``controlnet``.
+    installed on the UNet here) and an optional ``controlnet``. ``from_pipe`` works both ways
+    (an SDXL pipeline → this one with ``image_encoder=`` and ``adapter=``, and back).
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->adapter->unet->vae"
@@ -59,28 +82,24 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
 
     def __init__(
         self,
-        vae,
-        text_encoder,
-        text_encoder_2,
-        tokenizer,
-        tokenizer_2,
-        unet,
-        scheduler,
-        image_encoder=None,
-        feature_extractor=None,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        text_encoder_2: CLIPTextModelWithProjection,
+        tokenizer: CLIPTokenizer,
+        tokenizer_2: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
+        feature_extractor: CLIPImageProcessorPil | None = None,
         adapter: MSAdapter | None = None,
-        controlnet=None,
+        controlnet: ControlNetModel | None = None,
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: bool | None = None,
     ):
         if feature_extractor is None and image_encoder is not None:
-            # the image encoder's folder usually has no preprocessor config: CLIP's defaults
-            from transformers import CLIPImageProcessorPil
+            from ..encoding import clip_preprocessing
 
-            side = image_encoder.config.image_size
-            feature_extractor = CLIPImageProcessorPil(
-                size={"shortest_edge": side}, crop_size={"height": side, "width": side}
-            )
+            feature_extractor = clip_preprocessing(image_encoder)
         super().__init__(
             vae=vae,
             text_encoder=text_encoder,
@@ -101,42 +120,43 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
         if adapter is not None:
             adapter.install(unet)
 
-    def attach_adapter(self, adapter: MSAdapter | None) -> None:
-        """Swap the adapter: uninstall the current one (if any), install ``adapter`` (or none)."""
-        if self.adapter is not None and self.adapter.is_installed(self.unet):
-            self.adapter.uninstall(self.unet)
-        self.register_modules(adapter=adapter)
-        if adapter is not None:
-            adapter.install(self.unet)
-
+    # -- saving and loading -----------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> None:
-        """diffusers' folder layout with the UNet saved clean (adapter uninstalled meanwhile) and
-        the adapter in ``adapter/`` (our format); ``from_pretrained`` restores both."""
+        """diffusers' folder layout (the UNet is plain SDXL: the adapter holds its weights) and
+        the adapter in ``adapter/`` (our format); ``from_pretrained`` restores both, from disk or
+        the hub."""
         adapter = self.adapter
-        installed = adapter is not None and adapter.is_installed(self.unet)
-        if installed:
-            adapter.uninstall(self.unet)
-        self.register_modules(adapter=None)
+        self.register_modules(adapter=None)  # diffusers cannot save it: our format does
         try:
             super().save_pretrained(save_directory, **kwargs)
         finally:
             self.register_modules(adapter=adapter)
-            if installed:
-                adapter.install(self.unet)
         if adapter is not None:
             adapter.save_pretrained(Path(save_directory) / ADAPTER_FOLDER)
+            index = Path(save_directory) / "model_index.json"
+            entries = read_json(index, "model_index.json")
+            entries["adapter"] = ["msdiffusion", "MSAdapter"]  # where from_pretrained looks
+            atomic_write_json(index, entries)
 
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any
     ) -> MSDiffusionXLPipeline:
         """``StableDiffusionXLPipeline.from_pretrained`` plus the adapter: passed as
-        ``adapter=``, or read from the folder's ``adapter/`` when present."""
+        ``adapter=`` (None: none), or — for a pipeline ``save_pretrained`` wrote, on disk or on
+        the hub — its ``adapter/``. ``revision``, ``local_files_only``, ``cache_dir``, ``token``
+        apply to both."""
+        searched = "adapter" not in kwargs
         adapter = kwargs.pop("adapter", None)
         pipe = super().from_pretrained(pretrained_model_name_or_path, adapter=None, **kwargs)
-        folder = Path(pretrained_model_name_or_path) / ADAPTER_FOLDER
-        if adapter is None and (folder / "config.json").is_file():
-            adapter = MSAdapter.from_pretrained(folder)
+        if searched and cls._saves_an_adapter(pretrained_model_name_or_path, kwargs):
+            hub = {k: kwargs[k] for k in HubOptions.__dataclass_fields__ if k in kwargs}
+            hub.pop("subfolder", None)
+            options = HubOptions(subfolder=ADAPTER_FOLDER, **hub)
+            weights = fetch_file(
+                pretrained_model_name_or_path, WEIGHTS_NAME, options, what="pipeline's adapter"
+            )
+            adapter = MSAdapter.from_pretrained(weights)
         if adapter is not None:
             dtype = kwargs.get("torch_dtype")
             pipe.attach_adapter(
@@ -146,40 +166,16 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
             )
         return pipe
 
-    # -- checks ---------------------------------------------------------------------------------
-    def _check_call(
-        self,
-        prompt: Any,
-        height: int,
-        width: int,
-        scale: float,
-        mask_threshold: float | None,
-        start_step: int,
-        num_images_per_prompt: int,
-    ) -> list[str]:
-        if isinstance(prompt, str):
-            prompts = [prompt]
-        elif (
-            isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt)
-        ):
-            prompts = list(prompt)
-        else:
-            raise InputError("prompt", "must be a string or a non-empty list of strings", prompt)
-        multiple = self.vae_scale_factor
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value <= 0 or value % multiple:
-                raise InputError(name, f"must be a positive multiple of {multiple}", value)
-        validate_scale(scale, "scale")
-        if mask_threshold is not None and not (0.0 <= float(mask_threshold) < 1.0):
-            raise InputError("mask_threshold", "must lie in [0, 1)", mask_threshold)
-        if not isinstance(start_step, int) or start_step < 0:
-            raise InputError("start_step", "must be an integer >= 0", start_step)
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise InputError(
-                "num_images_per_prompt", "must be an integer >= 1", num_images_per_prompt
-            )
-        return prompts
+    @classmethod
+    def _saves_an_adapter(cls, source: str | os.PathLike[str], kwargs: dict[str, Any]) -> bool:
+        """Whether ``source`` is a pipeline folder or repository with an ``adapter/`` of ours."""
+        if is_local(source):
+            return (Path(source) / ADAPTER_FOLDER / CONFIG_NAME).is_file()
+        hub = {k: kwargs[k] for k in ("revision", "cache_dir", "token") if k in kwargs}
+        config = cls.load_config(source, local_files_only=True, **hub)  # fetched just now
+        return list(config.get("adapter") or [None, None])[1:] == ["MSAdapter"]
 
+    # -- helpers of the call -----------------------------------------------------------------------
     def _prepare_control_image(
         self,
         image: Any,
@@ -196,16 +192,58 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
         image = image.repeat(rows // image.shape[0], 1, 1, 1).to(dtype)
         return torch.cat([image] * 2) if self.do_classifier_free_guidance else image
 
+    def _check_auto_layout_reach(
+        self, subject_lists: list[list[Subject]], start_step: int, steps: int, auto: bool
+    ) -> None:
+        """A subject with neither box nor mask is placed by auto layout only, from
+        ``start_step`` on: it must come within the steps that run."""
+        if not auto or start_step <= steps:
+            return
+        for i, group in enumerate(subject_lists):
+            for j, subject in enumerate(group):
+                if subject.box is None and subject.mask is None:
+                    where = ("subjects", i, j) if len(subject_lists) > 1 else ("subjects", j)
+                    raise InputError(
+                        (*where, "box"),
+                        f"needs a box or a mask: auto layout would place it from step "
+                        f"{start_step} (start_step) on, after the last of the {steps} steps",
+                        None,
+                    )
+
+    def _time_ids(
+        self,
+        original_size: tuple[int, int],
+        crops_coords_top_left: tuple[int, int],
+        target_size: tuple[int, int],
+        pooled: torch.Tensor,
+    ) -> torch.Tensor:
+        projection_dim = (
+            self.text_encoder_2.config.projection_dim
+            if self.text_encoder_2 is not None
+            else int(pooled.shape[-1])
+        )
+        return self._get_add_time_ids(
+            tuple(original_size),
+            tuple(crops_coords_top_left),
+            tuple(target_size),
+            dtype=pooled.dtype,
+            text_encoder_projection_dim=projection_dim,
+        )
+
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         subjects: list[Subject] | list[list[Subject]] | None = None,
         *,
-        negative_prompt: str | list[str] | None = None,
         prompt_2: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
         negative_prompt_2: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
         scale: float = 0.6,
         drop_grounding_tokens: bool = False,
         mask_threshold: float | None = None,
@@ -215,7 +253,9 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
         num_inference_steps: int = 30,
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
+        denoising_end: float | None = None,
         guidance_scale: float = 7.5,
+        guidance_rescale: float = 0.0,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -225,78 +265,101 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
         original_size: tuple[int, int] | None = None,
         crops_coords_top_left: tuple[int, int] = (0, 0),
         target_size: tuple[int, int] | None = None,
+        negative_original_size: tuple[int, int] | None = None,
+        negative_crops_coords_top_left: tuple[int, int] = (0, 0),
+        negative_target_size: tuple[int, int] | None = None,
+        clip_skip: int | None = None,
         cross_attention_kwargs: dict[str, Any] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
     ) -> MSDiffusionXLPipelineOutput | tuple:
         """Generate images in which every subject appears in its box (or mask).
 
         Args:
-            prompt: one prompt, or a batch.
+            prompt: one prompt, or a batch (or ``prompt_embeds`` + ``pooled_prompt_embeds``
+                instead, e.g. from compel or for long prompts; auto layout needs the text).
             subjects: ``[Subject, ...]`` for one prompt (or the same for all), or one list per
                 prompt (counts may differ). ``None`` or empty: plain SDXL.
-            scale: γ, the image-branch scale (0.6 as released; 0 = plain SDXL). A subject's own
-                ``scale`` replaces it for that subject.
+            scale: γ, the image-branch scale in [0, 10] (0.6 as released; 0 = plain SDXL). A
+                subject's own ``scale`` replaces it for that subject.
             drop_grounding_tokens: start the resampler from its learned queries instead of the
                 phrase+box embedding (box-less use; regions still come from boxes or auto layout).
             mask_threshold / start_step: auto layout — from step ``start_step`` on, each layer's
                 regions come from its phrase attention maps thresholded at ``mask_threshold``.
             control_image / controlnet_conditioning_scale: used with a ``controlnet`` component.
-            The other arguments are those of ``StableDiffusionXLPipeline``.
+            The other arguments are those of ``StableDiffusionXLPipeline``: ``prompt_2``,
+            negative prompts and embeddings, ``denoising_end`` (hand-off to a refiner with
+            ``output_type="latent"``), ``guidance_rescale``, ``clip_skip``, the micro-conditioning
+            sizes, and ``callback_on_step_end`` with any of ``_callback_tensor_inputs`` (returned
+            tensors replace them; ``pipe._interrupt = True`` stops the loop).
         """
-        # 0. Defaults and checks
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
-        prompts = self._check_call(
-            prompt, height, width, scale, mask_threshold, start_step, num_images_per_prompt
+        # 0. Checks (every argument, before any model runs) and defaults
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        call = check_call(self, dict(locals()))
+        height, width, batch_size = call.height, call.width, call.batch_size
+        rows = batch_size * num_images_per_prompt
+        latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        check_latents(
+            latents, rows, self.unet.config.in_channels, (height, width), self.vae_scale_factor
         )
-        batch_size = len(prompts)
+        check_generators(generator, rows)
         subject_lists = normalise_subject_lists(subjects, batch_size)
-        if any(subject_lists) and self.adapter is None:
-            raise InputError("subjects", "need an adapter (pipeline built without one)", None)
+        if any(subject_lists):
+            self.check_processors()
+            if self.image_encoder is None:
+                raise InputError("subjects", "need an image_encoder component", None)
+        prompts = call.prompts or [None] * batch_size
         layouts = validate_layout(
             subject_lists, prompts, self.tokenizer, (height, width), float(scale), mask_threshold
-        )
-        if self.controlnet is not None and control_image is None:
-            raise InputError("control_image", "is required with a controlnet", None)
-        self.check_inputs(
-            prompt,
-            prompt_2,
-            height,
-            width,
-            None,
-            negative_prompt,
-            negative_prompt_2,
-            callback_on_step_end_tensor_inputs=list(callback_on_step_end_tensor_inputs),
         )
         original_size = original_size or (height, width)
         target_size = target_size or (height, width)
         self._guidance_scale = guidance_scale
-        self._guidance_rescale = 0.0
-        self._clip_skip = None
+        self._guidance_rescale = guidance_rescale
+        self._clip_skip = clip_skip
         self._cross_attention_kwargs = cross_attention_kwargs
-        self._denoising_end = None
+        self._denoising_end = denoising_end
         self._interrupt = False
         device = self._execution_device
-        rows = batch_size * num_images_per_prompt
 
-        # 1. Text
+        # 1. Timesteps (denoising_end cuts the schedule: a refiner takes over)
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device, timesteps, sigmas
+        )
+        if denoising_end is not None:
+            cutoff = round(self.scheduler.config.num_train_timesteps * (1 - float(denoising_end)))
+            num_inference_steps = int((timesteps >= cutoff).sum())
+            timesteps = timesteps[:num_inference_steps]
+        self._check_auto_layout_reach(
+            subject_lists, start_step, len(timesteps), mask_threshold is not None
+        )
+
+        # 2. Text
         lora_scale = (cross_attention_kwargs or {}).get("scale")
         prompt_embeds, negative_embeds, pooled, negative_pooled = self.encode_prompt(
-            prompt=prompts,
+            prompt=call.prompts,
             prompt_2=prompt_2,
             device=device,
             num_images_per_prompt=num_images_per_prompt,
             do_classifier_free_guidance=self.do_classifier_free_guidance,
             negative_prompt=negative_prompt,
             negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
             lora_scale=lora_scale,
+            clip_skip=clip_skip,
         )
 
-        # 2. Subjects → tokens, regions, scales (once per call; the unconditional half skips them)
-        latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        # 3. Subjects → tokens, regions, scales, every layer's K/V (once per call; the
+        #    unconditional half skips them)
         ms = None
         if any(subject_lists):
             settings = ConditioningSettings(
@@ -308,16 +371,15 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
                 drop_grounding_tokens=drop_grounding_tokens,
                 mask_threshold=mask_threshold,
                 start_step=start_step,
+                levels=len(self.unet.config.block_out_channels),
             )
             ms = build_conditioning(layouts, self, settings)
         unet_kwargs = dict(cross_attention_kwargs or {})
         if ms is not None:
             unet_kwargs["ms"] = ms
 
-        # 3. Timesteps and initial latents
-        timesteps, num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, device, timesteps, sigmas
-        )
+        # 4. Initial latents; SDXL micro-conditioning; classifier-free guidance batches
+        #    [unconditional; conditional]
         latents = self.prepare_latents(
             rows,
             self.unet.config.in_channels,
@@ -329,28 +391,25 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
             latents,
         )
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-
-        # 4. SDXL micro-conditioning; classifier-free guidance batches [unconditional; conditional]
-        projection_dim = (
-            self.text_encoder_2.config.projection_dim
-            if self.text_encoder_2 is not None
-            else int(pooled.shape[-1])
-        )
-        add_time_ids = self._get_add_time_ids(
-            original_size,
-            crops_coords_top_left,
-            target_size,
-            dtype=prompt_embeds.dtype,
-            text_encoder_projection_dim=projection_dim,
-        )
+        add_time_ids = self._time_ids(original_size, crops_coords_top_left, target_size, pooled)
+        negative_time_ids = add_time_ids
+        if negative_original_size is not None and negative_target_size is not None:
+            negative_time_ids = self._time_ids(
+                negative_original_size, negative_crops_coords_top_left, negative_target_size, pooled
+            )
         add_text_embeds = pooled
         if self.do_classifier_free_guidance:
             prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
             add_text_embeds = torch.cat([negative_pooled, pooled])
-            add_time_ids = torch.cat([add_time_ids, add_time_ids])
+            add_time_ids = torch.cat([negative_time_ids, add_time_ids])
         prompt_embeds, add_text_embeds = prompt_embeds.to(device), add_text_embeds.to(device)
         add_time_ids = add_time_ids.to(device).repeat(rows, 1)
-        added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
+        timestep_cond = None
+        if self.unet.config.time_cond_proj_dim is not None:  # guidance-distilled UNets
+            w = torch.tensor(guidance_scale - 1).repeat(rows)
+            timestep_cond = self.get_guidance_scale_embedding(
+                w, embedding_dim=self.unet.config.time_cond_proj_dim
+            ).to(device=device, dtype=latents.dtype)
         control = None
         if self.controlnet is not None:
             control = self._prepare_control_image(
@@ -363,10 +422,13 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
             self.scheduler.set_begin_index(0)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
                 latent_input = (
                     torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
                 )
                 latent_input = self.scheduler.scale_model_input(latent_input, t)
+                added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
                 residuals: dict[str, Any] = {}
                 if control is not None:  # plain text states: the ControlNet never sees subjects
                     down, mid = self.controlnet(
@@ -386,6 +448,7 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
                     latent_input,
                     t,
                     encoder_hidden_states=prompt_embeds,
+                    timestep_cond=timestep_cond,
                     cross_attention_kwargs=unet_kwargs or None,
                     added_cond_kwargs=added_cond_kwargs,
                     return_dict=False,
@@ -394,25 +457,42 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
                 if self.do_classifier_free_guidance:
                     uncond, cond = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
+                    if guidance_rescale > 0.0:
+                        noise_pred = rescale_noise_cfg(noise_pred, cond, guidance_rescale)
                 latents = self.scheduler.step(
                     noise_pred, t, latents, **extra_step_kwargs, return_dict=False
                 )[0]
                 if callback_on_step_end is not None:
-                    names = {"latents": latents, "prompt_embeds": prompt_embeds}
-                    update = (
-                        callback_on_step_end(
-                            self, i, t, {k: names[k] for k in callback_on_step_end_tensor_inputs}
-                        )
-                        or {}
+                    tensors = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "add_text_embeds": add_text_embeds,
+                        "add_time_ids": add_time_ids,
+                    }
+                    update = callback_on_step_end(
+                        self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                     )
+                    if update is not None and not isinstance(update, dict):
+                        raise InputError(
+                            "callback_on_step_end",
+                            "must return a dict of tensors (or None)",
+                            type(update).__name__,
+                        )
+                    update = update or {}
                     latents = update.pop("latents", latents)
+                    prompt_embeds = update.pop("prompt_embeds", prompt_embeds)
+                    add_text_embeds = update.pop("add_text_embeds", add_text_embeds)
+                    add_time_ids = update.pop("add_time_ids", add_time_ids)
                 progress_bar.update()
 
         # 6. Decode
-        if output_type == "latent":
-            images: Any = latents
-        else:
-            images = self._decode(latents, output_type)
+        if not torch.isfinite(latents).all():
+            self.maybe_free_model_hooks()
+            raise GenerationError(
+                "the denoised latents are not finite (NaN or inf): the model overflowed — try "
+                "float32 (--dtype fp32), or smaller scale / guidance_scale values"
+            )
+        images: Any = latents if output_type == "latent" else self._decode(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
@@ -421,7 +501,7 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
     def _decode(self, latents: torch.Tensor, output_type: str) -> Any:
         needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
         if needs_upcasting:
-            self.upcast_vae()
+            self.vae.to(dtype=torch.float32)
         latents = latents.to(next(iter(self.vae.post_quant_conv.parameters())).dtype)
         config = self.vae.config
         if (
@@ -436,6 +516,11 @@ class MSDiffusionXLPipeline(StableDiffusionXLPipeline):
         image = self.vae.decode(latents, return_dict=False)[0]
         if needs_upcasting:
             self.vae.to(dtype=torch.float16)
+        if not torch.isfinite(image).all():
+            raise GenerationError(
+                "the VAE decoded non-finite pixels (NaN or inf): in float16 use an fp16-safe VAE "
+                "(e.g. madebyollin/sdxl-vae-fp16-fix) or float32"
+            )
         if self.watermark is not None:
             image = self.watermark.apply_watermark(image)
         return self.image_processor.postprocess(image, output_type=output_type)

@@ -1,7 +1,10 @@
 """Subjects of a pipeline call → ``MSConditioning``: encode every reference image and phrase of
-the checked layouts (``layout.validate_layout``) in one batch each, resample, and pad per batch
-(different subject counts per prompt are fine: padding gets scale 0 and no region, so it never
-reaches the attention).
+the checked layouts (``layout.validate_layout``) in one batch each, resample, pad, and compute
+every layer's subject K/V and every grid's masks once, before the first step.
+
+Padding: different subject counts per prompt are fine (padding is marked invalid and never
+attended), and the subject count is padded up to a power of two (1, 2, 4, 8, …), so a compiled
+UNet (``torch.compile``) sees a few shapes, not one per subject count.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from ..conditioning import MSConditioning
 from ..encoding import encode_phrases, encode_references, load_image
 from ..layout import SubjectLayout
 
-__all__ = ["SubjectEncoders", "ConditioningSettings", "build_conditioning"]
+__all__ = ["SubjectEncoders", "ConditioningSettings", "subject_bucket", "build_conditioning"]
 
 
 class SubjectEncoders(Protocol):
@@ -37,11 +40,17 @@ class ConditioningSettings:
     latent_size: tuple[int, int]  # (H, W) of the UNet's input latent
     num_images_per_prompt: int
     cond_start: int  # first UNet batch row of the conditioned half
-    dtype: torch.dtype
+    dtype: torch.dtype  # the UNet's: the subject K/V are kept in it
     device: torch.device
     drop_grounding_tokens: bool = False
     mask_threshold: float | None = None
     start_step: int = 0
+    levels: int = 4  # UNet levels whose grids get their masks before the first step
+
+
+def subject_bucket(count: int) -> int:
+    """The padded subject count: the next power of two (1, 2, 4, 8, ...)."""
+    return 1 << max(count - 1, 0).bit_length()
 
 
 def _masks_to_grid(mask: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -58,9 +67,10 @@ def build_conditioning(
     """Encode and pad the subjects of a batch; None when no subject has a non-zero scale."""
     adapter, latent_size, device = encoders.adapter, settings.latent_size, settings.device
     batch = len(layouts)
-    num_subjects = max((len(row) for row in layouts), default=0)
-    if num_subjects == 0 or all(s.scale == 0 for row in layouts for s in row):
-        return None
+    most = max((len(row) for row in layouts), default=0)
+    if most == 0 or all(s.scale == 0 for row in layouts for s in row):
+        return None  # the image branch would add exactly 0 everywhere
+    num_subjects = subject_bucket(most)
 
     # 1. flatten: every reference image, with its subject's slot and grounding
     refs, owner, slots = [], [], []
@@ -74,23 +84,23 @@ def build_conditioning(
 
     # 2. frozen encoders, one batch each
     image_embeds = encode_references(  # (R, T, D_img)
-        refs, encoders.feature_extractor, encoders.image_encoder
+        refs, encoders.feature_extractor, encoders.image_encoder, device
     )
     phrase_embeds = encode_phrases(  # (P, D_phrase)
-        phrases, encoders.tokenizer, encoders.text_encoder
+        phrases, encoders.tokenizer, encoders.text_encoder, device
     )
     owner_t = torch.tensor(owner, device=device)
     phrase_idx = torch.tensor([phrases.index(slots[o][2].subject.phrase) for o in owner])
     boxes = torch.tensor([slots[o][2].box for o in owner], dtype=torch.float32)  # (R, 4)
 
     # 3. resample every reference; a subject's tokens are the mean over its references
-    param = next(adapter.parameters())
-    drop = torch.full((len(refs),), settings.drop_grounding_tokens, device=param.device)
+    dtype = adapter.dtype  # its weights may sit on the CPU or the meta device under offload
+    drop = torch.full((len(refs),), settings.drop_grounding_tokens, device=device)
     with torch.no_grad():
         tokens = adapter(
-            image_embeds.to(param.device, param.dtype),
-            phrase_embeds[phrase_idx.to(phrase_embeds.device)].to(param.device, param.dtype),
-            boxes.to(param.device, param.dtype),
+            image_embeds.to(device, dtype),
+            phrase_embeds[phrase_idx.to(phrase_embeds.device)].to(device, dtype),
+            boxes.to(device, dtype),
             drop,
         )  # (R, Q, C)
     tokens = tokens.to(device, torch.float32)
@@ -104,6 +114,7 @@ def build_conditioning(
     padded = torch.zeros(batch, num_subjects, q, c, device=device)
     region_boxes = torch.zeros(batch, num_subjects, 4)
     scales = torch.zeros(batch, num_subjects)
+    valid = torch.zeros(batch, num_subjects, dtype=torch.bool)
     spans = torch.zeros(batch, num_subjects, 2, dtype=torch.long)
     has_mask = torch.zeros(batch, num_subjects, dtype=torch.bool)
     masks = torch.zeros(batch, num_subjects, *latent_size, dtype=torch.bool)
@@ -111,6 +122,7 @@ def build_conditioning(
         padded[i, j] = per_subject[n]
         region_boxes[i, j] = torch.tensor(s.region_box)
         scales[i, j] = s.scale
+        valid[i, j] = True
         spans[i, j] = torch.tensor(s.span)
         if s.mask is not None:
             has_mask[i, j] = True
@@ -120,15 +132,21 @@ def build_conditioning(
         return t.repeat_interleave(settings.num_images_per_prompt, dim=0).to(device)
 
     any_mask = bool(has_mask.any())
-    return MSConditioning(
-        tokens=rows(padded).to(settings.dtype),
+    ms = MSConditioning(
+        tokens=rows(padded).to(dtype),
         boxes=rows(region_boxes),
-        scales=rows(scales).to(settings.dtype),
+        scales=rows(scales).to(dtype),
         latent_size=latent_size,
         cond_start=settings.cond_start,
+        valid=rows(valid),
         region_masks=rows(masks) if any_mask else None,
         has_mask=rows(has_mask) if any_mask else None,
         phrase_spans=rows(spans) if settings.mask_threshold is not None else None,
         mask_threshold=settings.mask_threshold,
         start_step=settings.start_step,
     )
+    # 5. every layer's subject K/V (the adapter's projections, while it is on the device) and the
+    # box masks of every grid: the denoising steps only read them
+    with torch.no_grad():
+        ms.precompute(adapter.layer_projections(), settings.levels, settings.dtype)
+    return ms

@@ -303,7 +303,9 @@ def build_request(
         if not s.images:
             errors[f"s{k}.images"] = "add a reference image (or clear this subject's fields)"
             continue
-        scale = None if s.scale is None or str(s.scale).strip() == "" else s.scale
+        scale = None
+        if s.scale is not None and str(s.scale).strip() != "":
+            scale = _to_number(errors, f"s{k}.scale", s.scale, integer=False)
         specs.append(
             SubjectSpec(
                 images=list(s.images),

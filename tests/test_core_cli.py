@@ -205,7 +205,7 @@ ERRORS = [
     (lambda t: _replace(DEMO, "--subject", _bad_image(t)), "is not a readable image"),
     (lambda t: _replace(DEMO, "--height", "60"), "must be a positive multiple of 8"),
     (lambda t: _replace(DEMO, "--steps", "0"), "num_inference_steps: must be an integer >= 1"),
-    (lambda t: DEMO + ["--adapter", str(t / "nothing-here")], "no adapter folder"),
+    (lambda t: DEMO + ["--adapter", str(t / "nothing-here")], "no such file or folder"),
     (lambda t: ["generate", "--request", str(t / "none.json")], "file does not exist"),
 ]
 
@@ -291,6 +291,7 @@ def test_sdxl_path_loads_every_component_from_local_folders(tmp_path, tiny_facto
         base=str(tmp_path / "base"),
         image_encoder=str(tmp_path / "encoder"),
         adapter=str(tmp_path / "adapter"),
+        vae="base",  # the base's own VAE instead of the preset's fp16-fix one
         device="cpu",
         dtype="float32",
     )

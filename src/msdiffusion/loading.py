@@ -1,23 +1,50 @@
-"""Building a ready pipeline: by preset (``tiny``: random weights; ``sdxl``: the released model)
-or from paths and hub ids, with an explanation (what to download) for a model that is not there.
+"""Loading models — the one path inference, training and evaluation share: by preset (``tiny``:
+random weights; ``toy``: the toy world's model; ``sdxl``: the released model) with any component
+replaced by a local folder or a hub id.
+
+One set of rules for all of them:
+
+- the VAE: ``vae`` if given, else the preset's (the fp16-fix VAE for ``sdxl``); ``vae="base"``
+  keeps the base pipeline's own;
+- the CLIP preprocessing: the image encoder's saved ``preprocessor_config.json``, else CLIP's at
+  the encoder's own size (``encoding.clip_preprocessing``);
+- offline first: every part is looked for on disk and in the hub cache before anything loads;
+  with parts missing and no hub to fetch them from (offline, or unreachable), one error lists
+  every missing part with the command that downloads it — no retries against a network that is
+  not there. A part that is there but does not load says so (``runtime.load_or_explain``).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .encoding import PREPROCESSOR_CONFIG, clip_preprocessing
 from .errors import InputError, ModelNotAvailableError
-from .presets import PRESETS
+from .hub import HubOptions, cached_file, download_command, hub_reachable, is_local
+from .models.adapter import RELEASED_NAME, WEIGHTS_NAME
+from .presets import PRESETS, TOY_MODEL, Preset
 from .runtime import dtype_label, load_or_explain, resolve_device, resolve_dtype
 from .testing.sdxl import adapter_kwargs, random_components
 
-__all__ = ["LoadedModel", "load_pipeline", "load_adapter"]
+__all__ = [
+    "LoadedModel",
+    "Part",
+    "model_parts",
+    "require_parts",
+    "load_sdxl_components",
+    "load_pipeline",
+    "load_adapter",
+    "BASE_VAE",
+]
 
 TINY_HINT = "or use --preset tiny to try the package without weights"
+BASE_VAE = "base"  # vae=BASE_VAE: the base pipeline's own VAE
+SDXL_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 
 @dataclass
@@ -29,40 +56,209 @@ class LoadedModel:
     default_size: int
 
 
-def load_adapter(source: str, unet: torch.nn.Module, filename: str | None = None) -> Any:
-    """An adapter from our folder, a released ``.bin``, or a hub repo id (+ filename)."""
+@dataclass(frozen=True)
+class Part:
+    """One component to load: what it is, where from, and the file that shows it is there."""
+
+    what: str  # "SDXL base", "image encoder", "VAE", "MS-Diffusion adapter"
+    source: str
+    markers: tuple[str, ...]  # files of which one shows it is there (none: anything at source)
+    option: str  # how the user sets it: "--base" / "model.base"
+    subfolder: str | None = None
+
+    @property
+    def local(self) -> bool:
+        return is_local(self.source)
+
+    @property
+    def options(self) -> HubOptions:
+        return HubOptions(subfolder=self.subfolder)
+
+    def _found(self) -> Path | None:
+        """The path of the first marker on disk or in the hub cache."""
+        if self.local:
+            path = Path(os.path.expanduser(self.source))
+            path = path / self.subfolder if self.subfolder else path
+            if not self.markers:
+                return path if path.exists() else None
+            return next((path / m for m in self.markers if (path / m).is_file()), None)
+        return next(
+            (f for m in self.markers if (f := cached_file(self.source, m, self.options))), None
+        )
+
+    def present(self) -> bool:
+        """On disk, or in the hub cache."""
+        return self._found() is not None
+
+    def folder(self) -> Path | None:
+        """The local folder holding it (on disk or in the cache), when there is one."""
+        found = self._found()
+        return None if found is None else found if found.is_dir() else found.parent
+
+    def fix(self) -> str:
+        if self.local:
+            path = Path(os.path.expanduser(self.describe()))
+            wanted = " or ".join(self.markers)
+            what = f"no {wanted} in that folder" if path.is_dir() else "no such file or folder"
+            return f"{what}: pass {self.option} PATH"
+        single = len(self.markers) == 1 and not self.markers[0].endswith(".json")
+        command = download_command(self.source, self.options, self.markers[0] if single else None)
+        return f"`{command}` (or pass {self.option} PATH)"
+
+    def describe(self) -> str:
+        return self.source if not self.subfolder else f"{self.source}/{self.subfolder}"
+
+
+def model_parts(
+    preset: str,
+    *,
+    base: str | None = None,
+    image_encoder: str | None = None,
+    image_encoder_subfolder: str | None = None,
+    vae: str | None = None,
+    adapter: str | None = None,
+    with_adapter: bool = True,
+    option_names: dict[str, str] | None = None,
+) -> list[Part]:
+    """The parts a preset with these replacements needs (nothing for ``tiny`` without a base).
+    ``option_names``: how each part is set where the caller takes it (default: the CLI flags)."""
+    if preset not in PRESETS:
+        raise InputError("preset", f"must be one of {sorted(PRESETS)}", preset)
+    spec = PRESETS[preset]
+    names = {
+        "base": "--base",
+        "image_encoder": "--image-encoder",
+        "vae": "--vae",
+        "adapter": "--adapter",
+        **(option_names or {}),
+    }
+    if preset == "tiny" and base is None:
+        parts = []
+    else:
+        subfolder = image_encoder_subfolder if image_encoder else spec.image_encoder_subfolder
+        parts = [
+            Part("SDXL base", base or spec.base, ("model_index.json",), names["base"]),
+            Part(
+                "image encoder",
+                image_encoder or spec.image_encoder,
+                ("config.json",),
+                names["image_encoder"],
+                subfolder or None,
+            ),
+        ]
+        vae_source = vae or spec.vae
+        if vae_source is not None and vae_source != BASE_VAE:
+            parts.append(Part("VAE", vae_source, ("config.json",), names["vae"]))
+    adapter_source = adapter or (spec.adapter if preset != "tiny" else None)
+    if with_adapter and adapter_source is not None:
+        markers = (
+            (spec.adapter_filename,)
+            if adapter is None and spec.adapter_filename
+            else ()
+            if is_local(adapter_source)
+            else (WEIGHTS_NAME, RELEASED_NAME)
+        )
+        parts.append(Part("MS-Diffusion adapter", adapter_source, markers, names["adapter"]))
+    return parts
+
+
+def require_parts(parts: list[Part], hint: str = TINY_HINT) -> bool:
+    """Check every part before loading any; returns whether loaders may download (False: they
+    must use local files only). Raises one ``ModelNotAvailableError`` listing every missing part
+    and its download command when they cannot be fetched."""
+    missing = [p for p in parts if not p.present()]
+    fetchable = [p for p in missing if not p.local]
+    online = bool(fetchable) and hub_reachable()
+    blocked = [p for p in missing if p.local or not online]
+    if blocked:
+        from huggingface_hub import constants
+
+        why = (
+            "not on disk"
+            if all(p.local for p in blocked)
+            else "offline (HF_HUB_OFFLINE=1)"
+            if constants.HF_HUB_OFFLINE
+            else "the model hub cannot be reached"
+        )
+        toy = any(Path(p.source).resolve().is_relative_to(TOY_MODEL) for p in blocked if p.local)
+        listed = "; ".join(f"the {p.what} {p.describe()!r}: {p.fix()}" for p in blocked)
+        extra = " — `make learn` trains the toy model (docs/learning.md)" if toy else ""
+        raise ModelNotAvailableError(
+            f"{len(blocked)} model part(s) missing ({why}): {listed}{extra}; {hint}"
+        )
+    return online
+
+
+def _load(part: Part, load: Any, hint: str) -> Any:
+    return load_or_explain(
+        load, what=part.what, source=part.describe(), fix=f"{part.fix()}, {hint}"
+    )
+
+
+def load_sdxl_components(
+    parts: list[Part],
+    *,
+    dtype: torch.dtype | None = None,
+    vae_dtype: torch.dtype | None = None,
+    with_unet: bool = True,
+    download: bool = True,
+    hint: str = TINY_HINT,
+) -> dict[str, Any]:
+    """The frozen components (CPU): vae, text_encoder(_2), tokenizer(_2), unet (None unless
+    ``with_unet``), scheduler, image_encoder, feature_extractor — from the SDXL base, image
+    encoder and VAE parts (``model_parts``), in ``dtype`` (a separate VAE in ``vae_dtype``, by
+    default ``dtype``); ``download`` False: local files only."""
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+    from transformers import CLIPVisionModelWithProjection
+
+    by_what = {p.what: p for p in parts}
+    local_only = {"local_files_only": not download}
+    encoder_part, base_part = by_what["image encoder"], by_what["SDXL base"]
+    encoder = _load(
+        encoder_part,
+        lambda: CLIPVisionModelWithProjection.from_pretrained(
+            encoder_part.source,
+            subfolder=encoder_part.subfolder or "",
+            torch_dtype=dtype,
+            **local_only,
+        ),
+        hint,
+    )
+    extra: dict[str, Any] = {} if with_unet else {"unet": None}
+    if "VAE" in by_what:
+        vae_part = by_what["VAE"]
+        extra["vae"] = _load(
+            vae_part,
+            lambda: AutoencoderKL.from_pretrained(
+                vae_part.source, torch_dtype=vae_dtype or dtype, **local_only
+            ),
+            hint,
+        )
+    pipe = _load(
+        base_part,
+        lambda: StableDiffusionXLPipeline.from_pretrained(
+            base_part.source, torch_dtype=dtype, **local_only, **extra
+        ),
+        hint,
+    )
+    components = {k: pipe.components[k] for k in (*SDXL_PARTS, "unet")}
+    components["image_encoder"] = encoder
+    folder = encoder_part.folder()
+    has_config = folder is not None and (folder / PREPROCESSOR_CONFIG).is_file()
+    components["feature_extractor"] = clip_preprocessing(encoder, folder if has_config else None)
+    return components
+
+
+def load_adapter(
+    source: str, unet: torch.nn.Module, filename: str | None = None, *, download: bool = True
+) -> Any:
+    """An adapter in either format — our folder or ``.safetensors``, a released ``.bin``, or a
+    hub repository (ours looked for first; ``filename`` picks the file)."""
     from .models.adapter import MSAdapter
 
-    path = Path(source)
-    if path.is_dir() and (path / "config.json").is_file():
-        return MSAdapter.from_pretrained(path)
-    if path.is_file():
-        if path.suffix == ".safetensors":
-            return MSAdapter.from_pretrained(path)
-        return MSAdapter.from_original_checkpoint(path, unet)
-    if path.is_absolute() or source.startswith("."):
+    if is_local(source) and not os.path.exists(os.path.expanduser(source)):
         raise InputError("adapter", "no adapter folder or checkpoint file there", source)
-    from huggingface_hub import hf_hub_download
-
-    name = filename or "ms_adapter.bin"
-    local = load_or_explain(  # offline, missing repo, no access
-        lambda: hf_hub_download(source, name),
-        what="MS-Diffusion adapter",
-        source=source,
-        fix=f"download it with `hf download {source} {name}` and pass --adapter PATH, {TINY_HINT}",
-    )
-    return MSAdapter.from_original_checkpoint(local, unet)
-
-
-def _check_toy_weights() -> None:
-    from .presets import TOY_MODEL
-
-    missing = [p for p in ("base", "image_encoder", "adapter") if not (TOY_MODEL / p).is_dir()]
-    if missing:
-        raise ModelNotAvailableError(
-            f"the toy preset's weights are missing from {TOY_MODEL} ({', '.join(missing)}); "
-            "`make learn` trains them (docs/learning.md)"
-        )
+    return MSAdapter.load(source, unet, weight_name=filename, local_files_only=not download)
 
 
 def load_pipeline(
@@ -76,15 +272,15 @@ def load_pipeline(
     dtype: str | torch.dtype | None = None,
 ) -> LoadedModel:
     """Build the pipeline of ``preset`` ("tiny", "toy" or "sdxl"); any component may be a local
-    path."""
+    path or a hub id; ``vae="base"`` keeps the base pipeline's VAE."""
     from .models.adapter import MSAdapter
     from .pipelines.pipeline_msdiffusion_xl import MSDiffusionXLPipeline
 
-    if preset not in PRESETS:
-        raise InputError("preset", f"must be one of {sorted(PRESETS)}", preset)
-    spec = PRESETS[preset]
+    parts = model_parts(preset, base=base, image_encoder=image_encoder, vae=vae, adapter=adapter)
+    spec: Preset = PRESETS[preset]
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    download = require_parts(parts)  # every missing part at once, before anything loads
     info: dict[str, Any] = {
         "preset": preset,
         "device": str(torch_device),
@@ -97,7 +293,7 @@ def load_pipeline(
                 torch.manual_seed(0)
                 ms_adapter = MSAdapter.for_unet(components["unet"], **adapter_kwargs("tiny"))
         else:
-            ms_adapter = load_adapter(adapter, components["unet"])
+            ms_adapter = load_adapter(adapter, components["unet"], download=download)
         pipe = MSDiffusionXLPipeline(**components, adapter=ms_adapter)
         info.update(
             base="tiny (random weights)",
@@ -105,55 +301,18 @@ def load_pipeline(
             adapter=adapter or "tiny (random weights, seed 0)",
         )
     else:
-        from transformers import CLIPVisionModelWithProjection
-
-        base = base or spec.base
-        encoder_source = image_encoder or spec.image_encoder
-        subfolder = "" if image_encoder else (spec.image_encoder_subfolder or "")
-        if preset == "toy" and not (base and image_encoder and adapter):
-            _check_toy_weights()
-        encoder = load_or_explain(
-            lambda: CLIPVisionModelWithProjection.from_pretrained(
-                encoder_source, subfolder=subfolder, torch_dtype=torch_dtype
-            ),
-            what="image encoder",
-            source=encoder_source,
-            fix=f"download it with `hf download {spec.image_encoder} --include "
-            f"'{spec.image_encoder_subfolder}/*'` and pass --image-encoder "
-            f"PATH/{spec.image_encoder_subfolder}, {TINY_HINT}",
-        )
-        extra: dict[str, Any] = {}
-        if vae is not None:
-            from diffusers import AutoencoderKL
-
-            extra["vae"] = load_or_explain(
-                lambda: AutoencoderKL.from_pretrained(vae, torch_dtype=torch_dtype),
-                what="VAE",
-                source=vae,
-                fix=f"pass a local --vae PATH, {TINY_HINT}",
-            )
-        pipe = load_or_explain(
-            lambda: MSDiffusionXLPipeline.from_pretrained(
-                base,
-                image_encoder=encoder,
-                adapter=None,
-                controlnet=None,
-                torch_dtype=torch_dtype,
-                **extra,
-            ),
-            what="SDXL base",
-            source=base,
-            fix=f"download it with `hf download {spec.base}` and pass --base PATH, {TINY_HINT}",
-        )
-        ms_adapter = load_adapter(
-            adapter or spec.adapter, pipe.unet, None if adapter else spec.adapter_filename
-        )
+        components = load_sdxl_components(parts, dtype=torch_dtype, download=download)
+        pipe = MSDiffusionXLPipeline(**components)
+        adapter_part = next(p for p in parts if p.what == "MS-Diffusion adapter")
+        filename = spec.adapter_filename if adapter is None else None
+        ms_adapter = load_adapter(adapter_part.source, pipe.unet, filename, download=download)
         pipe.attach_adapter(ms_adapter.to(torch_dtype))
+        by_what = {p.what: p.describe() for p in parts}
         info.update(
-            base=base,
-            image_encoder=encoder_source if not subfolder else f"{encoder_source}/{subfolder}",
+            base=by_what["SDXL base"],
+            image_encoder=by_what["image encoder"],
             adapter=adapter or f"{spec.adapter}/{spec.adapter_filename}",
-            vae=vae,
+            vae=by_what.get("VAE", BASE_VAE),
         )
     if pipe.unet.dtype != torch_dtype:  # tiny components are built in float32
         pipe.to(dtype=torch_dtype)

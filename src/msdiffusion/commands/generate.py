@@ -52,9 +52,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--base", help="SDXL pipeline folder or hub id (overrides the preset)")
     group.add_argument("--image-encoder", help="CLIP ViT-bigG/14 vision model folder or hub id")
     group.add_argument(
-        "--adapter", help="adapter: our folder, a released ms_adapter.bin, or a hub repo id"
+        "--adapter",
+        help="adapter: our folder or .safetensors, a released ms_adapter.bin, or a hub repo id "
+        "holding either (ours is looked for first)",
     )
-    group.add_argument("--vae", help="VAE folder or hub id (e.g. an fp16-fix VAE)")
+    group.add_argument(
+        "--vae",
+        help="VAE folder or hub id (default: the preset's — the fp16-fix VAE for sdxl); "
+        "'base' keeps the base pipeline's own",
+    )
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     group.add_argument(
         "--dtype",

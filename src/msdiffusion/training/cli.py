@@ -74,7 +74,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--base", default=s, help="SDXL folder or hub id")
     g.add_argument("--image-encoder", default=s, help="CLIP vision folder or hub id")
-    g.add_argument("--vae", default=s, help="VAE folder or hub id (e.g. an fp16-fix VAE)")
+    g.add_argument("--vae", default=s, help="VAE folder or hub id ('base': the base's own)")
     g.add_argument(
         "--init-adapter",
         default=s,

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..loading import load_sdxl_components, model_parts, require_parts
 from ..presets import PRESETS
-from ..runtime import load_or_explain, resolve_dtype, to_dtype
+from ..runtime import resolve_dtype, to_dtype
 from ..testing.sdxl import adapter_kwargs, random_components
 from .config import ModelConfig
 
@@ -75,62 +76,34 @@ def load_components(
 def _load_sdxl(
     config: ModelConfig, with_unet: bool = True, dtype: torch.dtype | None = None
 ) -> dict[str, Any]:
-    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
-    from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
-
-    spec = PRESETS[config.preset]
-    base = config.base or spec.base
-    encoder_source = config.image_encoder or spec.image_encoder
-    subfolder = config.image_encoder_subfolder
-    if config.image_encoder is None:
-        subfolder = spec.image_encoder_subfolder
-    vae_source = config.vae or spec.vae
-    encoder = load_or_explain(
-        lambda: CLIPVisionModelWithProjection.from_pretrained(
-            encoder_source, subfolder=subfolder or "", torch_dtype=dtype
-        ),
-        what="image encoder",
-        source=encoder_source,
-        fix=_fix("model.image_encoder"),
+    """The SDXL stack through the loading path inference uses (its VAE default, CLIP
+    preprocessing and offline-first checks), set by the config's ``model.*`` keys."""
+    parts = model_parts(
+        config.preset,
+        base=config.base,
+        image_encoder=config.image_encoder,
+        image_encoder_subfolder=config.image_encoder_subfolder,
+        vae=config.vae,
+        with_adapter=False,
+        option_names={
+            "base": "model.base",
+            "image_encoder": "model.image_encoder",
+            "vae": "model.vae",
+        },
     )
-    extra: dict[str, Any] = {} if with_unet else {"unet": None}
-    if vae_source is not None:
-        extra["vae"] = load_or_explain(
-            lambda: AutoencoderKL.from_pretrained(vae_source),
-            what="VAE",
-            source=vae_source,
-            fix=_fix("model.vae"),
-        )
-    pipe = load_or_explain(
-        lambda: StableDiffusionXLPipeline.from_pretrained(base, torch_dtype=dtype, **extra),
-        what="SDXL base",
-        source=base,
-        fix=_fix("model.base"),
+    download = require_parts(parts, hint=HINT)
+    vae_dtype = to_dtype(config.vae_dtype) if config.vae_dtype else None
+    return load_sdxl_components(
+        parts,
+        dtype=dtype,
+        vae_dtype=vae_dtype,
+        with_unet=with_unet,
+        download=download,
+        hint=HINT,
     )
-    components = {
-        k: v
-        for k, v in pipe.components.items()
-        if k
-        in (
-            "vae",
-            "text_encoder",
-            "text_encoder_2",
-            "tokenizer",
-            "tokenizer_2",
-            "unet",
-            "scheduler",
-        )
-    }
-    components["image_encoder"] = encoder
-    side = encoder.config.image_size  # CLIP preprocessing at the encoder's own size (224 for bigG)
-    components["feature_extractor"] = CLIPImageProcessorPil(
-        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
-    )
-    return components
 
 
-def _fix(key: str) -> str:
-    return f"download it and set {key} to its folder, or train model.preset=tiny"
+HINT = "or train model.preset=tiny"
 
 
 def build_adapter(config: ModelConfig, unet: torch.nn.Module) -> Any:

@@ -3,6 +3,8 @@ alternating plain / 2 subjects / 3 subjects, median of each; prints the ratios.
 
     python benchmarks/overhead.py                      # CPU: a mid-size SDXL-shaped model, 512²
     python benchmarks/overhead.py --size full --device cuda --dtype float16 --resolution 1024
+    python benchmarks/overhead.py --size full --device cuda --dtype float16 --resolution 1024 \
+        --compile                                      # both UNets under torch.compile
 
 Weights are random (compute does not depend on their values). ``--size full`` builds SDXL-base-
 shaped components from their published configs (UNet 2.6 B parameters, CLIP-L + bigG text
@@ -40,6 +42,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile both UNets (plain and ours) first"
+    )
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
 
@@ -102,6 +107,14 @@ def main() -> None:
         return time.perf_counter() - start
 
     labels = ["plain", "2 subjects", "3 subjects"]
+    compile_s = None
+    if args.compile:
+        start = time.perf_counter()
+        plain.unet = torch.compile(plain.unet)
+        ours.unet = torch.compile(ours.unet)
+        for label in labels:  # compiles: plain, then the subject buckets (2 and 4 slots)
+            run(label)
+        compile_s = round(time.perf_counter() - start, 1)
     for label in labels:  # warm-up
         run(label)
     times: dict[str, list[float]] = {label: [] for label in labels}
@@ -118,6 +131,8 @@ def main() -> None:
         "unet_step_ms": {k: round(v * 1000, 2) for k, v in medians.items()},
         "per_call_subject_encoding_ms": encode_ms,
         "ratio": {k: round(v / medians["plain"], 3) for k, v in medians.items()},
+        "compiled": args.compile,
+        "compile_seconds": compile_s,
     }
     if args.device.startswith("cuda"):
         result["card"] = torch.cuda.get_device_name()

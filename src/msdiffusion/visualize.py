@@ -65,12 +65,12 @@ def draw_layout(
 
 def draw_overlay(image: Image.Image, request: Any) -> Image.Image:
     """The output with its layout drawn, and each subject's reference thumbnail(s) beside it."""
-    from .encoding import load_image
+    from .encoding import load_image, open_image
     from .layout import mask_to_array
 
     subjects = list(request.subjects)
     masks = [
-        mask_to_array(load_image(s.mask) if isinstance(s.mask, str) else s.mask)
+        mask_to_array(open_image(s.mask) if isinstance(s.mask, str) else s.mask)
         if s.mask is not None
         else None
         for s in subjects

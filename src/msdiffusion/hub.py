@@ -184,11 +184,13 @@ def file_exists(source: str | os.PathLike[str], filename: str, options: HubOptio
         return True
     if options.local_files_only or not hub_reachable():
         return False
+    import httpx2
     from huggingface_hub import file_exists as hub_file_exists
+    from huggingface_hub.errors import HfHubHTTPError
 
     try:
         return hub_file_exists(
             repo, options.path_in_repo(filename), revision=options.revision, token=options.token
         )
-    except Exception:  # an unreachable or refusing hub: treat the file as absent
+    except (OSError, ValueError, HfHubHTTPError, httpx2.HTTPError):  # unreachable or refusing
         return False

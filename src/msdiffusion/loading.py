@@ -182,7 +182,7 @@ def require_parts(parts: list[Part], hint: str = TINY_HINT) -> bool:
         )
         toy = any(Path(p.source).resolve().is_relative_to(TOY_MODEL) for p in blocked if p.local)
         listed = "; ".join(f"the {p.what} {p.describe()!r}: {p.fix()}" for p in blocked)
-        extra = " — `make learn` trains the toy model (docs/learning.md)" if toy else ""
+        extra = " — `make learn` trains the toy model (docs/toyworld.md)" if toy else ""
         raise ModelNotAvailableError(
             f"{len(blocked)} model part(s) missing ({why}): {listed}{extra}; {hint}"
         )

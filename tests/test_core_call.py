@@ -219,6 +219,10 @@ BAD = [
     (dict(output_type="jpg"), "output_type: must be one of pil, np, pt, latent"),
     (dict(control_image=Image.new("RGB", (64, 64))), "control_image: needs a controlnet"),
     (dict(latents=torch.zeros(1, 4, 16, 8)), "latents: must have shape (1, 4, 8, 8)"),
+    (
+        dict(latents=torch.zeros(1, 4, 8, 8, dtype=torch.float16)),
+        "latents: must have the UNet's dtype torch.float32 (got torch.float16)",
+    ),
     (dict(generator=[gen(), gen()]), "generator: needs one generator, or one per image (1)"),
     (dict(original_size=(64,)), "original_size: must be a pair of integers"),
     (dict(cross_attention_kwargs={"ms": 1}), 'cross_attention_kwargs: must be a dict without "ms"'),

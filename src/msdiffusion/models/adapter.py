@@ -216,7 +216,9 @@ class MSAdapter(nn.Module):
         for key, current in unet.attn_processors.items():
             layer = key.removesuffix(".processor")
             ours = isinstance(current, MSAttnProcessor)
-            original = current.original if ours else current
+            # one made without an adapter (by hand, or re-made by diffusers' IP-Adapter loading)
+            # has no original of its own: it is what uninstall restores
+            original = current.original if ours and current.original is not None else current
             slice_size = current.slice_size if ours else getattr(current, "slice_size", None)
             fused = current.fused if ours else False
             processors[key] = (

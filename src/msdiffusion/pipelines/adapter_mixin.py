@@ -11,9 +11,12 @@ diffusers' pipeline-level attention choices either keep the multi-subject branch
 - ``enable_xformers_memory_efficient_attention``: refused for the UNet while the adapter is
   installed (the processors already run PyTorch's memory-efficient SDPA); other components as usual.
 - ``unet.set_default_attn_processor()``: refused by diffusers, with our processors' explanation.
+- ``load_ip_adapter``: its processors replace the MS-Diffusion ones; a call then takes IP-Adapter
+  images and no subjects (``call_checks``). ``unload_ip_adapter`` keeps the image encoder, which
+  the subjects need; ``attach_adapter(pipe.adapter)`` brings the MS-Diffusion processors back.
 
-A change made on the UNet directly (``pipe.unet.set_attention_slice``, ``set_attn_processor``,
-``load_ip_adapter``) replaces the processors; a call with subjects then fails with what to do
+A change made on the UNet directly (``pipe.unet.set_attention_slice``, ``set_attn_processor``)
+replaces the processors; a call with subjects then fails with what to do
 (``check_processors``), never silently without them.
 """
 
@@ -39,6 +42,8 @@ class AdapterMixin:
 
     unet: Any
     adapter: MSAdapter | None
+    image_encoder: Any
+    feature_extractor: Any
 
     # -- the adapter ------------------------------------------------------------------------------
     def _adapter_installed(self) -> bool:
@@ -155,6 +160,14 @@ class AdapterMixin:
         for module in self._other_modules():
             if hasattr(module, "set_use_memory_efficient_attention_xformers"):
                 module.set_use_memory_efficient_attention_xformers(False)
+
+    def unload_ip_adapter(self) -> None:
+        """diffusers' ``unload_ip_adapter``, keeping the image encoder and its preprocessing
+        (diffusers drops them): they encode this pipeline's subjects. The MS-Diffusion
+        processors come back with ``pipe.attach_adapter(pipe.adapter)``."""
+        encoder, extractor = self.image_encoder, self.feature_extractor
+        super().unload_ip_adapter()
+        self.register_modules(image_encoder=encoder, feature_extractor=extractor)
 
     def _other_modules(self) -> list[torch.nn.Module]:
         names, _ = self._get_signature_keys(self)

@@ -15,6 +15,7 @@ import torch
 from ..checks import check_flag, check_integer, check_number
 from ..errors import ErrorList, InputError
 from ..layout import validate_scale
+from ..models.attention import MSCrossAttnProcessor
 
 __all__ = [
     "MAX_GUIDANCE",
@@ -23,6 +24,7 @@ __all__ = [
     "check_call",
     "check_latents",
     "check_generators",
+    "ip_adapter_loaded",
 ]
 
 MAX_GUIDANCE = 100.0  # classifier-free guidance far above ~30 only burns the image
@@ -74,6 +76,59 @@ def _pair(name: str, value: Any, errors: ErrorList) -> None:
             check_integer(name, v, low=0)
 
 
+def ip_adapter_loaded(unet: Any) -> bool:
+    """Whether ``pipe.load_ip_adapter`` put an IP-Adapter's image projection on ``unet``."""
+    return getattr(unet, "encoder_hid_proj", None) is not None and (
+        unet.config.encoder_hid_dim_type == "ip_image_proj"
+    )
+
+
+def _ip_adapter(pipe: Any, a: dict[str, Any], errors: ErrorList) -> None:
+    """IP-Adapter inputs as diffusers takes them, with an IP-Adapter loaded and its processors
+    running (the MS-Diffusion processors have no IP-Adapter branch: they would drop it)."""
+    image, embeds = a["ip_adapter_image"], a["ip_adapter_image_embeds"]
+    name = "ip_adapter_image_embeds" if image is None else "ip_adapter_image"
+    given = image if image is not None else embeds
+    loaded = ip_adapter_loaded(pipe.unet)
+    if image is not None and embeds is not None:
+        errors.add(InputError(name, "give ip_adapter_image or ip_adapter_image_embeds", "both"))
+    elif given is None:
+        if loaded:
+            errors.add(
+                InputError(
+                    "ip_adapter_image",
+                    "is required while an IP-Adapter is loaded (or ip_adapter_image_embeds; "
+                    "pipe.unload_ip_adapter() removes it)",
+                    None,
+                )
+            )
+    elif not loaded:
+        errors.add(
+            InputError(
+                name,
+                "needs an IP-Adapter: load one with pipe.load_ip_adapter(...)",
+                type(given).__name__,
+            )
+        )
+    elif ours := sum(
+        isinstance(p, MSCrossAttnProcessor) for p in pipe.unet.attn_processors.values()
+    ):
+        errors.add(
+            InputError(
+                name,
+                "needs the IP-Adapter's attention processors, but the UNet runs MS-Diffusion's "
+                "(they have no IP-Adapter branch): pipe.attach_adapter(None) brings the "
+                "IP-Adapter's back",
+                f"{ours} MS-Diffusion cross-attention processors",
+            )
+        )
+    if embeds is not None and (
+        not isinstance(embeds, list)
+        or not all(isinstance(e, torch.Tensor) and e.ndim in (3, 4) for e in embeds)
+    ):
+        errors.add(InputError(name, "must be a list of 3-D or 4-D tensors", type(embeds).__name__))
+
+
 def check_call(pipe: Any, a: dict[str, Any]) -> CallArguments:
     """Check the arguments ``a`` of one call (the pipeline's keyword names) against ``pipe``."""
     errors = ErrorList()
@@ -120,6 +175,7 @@ def check_call(pipe: Any, a: dict[str, Any]) -> CallArguments:
                 )
             )
 
+    _ip_adapter(pipe, a, errors)
     multiple = pipe.vae_scale_factor
     default = pipe.default_sample_size * multiple
     size = {}
@@ -225,8 +281,10 @@ def check_latents(
     channels: int,
     size: tuple[int, int],
     factor: int,
+    dtype: torch.dtype,
 ) -> None:
-    """Given latents must be the (rows, channels, height/f, width/f) of the requested output."""
+    """Given latents must be the (rows, channels, height/f, width/f) of the requested output, in
+    the UNet's dtype."""
     if latents is None:
         return
     want = (rows, channels, size[0] // factor, size[1] // factor)
@@ -239,6 +297,8 @@ def check_latents(
             "the latents were made for",
             got,
         )
+    if latents.dtype != dtype:
+        raise InputError("latents", f"must have the UNet's dtype {dtype}", latents.dtype)
 
 
 def check_generators(generator: Any, rows: int) -> None:

@@ -44,7 +44,7 @@ from ..hub import HubOptions, fetch_file, is_local
 from ..layout import Subject, normalise_subject_lists, validate_layout
 from ..models.adapter import CONFIG_NAME, WEIGHTS_NAME, MSAdapter
 from .adapter_mixin import AdapterMixin
-from .call_checks import check_call, check_generators, check_latents
+from .call_checks import check_call, check_generators, check_latents, ip_adapter_loaded
 from .subjects import ConditioningSettings, build_conditioning
 
 __all__ = ["MSDiffusionXLPipeline", "MSDiffusionXLPipelineOutput"]
@@ -244,6 +244,8 @@ class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         scale: float = 0.6,
         drop_grounding_tokens: bool = False,
         mask_threshold: float | None = None,
@@ -292,6 +294,9 @@ class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
             mask_threshold / start_step: auto layout — from step ``start_step`` on, each layer's
                 regions come from its phrase attention maps thresholded at ``mask_threshold``.
             control_image / controlnet_conditioning_scale: used with a ``controlnet`` component.
+            ip_adapter_image / ip_adapter_image_embeds: as in diffusers, with an IP-Adapter
+                loaded (``pipe.load_ip_adapter``) and without subjects — its processors replace
+                the MS-Diffusion ones.
             The other arguments are those of ``StableDiffusionXLPipeline``: ``prompt_2``,
             negative prompts and embeddings, ``denoising_end`` (hand-off to a refiner with
             ``output_type="latent"``), ``guidance_rescale``, ``clip_skip``, the micro-conditioning
@@ -306,10 +311,22 @@ class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
         rows = batch_size * num_images_per_prompt
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         check_latents(
-            latents, rows, self.unet.config.in_channels, (height, width), self.vae_scale_factor
+            latents,
+            rows,
+            self.unet.config.in_channels,
+            (height, width),
+            self.vae_scale_factor,
+            self.unet.dtype,
         )
         check_generators(generator, rows)
         subject_lists = normalise_subject_lists(subjects, batch_size)
+        if any(subject_lists) and ip_adapter_loaded(self.unet):
+            raise InputError(
+                "subjects",
+                "cannot go with an IP-Adapter: its attention processors replace MS-Diffusion's — "
+                "pipe.unload_ip_adapter(), then pipe.attach_adapter(pipe.adapter)",
+                sum(map(len, subject_lists)),
+            )
         if any(subject_lists):
             self.check_processors()
             if self.image_encoder is None:
@@ -359,7 +376,7 @@ class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
         )
 
         # 3. Subjects → tokens, regions, scales, every layer's K/V (once per call; the
-        #    unconditional half skips them)
+        #    unconditional half skips them) — or an IP-Adapter's image embeddings
         ms = None
         if any(subject_lists):
             settings = ConditioningSettings(
@@ -374,6 +391,15 @@ class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
                 levels=len(self.unet.config.block_out_channels),
             )
             ms = build_conditioning(layouts, self, settings)
+        ip_embeds = None
+        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
+            ip_embeds = self.prepare_ip_adapter_image_embeds(
+                ip_adapter_image,
+                ip_adapter_image_embeds,
+                device,
+                rows,
+                self.do_classifier_free_guidance,
+            )
         unet_kwargs = dict(cross_attention_kwargs or {})
         if ms is not None:
             unet_kwargs["ms"] = ms
@@ -450,7 +476,11 @@ class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
                     encoder_hidden_states=prompt_embeds,
                     timestep_cond=timestep_cond,
                     cross_attention_kwargs=unet_kwargs or None,
-                    added_cond_kwargs=added_cond_kwargs,
+                    added_cond_kwargs=(
+                        added_cond_kwargs
+                        if ip_embeds is None
+                        else {**added_cond_kwargs, "image_embeds": ip_embeds}
+                    ),
                     return_dict=False,
                     **residuals,
                 )[0]

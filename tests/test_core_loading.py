@@ -164,7 +164,10 @@ def test_inference_and_training_load_through_one_path(tiny_factory, make_adapter
     components = tiny_factory()
     encoder = components.pop("image_encoder")
     components.pop("feature_extractor")
-    StableDiffusionXLPipeline(**components).save_pretrained(tmp_path / "base")
+    # a base whose unconditional is its encoded empty prompt (not SDXL base's zeros)
+    StableDiffusionXLPipeline(**components, force_zeros_for_empty_prompt=False).save_pretrained(
+        tmp_path / "base"
+    )
     encoder.save_pretrained(tmp_path / "encoder")
     from transformers import CLIPImageProcessorPil
 
@@ -199,6 +202,8 @@ def test_inference_and_training_load_through_one_path(tiny_factory, make_adapter
     )
     for extractor in (trained["feature_extractor"], model.pipe.feature_extractor):
         assert extractor.crop_size == {"height": 40, "width": 40}
+    assert trained["force_zeros_for_empty_prompt"] is False
+    assert model.pipe.config.force_zeros_for_empty_prompt is False  # the base's rule is kept
     # a local folder that is there but broken: said as such (not "offline, not cached")
     (tmp_path / "encoder" / "config.json").write_text("{ not json")
     with pytest.raises(ModelNotAvailableError, match="it is there but does not load"):

@@ -205,7 +205,8 @@ def load_sdxl_components(
     hint: str = TINY_HINT,
 ) -> dict[str, Any]:
     """The frozen components (CPU): vae, text_encoder(_2), tokenizer(_2), unet (None unless
-    ``with_unet``), scheduler, image_encoder, feature_extractor — from the SDXL base, image
+    ``with_unet``), scheduler, image_encoder, feature_extractor, and the base pipeline's
+    ``force_zeros_for_empty_prompt`` — from the SDXL base, image
     encoder and VAE parts (``model_parts``), in ``dtype`` (a separate VAE in ``vae_dtype``, by
     default ``dtype``); ``download`` False: local files only."""
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
@@ -242,6 +243,10 @@ def load_sdxl_components(
         hint,
     )
     components = {k: pipe.components[k] for k in (*SDXL_PARTS, "unet")}
+    # the base's own unconditional rule (a base trained on encoded empty captions says False)
+    components["force_zeros_for_empty_prompt"] = bool(
+        pipe.config.get("force_zeros_for_empty_prompt", True)
+    )
     components["image_encoder"] = encoder
     folder = encoder_part.folder()
     has_config = folder is not None and (folder / PREPROCESSOR_CONFIG).is_file()

@@ -61,6 +61,7 @@ def render_validation(
         image_encoder=components["image_encoder"],
         feature_extractor=components["feature_extractor"],
         adapter=adapter,
+        force_zeros_for_empty_prompt=components.get("force_zeros_for_empty_prompt", True),
     )
     model = LoadedModel(
         pipe=pipe, info={"source": "training validation"}, default_size=requests[0].height or 1024

@@ -48,3 +48,80 @@ def test_a_folder_is_swapped_in_whole_or_not_at_all(tmp_path):
         (tmp / "b.txt").write_text("second")
     assert [p.name for p in target.iterdir()] == ["b.txt"]  # replaced, not merged
     assert [p.name for p in target.parent.iterdir()] == ["adapter"]  # no temporaries
+
+
+def test_leftovers_of_earlier_swaps_never_block_a_folder_write(tmp_path):
+    target = tmp_path / "adapter"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    (tmp_path / ".old-adapter").write_text("a file where the aside folder would go")
+    (tmp_path / ".adapter.old").mkdir()  # debris with another naming
+    (tmp_path / ".adapter.old" / "x").write_text("x")
+    for text in ("second", "third"):
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text(text)
+        assert (target / "a.txt").read_text() == text
+
+
+def test_a_swap_killed_between_its_renames_is_recovered(tmp_path):
+    """Without an atomic exchange a folder is swapped by two renames; a kill between them leaves
+    the name empty and the old folder aside: the next write (or recover_dir) puts it back."""
+    from msdiffusion.atomic import recover_dir
+
+    target = tmp_path / "adapter"
+    aside = tmp_path / ".old-adapter.k3x9"
+    aside.mkdir()
+    (aside / "a.txt").write_text("old")
+    (tmp_path / ".adapter.q1w2").mkdir()  # the new folder, renamed no further
+    assert recover_dir(target) and (target / "a.txt").read_text() == "old"
+    assert not recover_dir(target)  # nothing left to do
+    aside.mkdir()
+    (aside / "a.txt").write_text("older")
+    target.rename(tmp_path / ".old-adapter.z")  # killed again: the next write recovers first
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert (target / "a.txt").read_text() == "new"
+    assert not list(tmp_path.glob(".old-adapter*"))  # asides cleaned once the name is complete
+
+
+KILL_LOOP = r"""
+import sys
+from pathlib import Path
+from msdiffusion.atomic import atomic_dir
+
+target, start = Path(sys.argv[1]), int(sys.argv[2])
+for version in range(start, start + 10**6):
+    with atomic_dir(target) as tmp:
+        for name in ("config.json", "adapter.safetensors"):
+            (tmp / name).write_text(f"{version}\n" * 2000)
+    print(version, flush=True)
+"""
+
+
+def test_a_folder_write_killed_at_any_moment_leaves_a_complete_folder(tmp_path):
+    """SIGKILL a process that rewrites a folder in a loop, at random moments: the folder is always
+    there, complete (both files, one version)."""
+    import random
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "loop.py"
+    script.write_text(KILL_LOOP)
+    target = tmp_path / "out" / "adapter"
+    rng = random.Random(0)
+    version = 0
+    for _ in range(6):
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(target), str(version)], stdout=subprocess.PIPE
+        )
+        assert proc.stdout.readline()  # at least one complete write
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.kill()
+        proc.wait()
+        texts = {(target / n).read_text() for n in ("config.json", "adapter.safetensors")}
+        assert len(texts) == 1 and sorted(p.name for p in target.iterdir()) == [
+            "adapter.safetensors",
+            "config.json",
+        ]
+        version = int(texts.pop().split("\n", 1)[0]) + 1000

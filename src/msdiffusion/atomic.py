@@ -3,15 +3,24 @@
 Everything is written to a temporary name in the target's folder, flushed, then moved into place
 with ``os.replace`` (atomic on POSIX and Windows); on any error the temporary file is removed. A
 crash mid-write leaves either the old file or none — never a half-written one that looks done.
-A folder is swapped in whole: the old one is moved aside, the new one renamed into its place,
-then the old one removed — the name holds the old folder or the new one, never a mix.
+
+A folder is swapped in whole, its files and entries fsynced first. On Linux the new folder and
+the old one trade names in one step (``renameat2`` with ``RENAME_EXCHANGE``), so the name always
+holds a complete folder, whenever the process is killed. Where that is not supported (other
+systems, some network filesystems) the old folder is moved aside to a fresh ``.old-<name>.*``
+name, the new one renamed into place, then the old one removed; a process killed between the two
+renames leaves the name empty and the old folder aside, and the next write of that folder (or
+``recover_dir``) puts it back first. Leftovers of earlier runs never block a write.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +36,9 @@ __all__ = [
     "atomic_save_image",
     "atomic_dir",
     "replace_dir",
+    "recover_dir",
     "fsync_dir",
+    "fsync_tree",
 ]
 
 
@@ -100,20 +111,78 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def replace_dir(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
-    """Put the complete folder ``tmp`` at ``path``, replacing a folder already there (moved aside
-    to ``.old-<name>`` first, removed last)."""
-    tmp, path = Path(tmp), Path(path)
-    fsync_dir(tmp)
-    if path.exists():
-        old = path.with_name(f".old-{path.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+def fsync_tree(path: str | os.PathLike[str]) -> None:
+    """Flush every file and folder under ``path`` to disk (a folder about to be renamed into
+    place: its contents must be durable before its name is)."""
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as handle:
+                try:
+                    os.fsync(handle.fileno())
+                except OSError:  # platforms that cannot fsync a file opened for reading
+                    pass
+        fsync_dir(folder)
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV}
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``);
+    False where the platform or the filesystem does not support it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # libc without renameat2 (glibc < 2.28, musl)
+        return False
+    done = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if done == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _asides(path: Path) -> list[Path]:
+    """Folders an interrupted swap of ``path`` moved aside, newest first."""
+    found = [p for p in path.parent.glob(f".old-{path.name}*") if p.is_dir()]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def recover_dir(path: str | os.PathLike[str]) -> bool:
+    """Undo a swap that was killed between its two renames: when ``path`` is missing and its old
+    version lies aside (``.old-<name>*``), move it back. Returns True if it did."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        return False
+    asides = _asides(path)
+    if not asides:
+        return False
+    os.replace(asides[0], path)
     fsync_dir(path.parent)
+    return True
+
+
+def replace_dir(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Put the complete folder ``tmp`` at ``path``, replacing a folder already there."""
+    tmp, path = Path(tmp), Path(path)
+    fsync_tree(tmp)
+    recover_dir(path)
+    if not path.exists():
+        os.replace(tmp, path)
+    elif _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # it holds the old folder now
+    else:
+        aside = Path(tempfile.mkdtemp(prefix=f".old-{path.name}.", dir=path.parent))
+        os.replace(path, aside)  # onto the fresh empty folder: a leftover can never be in the way
+        os.replace(tmp, path)
+        shutil.rmtree(aside, ignore_errors=True)
+    fsync_dir(path.parent)
+    for stale in _asides(path):  # debris of earlier interrupted swaps, now that path is complete
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextmanager

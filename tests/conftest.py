@@ -56,3 +56,26 @@ def data_root(tmp_path_factory) -> Path:
     from msdiffusion.evaluation.standin import write_standin
 
     return write_standin(tmp_path_factory.mktemp("standin"), benchmarks=("msbench", "dreambench"))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@pytest.fixture(scope="session")
+def bomb_png() -> bytes:
+    """A tiny PNG whose header claims 30000 × 30000 pixels: Pillow refuses it as a decompression
+    bomb (more than twice ``Image.MAX_IMAGE_PIXELS``) instead of decoding it."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )

@@ -106,3 +106,23 @@ def test_write_manifest_is_atomic_and_round_trips(tmp_path, demo):
     assert [json.loads(x) for x in out.read_text().splitlines()] == [
         json.loads(x) for x in demo.read_text().splitlines()
     ]
+
+
+def test_bad_bytes_are_counted_problems_never_a_traceback(demo, bomb_png, capsys):
+    """Invalid UTF-8 in a line and a decompression-bomb PNG are problems of their records."""
+    root = demo.parent
+    (root / "bomb.png").write_bytes(bomb_png)
+    good = _good(demo)
+    bomb = {**good, "id": "bomb", "image": "bomb.png"}
+    raw = demo.read_bytes().splitlines()
+    raw.insert(2, b'{"id": "latin-1 caf\xe9", "image": "x.png"}')
+    raw.append(json.dumps(bomb).encode())
+    demo.write_bytes(b"\n".join(raw) + b"\n")
+    scan = scan_manifest(demo, open_images=True)
+    found = {p.line: (p.kind, str(p)) for p in scan.problems}
+    assert set(found) == {3, 8} and len(scan.records) == 6
+    assert found[3][0] == "encoding" and "not valid UTF-8 (byte 0xe9" in found[3][1]
+    assert found[8][0] == "unreadable image" and "DecompressionBombError" in found[8][1]
+    assert main(["data", "check", str(demo)]) == 1
+    out = capsys.readouterr().out
+    assert "with problems: 2" in out and "encoding: 1" in out

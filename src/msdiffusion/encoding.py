@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .errors import InputError, Location
 
@@ -61,7 +61,7 @@ def open_image(image: Any, argument: str | Location = "image") -> Image.Image:
             with Image.open(path) as handle:
                 handle.load()
                 return handle.copy()
-        except (UnidentifiedImageError, OSError, ValueError) as err:
+        except Exception as err:  # any decoder failure on these bytes (a decompression bomb, …)
             raise InputError(
                 argument, f"is not a readable image ({err.__class__.__name__})", path
             ) from None

@@ -38,6 +38,7 @@ __all__ = [
     "parse_record",
     "check_record_files",
     "scan_manifest",
+    "decode_line",
     "write_manifest",
     "format_report",
 ]
@@ -238,14 +239,14 @@ def check_record_files(
 
 
 def _image_size(path: Path, name: str, decode: bool) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
             size = im.size
             if decode:
                 im.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except Exception as err:  # any failure of the decoder on these bytes (a decompression bomb, …)
         raise RecordProblem(
             "unreadable image",
             name,
@@ -307,25 +308,33 @@ def _stats(values: list[int]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
+def decode_line(raw: bytes, number: int) -> Any:
+    """One manifest line (bytes) → decoded JSON, or a RecordProblem saying why it is not JSON."""
+    try:
+        text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        return RecordProblem(
+            "encoding",
+            "line",
+            f"is not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})",
+            raw.strip()[:80].decode("utf-8", "replace"),
+            line=number,
+        )
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        reason = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+        return RecordProblem(
+            "schema", "line", f"is not valid JSON ({reason})", text.strip()[:80], line=number
+        )
+
+
 def iter_manifest(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, decoded JSON or a RecordProblem) for every non-empty line."""
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as err:
-                yield (
-                    number,
-                    RecordProblem(
-                        "schema",
-                        "line",
-                        f"is not valid JSON ({err.msg})",
-                        text.strip()[:80],
-                        line=number,
-                    ),
-                )
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if raw.strip():
+                yield number, decode_line(raw, number)
 
 
 def scan_manifest(

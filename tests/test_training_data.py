@@ -3,6 +3,7 @@ bad records at load time, and the sharded resumable stream."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,9 @@ from msdiffusion.training.config import DataConfig, DropoutConfig
 from msdiffusion.training.dataset import ManifestDataset, collate_samples
 from msdiffusion.training.demo import build_demo_manifest
 from msdiffusion.training.dropout import draw_dropouts
+from msdiffusion.training.records import ManifestLines, SampleError
 from msdiffusion.training.sampler import ShardedStream
+from msdiffusion.training.streams import ShardStream
 from msdiffusion.training.transforms import (
     add_time_ids,
     crop_geometry,
@@ -112,11 +115,9 @@ def test_dropout_frequencies_match_their_probabilities():
 
 
 def _dataset(demo: Path, **dropout) -> ManifestDataset:
-    scan = scan_manifest(demo)
     data = DataConfig(manifest=str(demo), resolution=64, crop="random")
-    return ManifestDataset(
-        scan.records, scan.root, data, DropoutConfig(**dropout), _features(), seed=3
-    )
+    lines = ManifestLines.index(demo)
+    return ManifestDataset(lines, data, DropoutConfig(**dropout), _features(), seed=3)
 
 
 def test_samples_are_deterministic_and_dropouts_apply(demo):
@@ -125,7 +126,7 @@ def test_samples_are_deterministic_and_dropouts_apply(demo):
     assert torch.equal(a["pixel_values"], b["pixel_values"]) and a["caption"] == b["caption"]
     assert a["pixel_values"].shape == (3, 64, 64)
     assert a["pixel_values"].min() >= -1 and a["pixel_values"].max() <= 1
-    s = len(ds.records[5].subjects)
+    s = len(ds.lines.record(5).subjects)
     assert a["reference_pixels"].shape == (s, 3, 32, 32) and a["boxes"].shape == (s, 4)
     assert a["reference_pixels"].abs().sum() > 0 and a["caption"] != ""
     dropped = _dataset(demo, image=0.0, text=0.0, both=1.0, grounding=1.0)[(2, 5)]
@@ -135,8 +136,9 @@ def test_samples_are_deterministic_and_dropouts_apply(demo):
 
 def test_collate_pads_subjects_per_batch(demo):
     ds = _dataset(demo, image=0.0, text=0.0, both=0.0, grounding=0.0)
-    one = next(i for i, r in enumerate(ds.records) if len(r.subjects) == 1)
-    two = next(i for i, r in enumerate(ds.records) if len(r.subjects) == 2)
+    records = [ds.lines.record(i) for i in range(len(ds))]
+    one = next(i for i, r in enumerate(records) if len(r.subjects) == 1)
+    two = next(i for i, r in enumerate(records) if len(r.subjects) == 2)
     batch = collate_samples([ds[(0, one)], ds[(0, two)]])
     assert batch["valid"].tolist() == [[True, False], [True, True]]  # padded to 2, not to 4
     assert batch["reference_pixels"].shape == (2, 2, 3, 32, 32)
@@ -144,17 +146,30 @@ def test_collate_pads_subjects_per_batch(demo):
     assert batch["phrases"][0][1] == "" and batch["time_ids"].shape == (2, 6)
 
 
-def test_bad_records_at_load_time_are_replaced_and_reported(demo):
+def test_bad_records_are_replaced_and_reported_emptied_boxes_kept(demo, bomb_png):
+    """Every decode failure is a reported skip (the next record is loaded instead); a box the crop
+    empties is kept, as the zero box, and counted; subjects past the cap are dropped, counted."""
     lines = [json.loads(x) for x in demo.read_text().splitlines()]
     (demo.parent / lines[1]["image"]).write_bytes(b"\x89PNG garbage")  # corrupt after the check
     lines[2]["subjects"][0]["box"] = [0.0, 0.0, 0.01, 0.01]  # a 1-px sliver: empty after crop
-    demo.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    ds = _dataset(demo)
+    (demo.parent / "bomb.png").write_bytes(bomb_png)
+    lines[3]["image"] = "bomb.png"
+    lines[5]["subjects"] = [lines[5]["subjects"][0]] * 6  # past the released cap of 4
+    raw = [json.dumps(x).encode() for x in lines]
+    raw[4] = b'{"id": "caf\xe9"}'  # not UTF-8
+    demo.write_bytes(b"\n".join(raw) + b"\n")
+    ds = _dataset(demo, image=0.0, text=0.0, both=0.0, grounding=0.0)
     sample = ds[(0, 1)]
-    assert sample["id"] == lines[3]["id"]  # records 1 and 2 skipped, 3 loaded instead
-    reasons = dict(sample["skipped"])
-    assert "not a readable image" in reasons[lines[1]["id"]]
-    assert "empty after cropping" in reasons[lines[2]["id"]]
+    assert sample["id"] == lines[2]["id"]  # record 1 skipped, the emptied box's record loaded
+    assert dict(sample["skipped"]).keys() == {lines[1]["id"]}
+    assert "not a readable image" in sample["skipped"][0][1]
+    assert sample["boxes"][0].tolist() == [0.0, 0.0, 0.0, 0.0] and sample["boxes_emptied"] == 1
+    assert sample["phrases"][0] == lines[2]["subjects"][0]["phrase"]  # the subject is still there
+    sample = ds[(0, 3)]
+    assert sample["id"] == lines[5]["id"]  # the bomb and the bad line skipped
+    reasons = [reason for _, reason in sample["skipped"]]
+    assert "DecompressionBombError" in reasons[0] and "not valid UTF-8" in reasons[1]
+    assert len(sample["boxes"]) == 4 and sample["subjects_dropped"] == 2
     assert collate_samples([sample, ds[(0, 0)]])["skipped"] == sample["skipped"]
 
 
@@ -177,5 +192,68 @@ def test_stream_shards_disjointly_and_resumes():
     resumed = take(ShardedStream(n, b, rank=1, world_size=w, seed=1, start=3 * b * w), 4)
     assert resumed == ranks[1][3 * b : 3 * b + 4]
     assert take(ShardedStream(n, b, seed=2), 10) != take(ShardedStream(n, b, seed=1), 10)
-    with pytest.raises(ValueError):
-        ShardedStream(n, b, world_size=w, start=3)
+    # another batch size after a resume: the same order from the same position on
+    whole = take(ShardedStream(n, 3, seed=1, start=6), 9)
+    halves = [take(ShardedStream(n, 3, rank=r, world_size=3, seed=1, start=6), 3) for r in range(3)]
+    assert whole == [k for r in range(3) for k in halves[r]]
+
+
+# ---- shard streams -------------------------------------------------------------------------------
+
+SIZES = [5, 3, 0, 4]  # 12 samples in 4 shards, one of them empty
+
+
+def _read(shard: int):
+    return ((f"s{shard}-{j}", j) for j in range(SIZES[shard]))
+
+
+def _make(raw, key, shard, index, epoch):
+    if key == "s1-1":
+        raise SampleError("unreadable", key)
+    return {"id": key, "epoch": epoch, "index": index}
+
+
+def _ids_and_streams(items):
+    return {"id": [x["id"] for x in items], "stream": [x["stream"] for x in items]}
+
+
+def _shard_stream(stream: int, streams: int, **kw) -> ShardStream:
+    return ShardStream(SIZES, _read, _make, rank=stream, world_size=streams, seed=5, **kw)
+
+
+def test_shard_streams_split_the_shards_and_resume_exactly():
+    streams = 4
+    taken = [
+        list(itertools.islice(iter(_shard_stream(s, streams, buffer=2)), 40)) for s in range(4)
+    ]
+    first = [x["id"] for s in taken for x in s if x["epoch"] == 0]
+    assert sorted(first) == sorted(
+        f"s{i}-{j}" for i in (0, 1, 3) for j in range(SIZES[i]) if (i, j) != (1, 1)
+    )  # every sample once, the bad one skipped
+    skipped = [x["skipped"] for s in taken for x in s if x["skipped"]]
+    assert [k for k, _ in skipped[0]] == ["s1-1"]
+    for s in range(streams):  # a stream restarted from any item's position continues exactly
+        for cut in (1, 5, 17):
+            stream, *position = taken[s][cut - 1]["stream"]
+            assert stream == s
+            resumed = _shard_stream(s, streams, buffer=2, positions={s: tuple(position)})
+            again = list(itertools.islice(iter(resumed), 10))
+            assert [x["id"] for x in again] == [x["id"] for x in taken[s][cut : cut + 10]]
+    one = [x["id"] for x in itertools.islice(iter(_shard_stream(0, 1, buffer=100)), 11)]
+    assert sorted(one) == sorted(first) and one != sorted(one)  # shuffled, within an epoch
+    with pytest.raises(ValueError, match="cannot feed"):
+        ShardStream([1, 1], _read, _make, world_size=3)
+
+
+def test_shard_stream_workers_each_read_their_own_units():
+    from torch.utils.data import DataLoader
+
+    stream = ShardStream(SIZES, _read, _make, rank=1, world_size=2, workers=2, seed=5)
+    loader = DataLoader(stream, batch_size=3, num_workers=2, collate_fn=_ids_and_streams)
+    batches = list(itertools.islice(iter(loader), 4))
+    owners = [{s for s, *_ in b["stream"]} for b in batches]
+    assert owners == [{2}, {3}, {2}, {3}]  # batches alternate between the workers' streams
+    mine = {x for b in batches for x in b["id"]}
+    solo = [_shard_stream(s, 4, buffer=500) for s in (2, 3)]
+    expected = {x["id"] for st in solo for x in itertools.islice(iter(st), 6)}
+    assert mine == expected

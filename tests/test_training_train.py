@@ -75,12 +75,12 @@ def tiny_setup(manifest):
     from msdiffusion.manifest import scan_manifest
     from msdiffusion.training.config import DataConfig, DropoutConfig
     from msdiffusion.training.dataset import ManifestDataset
+    from msdiffusion.training.records import ManifestLines
 
     components = load_components(ModelConfig(preset="tiny"))
     scan = scan_manifest(manifest)
     ds = ManifestDataset(
-        scan.records,
-        scan.root,
+        ManifestLines.index(manifest),
         DataConfig(resolution=64),
         DropoutConfig(0, 0, 0, 0),
         components["feature_extractor"],
@@ -275,7 +275,8 @@ def test_bad_records_are_skipped_counted_and_capped(tmp_path, manifest):
 
 
 def test_cache_matches_live_encoding_and_trains_with_dropouts(tmp_path, manifest, tiny_setup):
-    from msdiffusion.training.cache import CachedDataset, build_cache_for_config
+    from msdiffusion.training.cache import build_cache_for_config
+    from msdiffusion.training.cached import CachedDataset
     from msdiffusion.training.config import DropoutConfig
 
     cfg = config(
@@ -314,11 +315,11 @@ def test_cache_matches_live_encoding_and_trains_with_dropouts(tmp_path, manifest
     plain = CachedDataset(cfg.data.cache_dir, DropoutConfig(0, 0, 0, 0), cfg.seed)[(0, 0)]
     from msdiffusion.manifest import scan_manifest
     from msdiffusion.training.dataset import ManifestDataset
+    from msdiffusion.training.records import ManifestLines
 
     scan = scan_manifest(manifest)
     live = ManifestDataset(
-        scan.records,
-        scan.root,
+        ManifestLines.index(manifest),
         cfg.data,
         DropoutConfig(0, 0, 0, 0),
         components["feature_extractor"],

@@ -4,23 +4,27 @@
 
     shard-00000.safetensors ...   per record: VAE posterior (mean, logvar), prompt embeddings,
                                   pooled embedding, micro-conditioning, per subject: image
-                                  features, phrase embedding, box (centre crop)
+                                  features, phrase embedding, box (centre crop; the zero box
+                                  where the crop left it empty); its metadata lists its records
     null.safetensors              the empty caption's embeddings and the all-zero reference's
                                   image features — what the dropouts substitute at train time
-    index.json                    written last: fingerprint, shards, records, skipped records
+    index.json                    written last: fingerprint, shards, skipped records (and, for
+                                  a manifest, every record: it is read by index)
 
-Every file is written to a temporary name and renamed, and an existing shard whose fingerprint
-matches is reused, so an interrupted cache run continues where it stopped. Several processes
-(``accelerate launch``) split the shards between them. The fingerprint (model sources, size,
-crop, interpolation, subject cap, the manifest's hash, dtype) must match the training config.
+A manifest's cache shard holds ``data.cache_shard_size`` records; a shard dataset's cache has one
+cache shard per data shard (its samples in order), read as a stream like the data shards — the
+index lists shards, not records, so it stays small at any scale. Every file is written to a
+temporary name and renamed, and an existing shard whose fingerprint matches is reused, so an
+interrupted cache run continues where it stopped. Several processes (``accelerate launch``) split
+the shards between them. The fingerprint (model sources, size, crop, interpolation, subject cap,
+the data's hash, dtype) must match the training config (``cached.py`` reads the cache).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Sequence
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,32 +36,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
-from ..manifest import Record
 from ..runtime import dtype_label, to_dtype
+from .cached import INDEX_NAME, NULL_NAME
 from .config import DropoutConfig, TrainConfig
-from .dataset import SampleError, collate_samples, sample_rng
-from .dropout import NONE, draw_dropouts
+from .dataset import ManifestDataset, SampleBuilder, ShardSamples, collate_samples
+from .dropout import NONE
+from .records import SampleError
+from .webdataset import is_shard_set, iter_shard, read_shard_set
 
-__all__ = [
-    "CACHE_FORMAT",
-    "cache_fingerprint",
-    "build_cache",
-    "build_cache_for_config",
-    "CachedDataset",
-    "read_index",
-]
+__all__ = ["CACHE_FORMAT", "cache_fingerprint", "build_cache", "build_cache_for_config"]
 
 CACHE_FORMAT = "msdiffusion-train-cache/1"
-INDEX_NAME, NULL_NAME = "index.json", "null.safetensors"
-PER_RECORD = (
-    "latent_moments",
-    "prompt_embeds",
-    "pooled_prompt_embeds",
-    "time_ids",
-    "image_embeds",
-    "phrase_embeds",
-    "boxes",
-)
 
 
 def _sha256(path: Path) -> str:
@@ -66,6 +55,11 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _data_digest(manifest: str) -> str:
+    """SHA-256 of a manifest file, or of a shard dataset's index.json."""
+    return read_shard_set(manifest).digest if is_shard_set(manifest) else _sha256(Path(manifest))
 
 
 def cache_fingerprint(config: TrainConfig, dtype: torch.dtype) -> dict[str, Any]:
@@ -87,52 +81,75 @@ def cache_fingerprint(config: TrainConfig, dtype: torch.dtype) -> dict[str, Any]
         "crop": "center",
         "reference_interpolation": d.reference_interpolation,
         "max_subjects": d.max_subjects,
-        "manifest_sha256": _sha256(Path(d.manifest)),
+        "manifest_sha256": _data_digest(d.manifest),
         "dtype": dtype_label(dtype),
     }
-
-
-def read_index(cache_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(cache_dir) / INDEX_NAME
-    if not path.is_file():
-        raise InputError(
-            "data.cache_dir",
-            "holds no complete cache (no index.json); run `msdiffusion train cache` first",
-            str(cache_dir),
-        )
-    return json.loads(path.read_text())
 
 
 # ---- building ----------------------------------------------------------------------------------
 
 
-class _RecordLoader(Dataset):
-    """Records → samples without dropouts or substitution; a bad record yields its reason."""
+class _Items(Dataset):
+    """The records of one cache shard → samples without dropouts; a bad one yields its reason.
+    ``items``: line indices of a manifest, or ``(key, members)`` of a data shard's samples."""
 
-    def __init__(self, dataset: Any, records: Sequence[Record]):
-        self.dataset, self.records = dataset, list(records)
+    def __init__(self, make: Any, items: list[Any], shard: int):
+        self.make, self.items, self.shard = make, items, shard
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.items)
 
-    def __getitem__(self, i: int) -> dict[str, Any] | tuple[str, str]:
-        record = self.records[i]
+    def __getitem__(self, j: int) -> tuple[dict[str, Any], int] | tuple[str | None, str]:
+        item = self.items[j]
         try:
-            return self.dataset.load(record, np.random.default_rng(0), dropouts=NONE)
+            if isinstance(self.make, ManifestDataset):
+                return self.make.load(item, np.random.default_rng(0), dropouts=NONE), item
+            key, files = item
+            return self.make(files, key, self.shard, j, 0, dropouts=NONE), j
         except SampleError as err:
-            return (record.id, str(err))
+            return (err.record_id, str(err))
 
 
-def _collate_or_skip(items: list[Any]) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
-    good = [x for x in items if isinstance(x, dict)]
-    bad = [x for x in items if not isinstance(x, dict)]
-    return (collate_samples(good) if good else None), bad
+def _collate_or_skip(items: list[Any]) -> tuple[Any, list[int], list[tuple[str | None, str]]]:
+    good = [x for x in items if isinstance(x[0], dict)]
+    bad = [x for x in items if not isinstance(x[0], dict)]
+    batch = collate_samples([g[0] for g in good]) if good else None
+    return batch, [g[1] for g in good], bad
+
+
+class _Source:
+    """What a cache is built from: ``count`` cache shards, ``items(i)`` the records of one."""
+
+    def __init__(self, config: TrainConfig, feature_extractor: Any, lines: Any = None):
+        self.manifest = None if lines is not None else read_shard_set(config.data.manifest)
+        builder_args = (config.data, DropoutConfig(0, 0, 0, 0), feature_extractor)
+        if lines is not None:
+            self.make: Any = ManifestDataset(lines, *builder_args, seed=config.seed)
+            size = config.data.cache_shard_size
+            self.count = math.ceil(len(lines) / size)
+            self._ranges = [
+                range(i * size, min(len(lines), (i + 1) * size)) for i in range(self.count)
+            ]
+        else:
+            self.make = ShardSamples(SampleBuilder(*builder_args), self.manifest, config.seed)
+            self.count = len(self.manifest.shards)
+
+    @property
+    def streamed(self) -> bool:
+        return self.manifest is not None
+
+    def items(self, i: int) -> list[Any]:
+        if self.manifest is None:
+            return list(self._ranges[i])
+        return list(iter_shard(self.manifest.shards[i]))  # one data shard, in memory
+
+    def size(self, i: int) -> int:
+        return len(self._ranges[i]) if self.manifest is None else self.manifest.sizes[i]
 
 
 def build_cache(
     config: TrainConfig,
-    records: Sequence[Record],
-    root: Path,
+    source: _Source,
     encoders: Any,
     *,
     dtype: torch.dtype,
@@ -142,32 +159,20 @@ def build_cache(
     barrier: Any = lambda: None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Encode ``records`` into ``config.data.cache_dir``; returns the index (main process) or {}.
+    """Encode ``source`` into ``config.data.cache_dir``; returns the index (main process) or {}.
 
     Shard i is written by process ``i % world_size``; the main process writes the null
     embeddings and, once every shard is there, the index.
     """
     from tqdm.auto import tqdm
 
-    from .dataset import ManifestDataset
-
     out = Path(config.data.cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = cache_fingerprint(config, dtype)
     fp_text = json.dumps(fingerprint, sort_keys=True)
-    size = config.data.cache_shard_size
-    shards = [list(records[i : i + size]) for i in range(0, len(records), size)]
-    dataset = ManifestDataset(
-        records,
-        root,
-        config.data,
-        DropoutConfig(0, 0, 0, 0),
-        encoders.feature_extractor,
-        seed=config.seed,
-    )
-    mine = [i for i in range(len(shards)) if i % world_size == rank]
+    mine = [i for i in range(source.count) if i % world_size == rank]
     bar = tqdm(
-        total=sum(len(shards[i]) for i in mine),
+        total=sum(source.size(i) for i in mine),
         desc=f"caching (process {rank})",
         unit="record",
         disable=not progress,
@@ -175,24 +180,24 @@ def build_cache(
     for i in mine:
         path = out / f"shard-{i:05d}.safetensors"
         if _shard_matches(path, fp_text):
-            bar.update(len(shards[i]))
+            bar.update(source.size(i))
             continue
         tensors: dict[str, torch.Tensor] = {}
         kept: list[list[Any]] = []
-        skipped: list[tuple[str, str]] = []
+        skipped: list[tuple[str | None, str]] = []
         loader = DataLoader(
-            _RecordLoader(dataset, shards[i]),
+            _Items(source.make, source.items(i), i),
             batch_size=config.batch_size,
             num_workers=config.data.num_workers,
             collate_fn=_collate_or_skip,
         )
-        for batch, bad in loader:
+        for batch, where, bad in loader:
             skipped.extend(bad)
             if batch is not None:
                 for j, entry in enumerate(_encode_for_cache(batch, encoders, device, dtype)):
                     key = f"r{len(kept)}"
                     tensors.update({f"{key}.{name}": value for name, value in entry.items()})
-                    kept.append([batch["id"][j], key, int(entry["boxes"].shape[0])])
+                    kept.append([batch["id"][j], key, int(entry["boxes"].shape[0]), where[j]])
             bar.update(len(bad) + (0 if batch is None else len(batch["id"])))
         meta = {"fingerprint": fp_text, "records": json.dumps(kept), "skipped": json.dumps(skipped)}
         _save_tensors(tensors, path, meta)
@@ -201,16 +206,30 @@ def build_cache(
         null = {k: v.to("cpu", dtype).contiguous() for k, v in encoders.null_embeddings().items()}
         _save_tensors(null, out / NULL_NAME, {"fingerprint": fp_text})
     barrier()
-    if rank != 0:
-        return {}
-    index: dict[str, Any] = {"fingerprint": fingerprint, "shards": [], "records": [], "skipped": []}
-    for i in range(len(shards)):
+    return _write_index(out, source, fingerprint) if rank == 0 else {}
+
+
+def _write_index(out: Path, source: _Source, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    index: dict[str, Any] = {"fingerprint": fingerprint, "shards": [], "skipped": []}
+    records: list[list[Any]] = []
+    skipped_count = 0
+    for i in range(source.count):
         name = f"shard-{i:05d}.safetensors"
         with safe_open(str(out / name), framework="pt") as handle:
             meta = handle.metadata()
-        index["shards"].append(name)
-        index["records"].extend([[i, key, rid, n] for rid, key, n in json.loads(meta["records"])])
-        index["skipped"].extend(json.loads(meta["skipped"]))
+        kept, skipped = json.loads(meta["records"]), json.loads(meta["skipped"])
+        skipped_count += len(skipped)
+        if source.streamed:
+            index["shards"].append({"path": name, "samples": len(kept)})
+            index["skipped"].extend(skipped[: max(0, 50 - len(index["skipped"]))])
+        else:
+            index["shards"].append(name)
+            records.extend([[i, key, rid, n] for rid, key, n, _ in kept])
+            index["skipped"].extend(skipped)
+    if source.streamed:
+        index.update(source="shards", skipped_count=skipped_count)
+    else:
+        index["records"] = records
     atomic_write_json(out / INDEX_NAME, index)
     return index
 
@@ -218,32 +237,33 @@ def build_cache(
 def build_cache_for_config(config: TrainConfig) -> dict[str, Any]:
     """`msdiffusion train cache`: the encoders of ``config.model`` over ``config.data.manifest``
     into ``config.data.cache_dir``, on every process ``accelerate launch`` started."""
-    from accelerate.utils import DistributedType
 
     from .baddata import SkipLog
     from .components import load_components, move_module, resolve_weight_dtype
     from .encoders import FrozenEncoders
-    from .launch import make_accelerator, usable_records
+    from .launch import make_accelerator, manifest_lines
 
     if config.data.cache_dir is None:
         raise InputError("data.cache_dir", "is required to build a cache", None)
     if config.data.crop != "center":
         raise InputError("data.crop", "must be 'center' for a cache", config.data.crop)
     acc = make_accelerator(config, with_trackers=False)
-    weight_dtype = resolve_weight_dtype(
-        config.model.weight_dtype, acc.device, fsdp=acc.distributed_type == DistributedType.FSDP
-    )
+    weight_dtype = resolve_weight_dtype(config.model.weight_dtype, acc.device)
     dtype = weight_dtype if config.data.cache_dtype == "auto" else to_dtype(config.data.cache_dtype)
     vae_dtype = to_dtype(config.model.vae_dtype) if config.model.vae_dtype else weight_dtype
     components = load_components(config.model, with_unet=False, dtype=weight_dtype)
     for name in ("vae", "text_encoder", "text_encoder_2", "image_encoder"):
         move_module(components[name], acc.device, vae_dtype if name == "vae" else weight_dtype)
     skips = SkipLog(config.bad_data, enabled_logging=acc.is_main_process)
-    records, root, _ = usable_records(config, acc, skips)
+    if config.data.manifest is not None and is_shard_set(config.data.manifest):
+        source = _Source(config, components["feature_extractor"])
+        total = source.manifest.samples
+    else:
+        lines, _, _ = manifest_lines(config, acc, skips)
+        source, total = _Source(config, components["feature_extractor"], lines), len(lines)
     index = build_cache(
         config,
-        records,
-        root,
+        source,
         FrozenEncoders(**components),
         dtype=dtype,
         device=acc.device,
@@ -254,7 +274,8 @@ def build_cache_for_config(config: TrainConfig) -> dict[str, Any]:
     )
     if index:
         skips.report([tuple(s) for s in index["skipped"]], "when caching")
-        skips.check(len(index["skipped"]), len(records), "cache", runtime=False)
+        skipped = index.get("skipped_count", len(index["skipped"]))
+        skips.check(skipped, total, "cache", runtime=False)
     acc.wait_for_everyone()
     return index
 
@@ -299,81 +320,6 @@ def _shard_matches(path: Path, fp_text: str) -> bool:
             return (handle.metadata() or {}).get("fingerprint") == fp_text
     except Exception:  # a damaged file: rebuild it
         return False
-
-
-# ---- reading -----------------------------------------------------------------------------------
-
-
-class CachedDataset(Dataset):
-    """Cached samples with the dropouts applied at read time (same draws as the live dataset).
-
-    Items: id, latent_moments (8, h, w), prompt_embeds (77, C), pooled_prompt_embeds (D_pool),
-    time_ids (6,), image_embeds (S, T, D_img), phrase_embeds (S, D_phrase), boxes (S, 4),
-    drop_grounding, dropouts, skipped (always empty: bad records were left out when caching).
-    """
-
-    def __init__(
-        self,
-        cache_dir: str | os.PathLike[str],
-        dropout: DropoutConfig,
-        seed: int = 0,
-        expected_fingerprint: dict[str, Any] | None = None,
-    ):
-        self.dir = Path(cache_dir)
-        index = read_index(self.dir)
-        if expected_fingerprint is not None and index["fingerprint"] != expected_fingerprint:
-            diff = sorted(
-                k
-                for k in expected_fingerprint
-                if expected_fingerprint[k] != index["fingerprint"].get(k)
-            )
-            raise InputError(
-                "data.cache_dir",
-                f"was built for other settings ({', '.join(diff)} "
-                "differ); rebuild it with `msdiffusion train cache`",
-                str(cache_dir),
-            )
-        self.shards, self.records = index["shards"], index["records"]
-        self.skipped = index["skipped"]
-        self.dropout, self.seed = dropout, seed
-        if not self.records:
-            raise InputError("data.cache_dir", "holds no records", str(cache_dir))
-        with safe_open(str(self.dir / NULL_NAME), framework="pt") as handle:
-            self.null = {k: handle.get_tensor(k) for k in handle.keys()}
-        self._handles: dict[int, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getstate__(self) -> dict[str, Any]:  # open handles do not cross process boundaries
-        state = dict(self.__dict__)
-        state["_handles"] = {}
-        return state
-
-    def _handle(self, shard: int) -> Any:
-        if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.dir / self.shards[shard]), framework="pt")
-        return self._handles[shard]
-
-    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        shard, prefix, record_id, _ = self.records[index]
-        handle = self._handle(shard)
-        sample: dict[str, Any] = {
-            name: handle.get_tensor(f"{prefix}.{name}") for name in PER_RECORD
-        }
-        dropouts = draw_dropouts(sample_rng(self.seed, epoch, index), self.dropout)
-        if dropouts.text:
-            sample["prompt_embeds"] = self.null["prompt_embeds"]
-            sample["pooled_prompt_embeds"] = self.null["pooled_prompt_embeds"]
-        if dropouts.image:
-            sample["image_embeds"] = (
-                self.null["image_embeds"].expand_as(sample["image_embeds"]).clone()
-            )  # (S, T, D_img)
-        sample.update(
-            id=record_id, drop_grounding=dropouts.grounding, dropouts=dropouts, skipped=[]
-        )
-        return sample
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

@@ -1,14 +1,22 @@
-"""Atomic, resumable checkpoints: ``<output_dir>/checkpoints/step-NNNNNNNN``.
+"""Atomic, verified, resumable checkpoints: ``<output_dir>/checkpoints/step-NNNNNNNN``.
 
-A checkpoint is written into a hidden temporary folder and renamed into place once every process
-has written its part; the trainer state (step, data position, counters) is written last. So a
-crash at any point mid-save leaves the previous checkpoint as the latest: an incomplete folder
-is hidden (``.tmp-…``), and a folder without its state file is not a checkpoint. The last ``keep``
-checkpoints are kept.
+A checkpoint is written into a hidden temporary folder; once every process has written its part
+the main process fsyncs each file, records its size and SHA-256 in ``trainer_state.json`` (the
+step, data position and counters, written last) and swaps the folder into place. So a crash at
+any point mid-save leaves the previous checkpoint as the latest (an incomplete folder is hidden,
+``.tmp-…``; a folder without its state file is not a checkpoint), and a checkpoint damaged later
+(a truncated file, a disk error) fails its verification instead of half-loading.
+
+The folder holds one lineage. Resuming from a checkpoint that is not the newest (a rollback, or
+the fallback past a damaged one) moves the newer ones — a branch being abandoned — into
+``checkpoints/abandoned/``, so ``latest`` is always the newest checkpoint of the run that goes on,
+and pruning (the last ``keep`` are kept) counts only those. Nothing is deleted but pruned
+checkpoints of the current lineage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,12 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_json, replace_dir
+from ..atomic import atomic_write_json, fsync_dir, recover_dir, replace_dir
 from ..errors import CheckpointError
 
-__all__ = ["TrainState", "CheckpointManager", "STATE_NAME"]
+__all__ = ["TrainState", "CheckpointManager", "STATE_NAME", "ABANDONED", "file_digest"]
 
 STATE_NAME = "trainer_state.json"
+ABANDONED = "abandoned"
 _NAME = re.compile(r"^step-(\d{8,})$")
 
 
@@ -35,8 +44,14 @@ class TrainState:
     position: int = 0  # samples consumed from the global stream (see sampler.ShardedStream)
     samples_drawn: int = 0  # records tried at load time, all processes
     samples_skipped: int = 0  # of which skipped (bad at load time), all processes
+    boxes_emptied: int = 0  # subject boxes the crop left empty (kept as the zero box)
+    subjects_dropped: int = 0  # subjects past data.max_subjects
     world_size: int = 1
     batch_size: int = 1  # per process
+    parent: str | None = None  # the checkpoint this run continued from (None: a fresh start)
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # each resume and what changed
+    data: dict[str, Any] | None = None  # what the data position counts in (inputs.py)
+    stream: dict[str, Any] | None = None  # shard streams: every stream's position (streams.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -48,8 +63,25 @@ class TrainState:
         return cls(**known)
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, flushing it to disk on the way (it was just written)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+        try:
+            os.fsync(handle.fileno())
+        except OSError:  # platforms that cannot fsync a file opened for reading
+            pass
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STATE_NAME)
+
+
 class CheckpointManager:
-    """Lists, writes and prunes the checkpoints of one run."""
+    """Lists, writes, verifies, sets aside and prunes the checkpoints of one run."""
 
     def __init__(self, root: str | os.PathLike[str], keep: int = 3):
         self.root, self.keep = Path(root), keep
@@ -58,9 +90,12 @@ class CheckpointManager:
         return self.root / f"step-{step:08d}"
 
     def complete(self) -> list[tuple[int, Path]]:
-        """(step, folder) of every complete checkpoint, oldest first."""
+        """(step, folder) of every complete checkpoint of the lineage, oldest first."""
         if not self.root.is_dir():
             return []
+        for entry in list(self.root.iterdir()):  # a swap killed between its renames
+            if entry.name.startswith(".old-step-"):
+                recover_dir(self.root / entry.name.removeprefix(".old-").split(".")[0])
         found = []
         for entry in self.root.iterdir():
             match = _NAME.match(entry.name)
@@ -72,25 +107,52 @@ class CheckpointManager:
         done = self.complete()
         return done[-1][1] if done else None
 
-    def resolve(self, spec: str) -> Path | None:
-        """``"latest"`` → the newest complete checkpoint (None if there is none); a path → that
-        checkpoint (an error if it is not a complete one)."""
+    def candidates(self, spec: str) -> list[Path]:
+        """``"latest"`` → every complete checkpoint, newest first (the first good one is used);
+        a path → that checkpoint (an error if it is not a complete one)."""
         if spec == "latest":
-            return self.latest()
+            return [path for _, path in reversed(self.complete())]
         path = Path(spec)
         if not (path / STATE_NAME).is_file():
             raise CheckpointError(
                 f"resume: {spec!r} is not a complete checkpoint folder "
                 f"(no {STATE_NAME}); use 'latest' or a step-NNNNNNNN folder"
             )
-        return path
+        return [path]
+
+    def resolve(self, spec: str) -> Path | None:
+        """The checkpoint ``spec`` names first (None: "latest" and there is none)."""
+        found = self.candidates(spec)
+        return found[0] if found else None
 
     @staticmethod
     def read_state(path: Path) -> TrainState:
         try:
             return TrainState.from_json(json.loads((path / STATE_NAME).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as err:
+        except (OSError, ValueError, TypeError) as err:
             raise CheckpointError(f"unreadable trainer state in {path} ({err})") from None
+
+    @staticmethod
+    def verify(path: Path) -> list[str]:
+        """What is wrong with checkpoint ``path``: missing, truncated or changed files (against the
+        sizes and SHA-256 sums in its state file). Checkpoints written before sums were recorded
+        are checked for empty files only."""
+        try:
+            recorded = json.loads((path / STATE_NAME).read_text()).get("files")
+        except (OSError, ValueError) as err:
+            return [f"{STATE_NAME} is unreadable ({err.__class__.__name__})"]
+        if recorded is None:
+            return [f"{p.relative_to(path)} is empty" for p in _files(path) if not p.stat().st_size]
+        problems = []
+        for rel, want in sorted(recorded.items()):
+            file = path / rel
+            if not file.is_file():
+                problems.append(f"{rel} is missing")
+            elif file.stat().st_size != want["size"]:
+                problems.append(f"{rel} has {file.stat().st_size} bytes, not {want['size']}")
+            elif file_digest(file) != want["sha256"]:
+                problems.append(f"{rel} does not match its SHA-256")
+        return problems
 
     def save(
         self,
@@ -102,7 +164,8 @@ class CheckpointManager:
         barrier: Callable[[], None] = lambda: None,
     ) -> Path:
         """Write checkpoint ``step``: ``write(tmp_dir)`` runs on every process (collective saves
-        write their parts), then the main process writes the state and renames into place."""
+        write their parts), then the main process records the files' sums, writes the state and
+        swaps the folder into place."""
         tmp = self.root / f".tmp-step-{step:08d}"
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -112,11 +175,35 @@ class CheckpointManager:
         barrier()
         final = self.path_for(step)
         if is_main:
-            atomic_write_json(tmp / STATE_NAME, state.to_json())
+            files = {
+                str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": file_digest(p)}
+                for p in _files(tmp)
+            }
+            atomic_write_json(tmp / STATE_NAME, {**state.to_json(), "files": files})
             replace_dir(tmp, final)  # a step re-saved after resuming from an earlier checkpoint
             self.prune()
         barrier()
         return final
+
+    def set_aside(self, paths: list[Path], reason: str) -> list[Path]:
+        """Move checkpoints out of the lineage into ``abandoned/`` (never deleted); returns
+        where they went."""
+        moved = []
+        target_root = self.root / ABANDONED
+        for path in paths:
+            target_root.mkdir(parents=True, exist_ok=True)
+            target, n = target_root / f"{path.name}-{reason}", 1
+            while target.exists():
+                n += 1
+                target = target_root / f"{path.name}-{reason}-{n}"
+            os.replace(path, target)
+            moved.append(target)
+        if moved:
+            fsync_dir(self.root)
+        return moved
+
+    def newer_than(self, step: int) -> list[Path]:
+        return [path for s, path in self.complete() if s > step]
 
     def prune(self) -> list[Path]:
         """Delete complete checkpoints beyond the last ``keep``, and stale temporary folders."""

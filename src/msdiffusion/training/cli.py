@@ -34,6 +34,7 @@ FLAG_KEYS = {
     "ema": "ema.enabled",
     "seed": "seed",
     "resume": "resume",
+    "allow_inexact_resume": "allow_inexact_resume",
     "checkpoint_every": "checkpoint.every",
     "validation_every": "validation.every",
     "num_workers": "data.num_workers",
@@ -99,7 +100,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--resume",
         default=s,
         metavar="latest|DIR",
-        help="continue from the latest checkpoint of --output-dir, or a folder",
+        help="continue from the latest checkpoint of --output-dir, or a folder; the config's "
+        "hyper-parameters (e.g. --learning-rate) take effect",
+    )
+    g.add_argument(
+        "--allow-inexact-resume",
+        action="store_true",
+        default=s,
+        help="resume even where the run cannot continue bit-exactly (another seed or process "
+        "count, missing random states, other shard streams)",
     )
     g.add_argument("--checkpoint-every", type=int, default=s, metavar="N")
     g.add_argument("--validation-every", type=int, default=s, metavar="N")
@@ -180,11 +189,18 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(config)
     from accelerate import PartialState
 
+    code = config.checkpoint.signal_exit_code if result.stopped_by else 0
     if not PartialState().is_main_process:
-        return 0
+        return code
+    loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
+    if result.stopped_by:
+        print(
+            f"stopped by {result.stopped_by} at step {result.step} (loss {loss}); checkpoint: "
+            f"{result.checkpoint}; continue with --resume latest"
+        )
+        return code
     print(
-        f"adapter: {result.adapter_dir} (step {result.step}, loss "
-        f"{'n/a' if result.loss is None else f'{result.loss:.4f}'}, "
+        f"adapter: {result.adapter_dir} (step {result.step}, loss {loss}, "
         f"{result.samples_skipped} records skipped at load time)"
     )
     return 0

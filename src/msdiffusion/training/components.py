@@ -24,21 +24,10 @@ __all__ = ["load_components", "build_adapter", "resolve_weight_dtype", "move_mod
 FROZEN = ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder")
 
 
-def resolve_weight_dtype(name: str, device: torch.device, *, fsdp: bool = False) -> torch.dtype:
-    """``auto``: bf16 on a GPU that has it, else fp16 on a GPU, fp32 on the CPU and under FSDP
-    (FSDP flattens frozen and trained weights together, so they must share one dtype; its own
-    mixed precision casts them for compute)."""
-    if name == "auto":
-        return torch.float32 if fsdp else resolve_dtype("auto", device, prefer_bf16=True)
-    dtype = to_dtype(name)
-    if fsdp and dtype != torch.float32:
-        raise InputError(
-            "model.weight_dtype",
-            "must be fp32 or auto under FSDP (it shards "
-            "frozen and trained weights in one dtype; set mixed_precision instead)",
-            name,
-        )
-    return dtype
+def resolve_weight_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on a GPU that has it, else fp16 on a GPU, fp32 on the CPU. (Under FSDP the
+    frozen modules are not sharded, so they keep this dtype too.)"""
+    return resolve_dtype(name, device, prefer_bf16=True)
 
 
 def move_module(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> None:

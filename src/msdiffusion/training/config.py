@@ -73,14 +73,15 @@ class ModelConfig:
 class DataConfig:
     """Where the samples come from and how they are shaped (DESIGN §2.4)."""
 
-    manifest: str | None = None  # JSONL manifest (docs/training-data.md)
+    manifest: str | None = None  # JSONL manifest, or a shard dataset folder (docs/training-data.md)
     cache_dir: str | None = None  # precomputed embeddings (`msdiffusion train cache`); None = live
     resolution: int | list[int] = 512  # square side, or [height, width]
     crop: str = "center"  # center | random (random needs live encoding, not the cache)
     reference_interpolation: str = "bilinear"  # bilinear (released training) | bicubic (inference)
-    max_subjects: int | None = None  # keep at most this many subjects per record (first ones)
+    max_subjects: int | None = 4  # keep the first N subjects of a record (released: 4); None: all
     num_workers: int = 4  # DataLoader worker processes per training process
-    check_files: bool = True  # stat every referenced file before training (bad records skipped)
+    check_files: bool = True  # JSONL: check every record and its files first (split over processes)
+    shuffle_buffer: int = 500  # shards: samples each stream shuffles among (memory: × sample size)
     cache_shard_size: int = 256  # records per safetensors shard of the cache
     cache_dtype: str = "auto"  # cached embeddings: auto (= frozen weights') | fp32 | fp16 | bf16
 
@@ -106,6 +107,7 @@ class DataConfig:
         if self.max_subjects is not None and self.max_subjects < 1:
             raise InputError("data.max_subjects", "must be >= 1 or null", self.max_subjects)
         _at_least("data.num_workers", self.num_workers, 0)
+        _at_least("data.shuffle_buffer", self.shuffle_buffer, 1)
         _at_least("data.cache_shard_size", self.cache_shard_size, 1)
         if self.cache_dir is not None and self.crop != "center":
             raise InputError(
@@ -179,10 +181,19 @@ class CheckpointConfig:
 
     every: int = 1000  # steps between checkpoints (0 = only the final one)
     keep: int = 3  # keep the last K complete checkpoints
+    # SIGTERM/SIGUSR1: checkpoint at the next step boundary, then exit with this code (a
+    # Kubernetes Job needs a non-zero one, e.g. 143, to be restarted instead of completed)
+    signal_exit_code: int = 0
 
     def validate(self) -> None:
         _at_least("checkpoint.every", self.every, 0)
         _at_least("checkpoint.keep", self.keep, 1)
+        if not (isinstance(self.signal_exit_code, int) and 0 <= self.signal_exit_code <= 255):
+            raise InputError(
+                "checkpoint.signal_exit_code",
+                "must be an exit code in 0..255",
+                self.signal_exit_code,
+            )
 
 
 @dataclass
@@ -255,6 +266,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     allow_tf32: bool = True
     resume: str | None = None  # "latest" or a checkpoint folder
+    allow_inexact_resume: bool = False  # resume even where it cannot continue bit-exactly
     cpu: bool = False  # force the CPU even when a GPU is visible
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -4,19 +4,24 @@ Each target image pastes one or two subject pictures at random, non-overlapping 
 background; the subject pictures themselves are the references (one of them through a mask, one
 through a reference box, to exercise both paths). With ``subjects_dir`` (e.g. the repository's
 ``examples/subjects``) its ``*.png`` are the subjects; otherwise simple shapes are drawn.
+``demo_shards`` writes the same records as a shard dataset (docs/training-data.md, "Shards").
 """
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import random
+import tarfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..manifest import write_manifest
+from ..atomic import atomic_path, atomic_write_json
+from ..manifest import scan_manifest, write_manifest
 
-__all__ = ["build_demo_manifest", "draw_shape_subjects"]
+__all__ = ["build_demo_manifest", "demo_shards", "draw_shape_subjects"]
 
 COLORS = {"ball": (220, 60, 50), "box": (60, 120, 220), "star": (240, 200, 40)}
 
@@ -118,3 +123,48 @@ def build_demo_manifest(
             }
         )
     return write_manifest(records, out / "train.jsonl")
+
+
+def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.uname, info.gname = len(data), 0, "msdiffusion", "msdiffusion"
+    tar.addfile(info, io.BytesIO(data))
+
+
+def demo_shards(manifest: str | Path, out_dir: str | Path, samples_per_shard: int = 4) -> Path:
+    """A manifest's records as a shard dataset under ``out_dir`` (``index.json`` +
+    ``shards/shard-NNNNNN.tar``; each sample's record names its own members); returns
+    ``out_dir``."""
+    scan = scan_manifest(manifest)
+    out = Path(out_dir)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for start in range(0, len(scan.records), samples_per_shard):
+        chunk = scan.records[start : start + samples_per_shard]
+        rel = f"shards/shard-{len(entries):06d}.tar"
+        with (
+            atomic_path(out / rel) as tmp,
+            tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar,
+        ):
+            for record in chunk:
+                key = record.id.replace(".", "_")
+                obj = record.to_json()
+                files = {"png": record.image}
+                for k, subject in enumerate(obj["subjects"]):
+                    files[f"ref{k}.png"], subject["reference"] = subject["reference"], f"ref{k}.png"
+                    if subject["reference_mask"] is not None:
+                        files[f"ref{k}.mask.png"] = subject["reference_mask"]
+                        subject["reference_mask"] = f"ref{k}.mask.png"
+                obj["image"] = "png"
+                _member(tar, f"{key}.json", json.dumps(obj).encode())
+                for member, path in files.items():
+                    _member(tar, f"{key}.{member}", (scan.root / path).read_bytes())
+        entries.append({"path": rel, "samples": len(chunk)})
+    index = {
+        "format": "msdiffusion-shards/1",
+        "samples": len(scan.records),
+        "config_fingerprint": "demo",
+        "shards": entries,
+    }
+    atomic_write_json(out / "index.json", index)
+    return out

@@ -1,21 +1,31 @@
-"""What every training command starts with: an Accelerator for the config, and the manifest's
-usable records (parsed on every process, files checked once, bad records skipped and counted).
+"""What every training command starts with: an Accelerator for the config (whose processes must
+form one run), and the usable lines of a JSONL manifest.
+
+The manifest is indexed by every process (``records.ManifestLines``: byte offsets, nothing
+parsed). With ``data.check_files`` each process then checks its own share of the records — every
+W-th, parsed, its files stat'ed — and the processes exchange only the verdicts on the bad ones,
+after equal work: no process scans the manifest while the others wait in a collective. Bad
+records are skipped and counted; too many stop the run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import InputError
 from .baddata import SkipLog
 from .config import TrainConfig
+from .distributed import check_world_size
+from .records import ManifestLines
 
-__all__ = ["make_accelerator", "usable_records"]
+__all__ = ["make_accelerator", "manifest_lines"]
 
 logger = logging.getLogger("msdiffusion.training")
 
@@ -50,7 +60,7 @@ def make_accelerator(config: TrainConfig, *, with_trackers: bool = True) -> Any:
                 "tensorboard==2.21.0), or set logging.report_to=none",
                 report_to,
             )
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=mixed,
         cpu=config.cpu,
@@ -60,42 +70,58 @@ def make_accelerator(config: TrainConfig, *, with_trackers: bool = True) -> Any:
             project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")
         ),
     )
+    check_world_size(accelerator)
+    return accelerator
 
 
-def usable_records(
+def manifest_lines(
     config: TrainConfig, accelerator: Any, skips: SkipLog
-) -> tuple[list[Any], Path, int]:
-    """The manifest's usable records: parsed on every process, files checked by the main one,
-    which shares the verdict. Bad records are skipped, counted and logged; too many stop the run.
-    Returns (records, manifest folder, number skipped)."""
-    from accelerate.utils import broadcast_object_list
+) -> tuple[ManifestLines, int, int]:
+    """The manifest's usable lines (all of them without ``data.check_files``: bad records are
+    then found when drawn). Returns (lines, number skipped, lines in the manifest)."""
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
 
-    from ..manifest import scan_manifest
+    from ..manifest import RecordProblem, check_record_files
 
     manifest = config.data.manifest
     if manifest is None:
         raise InputError("data.manifest", "is required (or data.cache_dir)", None)
-    verdict: list[Any] = [None]
-    if accelerator.is_main_process:
-        scan = scan_manifest(manifest, check_files=config.data.check_files, progress=True)
-        verdict = [
-            (
-                [r.line for r in scan.records],
-                [(p.record_id, p.describe()) for p in scan.problems[:50]],
-                len(scan.problems),
-                scan.total,
+    if not Path(manifest).is_file():
+        raise InputError("data.manifest", "file does not exist", manifest)
+    lines = ManifestLines.index(manifest)
+    total = len(lines)
+    if not config.data.check_files:
+        bad: list[tuple[int, str | None, str]] = []
+    else:
+        rank, world = accelerator.process_index, accelerator.num_processes
+        mine = range(rank, total, world)
+
+        def check(i: int) -> tuple[int, str | None, str] | None:
+            try:
+                check_record_files(lines.record(i), lines.root)
+            except RecordProblem as err:
+                return (i, err.record_id, err.describe())
+            return None
+
+        with ThreadPoolExecutor(max_workers=8) as pool:  # stat calls wait on the filesystem
+            found = list(
+                tqdm(
+                    pool.map(check, mine),
+                    total=len(mine),
+                    desc="checking records",
+                    unit="record",
+                    disable=not accelerator.is_main_process,
+                )
             )
-        ]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(verdict)
-    kept_lines, shown, n_bad, total = verdict[0]
-    if not accelerator.is_main_process:
-        scan = scan_manifest(manifest, check_files=False)
-    keep = set(kept_lines)
-    records = [r for r in scan.records if r.line in keep]
-    skips.report(shown, "manifest check")
-    skips.check(n_bad, total, f"manifest {manifest}", runtime=False)
-    if not records:
+        bad = [x for x in found if x is not None]
+        if world > 1:
+            bad = sorted(gather_object(bad))
+    skips.report([(rid, reason) for _, rid, reason in bad[:50]], "manifest check")
+    skips.check(len(bad), total, f"manifest {manifest}", runtime=False)
+    keep = np.ones(total, dtype=bool)
+    keep[[i for i, _, _ in bad]] = False
+    if not keep.any():
         raise InputError("data.manifest", "has no usable record", manifest)
-    logger.info("data: %d usable records of %d in %s", len(records), total, manifest)
-    return records, scan.root, n_bad
+    logger.info("data: %d usable records of %d in %s", int(keep.sum()), total, manifest)
+    return lines.select(keep), len(bad), total

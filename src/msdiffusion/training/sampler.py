@@ -2,9 +2,10 @@
 
 The global stream is an endless sequence of epochs, each a permutation of the dataset drawn from
 (seed, epoch). Global micro-batch k covers stream positions [k·B·W, (k+1)·B·W) for batch size B
-and W processes; process r takes [k·B·W + r·B, k·B·W + (r+1)·B). So the processes see disjoint
-samples, together the whole dataset once per epoch, and the position in the stream — one integer,
-saved in checkpoints — is all a resume needs (even with another process count).
+and W processes, counted from the position the run started at; process r takes the r-th B of
+each. So the processes see disjoint samples, together the whole dataset once per epoch, and the
+position in the stream — one integer, saved in checkpoints — is all a resume needs to continue
+the order of the samples (with another batch size or process count too).
 """
 
 from __future__ import annotations
@@ -33,10 +34,6 @@ class ShardedStream(Sampler):
     ):
         if num_samples < 1:
             raise ValueError("the dataset is empty")
-        if start % (batch_size * world_size):
-            raise ValueError(
-                f"start {start} is not a multiple of the global batch {batch_size * world_size}"
-            )
         self.num_samples, self.batch_size = num_samples, batch_size
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle, self.start = seed, shuffle, start

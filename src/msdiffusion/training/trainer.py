@@ -2,11 +2,13 @@
 
 Per optimizer step: ``gradient_accumulation_steps`` micro-batches, each
     batch → frozen encoders (or the cache) → noise, t ~ U{0..T-1} → AdapterUNet → MSE → backward;
-then grad-norm clipping, AdamW, the LR schedule, the EMA. The frozen weights are in the weight
-dtype (bf16 on GPUs), the adapter in fp32 under autocast. Every ``checkpoint.every`` steps an
-atomic checkpoint (adapter, optimizer, scheduler, EMA, RNG of every process, data position);
-``resume="latest"`` continues bit-exactly. Every ``validation.every`` steps a grid of images.
-Logged scalars go to the tracker and to ``<output_dir>/logs/metrics.jsonl``.
+then grad-norm clipping (the global norm, under every engine: ``distributed``), AdamW, the LR
+schedule, the EMA. The frozen weights are in the weight dtype (bf16 on GPUs), the adapter in fp32
+under autocast. Every ``checkpoint.every`` steps an atomic, verified checkpoint (adapter,
+optimizer, scheduler, EMA, RNG of every process, data position); ``resume="latest"`` continues
+bit-exactly, with the hyper-parameters of the config (``resume``). SIGTERM/SIGUSR1 stop the run
+at the next step boundary, after a checkpoint (``preemption``). Every ``validation.every`` steps a
+grid of images. Logged scalars go to the tracker and to ``<output_dir>/logs/metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -25,15 +27,19 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_write_json
-from ..errors import InputError, MSDiffusionError
+from ..errors import CheckpointError, InputError, MSDiffusionError
 from ..runtime import dtype_label, to_dtype
 from .baddata import SkipLog
 from .checkpoint import CheckpointManager, TrainState
 from .components import build_adapter, load_components, move_module, resolve_weight_dtype
 from .config import TrainConfig
+from .distributed import clip_gradients, configure_engine, engine_of, full_adapter_state
 from .encoders import FrozenEncoders, ModelInputs
-from .launch import make_accelerator, usable_records
+from .inputs import TrainingInput
+from .launch import make_accelerator
 from .model import AdapterUNet
+from .preemption import StopSignals
+from .resume import apply_optimization, config_changes, refuse
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "train"]
 
@@ -48,10 +54,12 @@ class TrainingDiverged(MSDiffusionError):
 @dataclass
 class TrainResult:
     output_dir: Path
-    adapter_dir: Path
+    adapter_dir: Path | None  # None when a signal stopped the run (its checkpoint holds it)
     step: int
     loss: float | None
     samples_skipped: int
+    stopped_by: str | None = None  # the signal that stopped the run early (SIGTERM, SIGUSR1)
+    checkpoint: Path | None = None  # the last checkpoint written
 
 
 def _flat_hparams(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -83,12 +91,9 @@ class Trainer:
         acc = self.accelerator
         self.is_main = acc.is_main_process
         logger.setLevel(logging.INFO if self.is_main else logging.ERROR)
-        from accelerate.utils import DistributedType
-
-        self.distributed_type = acc.distributed_type
-        fsdp = acc.distributed_type == DistributedType.FSDP
-        self.weight_dtype = resolve_weight_dtype(config.model.weight_dtype, acc.device, fsdp=fsdp)
-        if fsdp and config.ema.enabled:
+        self.engine = engine_of(acc)
+        self.weight_dtype = resolve_weight_dtype(config.model.weight_dtype, acc.device)
+        if self.engine == "fsdp" and config.ema.enabled:
             raise InputError(
                 "ema.enabled",
                 "is not supported under FSDP (each process holds a "
@@ -107,6 +112,9 @@ class Trainer:
         )
         self.state = TrainState(world_size=acc.num_processes, batch_size=config.batch_size)
         self.skips = SkipLog(config.bad_data, enabled_logging=self.is_main)
+        self._positions: dict[int, tuple[int, int, int]] = {}  # this process's shard streams
+        self._batches = 0  # micro-batches this process consumed, all runs of the lineage
+        self._local = [0, 0, 0, 0]  # drawn, skipped, boxes emptied, subjects dropped
         self._setup_model()
         self._setup_data()
         self._setup_optimization()
@@ -152,38 +160,19 @@ class Trainer:
             move_module(components[name], device, torch.float32 if device.type == "cpu" else dtype)
 
     def _setup_data(self) -> None:
-        from .cache import CachedDataset, cache_fingerprint
-        from .dataset import ManifestDataset
+        from .cache import cache_fingerprint
 
         config = self.config
-        if self.cached:
-            dtype = self.cache_dtype()
-            self.dataset = CachedDataset(
-                config.data.cache_dir,
-                config.dropout,
-                config.seed,
-                expected_fingerprint=cache_fingerprint(config, dtype),
-            )
-            self.state.extra["cache_skipped"] = len(self.dataset.skipped)
-            self.skips.report([tuple(s) for s in self.dataset.skipped], "when caching")
-            total = len(self.dataset) + len(self.dataset.skipped)
-            self.skips.check(len(self.dataset.skipped), total, "cache", runtime=False)
-            logger.info(
-                "data: %d cached records (%d skipped when caching)",
-                len(self.dataset),
-                len(self.dataset.skipped),
-            )
-        else:
-            records, root, n_bad = usable_records(config, self.accelerator, self.skips)
-            self.state.extra["manifest_skipped"] = n_bad
-            self.dataset = ManifestDataset(
-                records,
-                root,
-                config.data,
-                config.dropout,
-                self.components["feature_extractor"],
-                seed=config.seed,
-            )
+        fingerprint = cache_fingerprint(config, self.cache_dtype()) if self.cached else None
+        self.input = TrainingInput(
+            config,
+            self.accelerator,
+            self.skips,
+            self.components["feature_extractor"],
+            cache_fingerprint=fingerprint,
+        )
+        self.state.extra.update(self.input.extra)
+        self.state.data = self.input.identity
 
     def cache_dtype(self) -> torch.dtype:
         name = self.config.data.cache_dtype
@@ -191,7 +180,6 @@ class Trainer:
 
     def _setup_optimization(self) -> None:
         from diffusers.optimization import get_scheduler
-        from diffusers.training_utils import EMAModel
 
         config, acc, o = self.config, self.accelerator, self.config.optim
         self.optimizer = torch.optim.AdamW(
@@ -207,44 +195,53 @@ class Trainer:
             num_warmup_steps=o.lr_warmup_steps,
             num_training_steps=config.max_steps,
         )
-        self.ema = None
-        if config.ema.enabled:
-            self.ema = EMAModel(
-                list(self.model.trainable_parameters()),
-                decay=config.ema.decay,
-                use_ema_warmup=config.ema.warmup,
-            )
-        if acc.state.deepspeed_plugin is not None:  # no prepared DataLoader tells it the size
-            acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
-                config.batch_size
-            )
+        adapter = self.model.adapter
+        self._trained_names = [n for n, p in adapter.named_parameters() if p.requires_grad]
+        self._frozen = {  # fp32 copies: DeepSpeed casts the whole module
+            n: t.detach().float().cpu().clone()
+            for n, t in adapter.state_dict(keep_vars=True).items()
+            if not (isinstance(t, torch.nn.Parameter) and t.requires_grad)
+        }
+        self.ema = self._new_ema() if config.ema.enabled else None
+        self._ema_registered = False
+        configure_engine(acc, self.model, config)
         self.model, self.optimizer, self.lr_scheduler = acc.prepare(
             self.model, self.optimizer, self.lr_scheduler
         )
         self.params = list(acc.unwrap_model(self.model).trainable_parameters())
         if self.ema is not None:
             self.ema.to(acc.device)
-            acc.register_for_checkpointing(self.ema)
         acc.register_save_state_pre_hook(self._save_hook)
         acc.register_load_state_pre_hook(self._load_hook)
 
-    # ---- checkpoints ----------------------------------------------------------------------------
-    def _is(self, kind: str) -> bool:
-        from accelerate.utils import DistributedType
+    def _new_ema(self) -> Any:
+        from diffusers.training_utils import EMAModel
 
-        return self.distributed_type == DistributedType[kind]
+        return EMAModel(
+            [p.detach().float() for p in self.model_parameters()],
+            decay=self.config.ema.decay,
+            use_ema_warmup=self.config.ema.warmup,
+        )
 
-    def adapter_state(self) -> dict[str, torch.Tensor]:
-        """The adapter's full fp32 weights (gathered under FSDP/DeepSpeed; collective there)."""
-        if self._is("FSDP") or self._is("DEEPSPEED"):
-            full = self.accelerator.get_state_dict(self.model)
-            return {
-                k.removeprefix("adapter."): v.float()
-                for k, v in full.items()
-                if k.startswith("adapter.")
-            }
-        adapter = self.accelerator.unwrap_model(self.model).adapter
-        return {k: v.detach().float() for k, v in adapter.state_dict().items()}
+    def model_parameters(self) -> list[torch.nn.Parameter]:
+        """The trained parameters, on whichever module holds them now."""
+        return list(self.accelerator.unwrap_model(self.model).trainable_parameters())
+
+    # ---- the adapter's weights ------------------------------------------------------------------
+    def adapter_state(self, ema: bool = True) -> dict[str, torch.Tensor]:
+        """The adapter's full fp32 weights on the main process — the EMA ones if ``ema`` and EMA
+        is on — ({} on the others; collective under FSDP and DeepSpeed)."""
+        shadow = None
+        if ema and self.ema is not None:
+            shadow = dict(zip(self._trained_names, self.ema.shadow_params, strict=True))
+        return full_adapter_state(
+            self.engine,
+            self.model,
+            self.accelerator.unwrap_model(self.model).adapter,
+            self._frozen,
+            is_main=self.is_main,
+            ema=shadow,
+        )
 
     @contextlib.contextmanager
     def ema_weights(self) -> Iterator[None]:
@@ -264,20 +261,19 @@ class Trainer:
         if self.is_main:
             from ..models.adapter import MSAdapter
 
-            fresh = MSAdapter(self.accelerator.unwrap_model(self.model).adapter.config)
-            fresh.load_state_dict_checked({k: v.cpu() for k, v in state.items()})
+            with torch.random.fork_rng(devices=[]):  # a new module's random init: not ours
+                fresh = MSAdapter(self.accelerator.unwrap_model(self.model).adapter.config)
+            fresh.load_state_dict_checked(state)
             fresh.save_pretrained(directory)
 
     def export_adapter(self, directory: Path) -> Path:
         """Write the adapter with ``save_pretrained`` (atomic; EMA weights when EMA is on)."""
-        with self.ema_weights():
-            state = self.adapter_state()
-        self._write_adapter(state, directory)
+        self._write_adapter(self.adapter_state(ema=True), directory)
         return directory
 
     def _save_hook(self, models: list[Any], weights: list[Any], output_dir: str) -> None:
-        # Save only the adapter (not the frozen UNet) in our own format.
-        self._write_adapter(self.adapter_state(), Path(output_dir) / "adapter")
+        # Save only the adapter (not the frozen UNet), in our own format: the trained weights.
+        self._write_adapter(self.adapter_state(ema=False), Path(output_dir) / "adapter")
         while weights:
             weights.pop()
 
@@ -291,10 +287,13 @@ class Trainer:
             target = self.accelerator.unwrap_model(models.pop()).adapter
             target.load_state_dict_checked(loaded.state_dict())
 
+    # ---- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        self._flush_skip_counts()
+        self._flush_counts()
         acc = self.accelerator
-        kwargs = {"exclude_frozen_parameters": True} if self._is("DEEPSPEED") else {}
+        kwargs = {"exclude_frozen_parameters": True} if self.engine == "deepspeed" else {}
+        if self.input.streamed:
+            self.state.stream = self.input.stream_state(self._positions, self._batches)
         self.state.extra["config"] = self.config.to_dict()
         path = self.checkpoints.save(
             self.state.step,
@@ -303,36 +302,116 @@ class Trainer:
             is_main=self.is_main,
             barrier=acc.wait_for_everyone,
         )
+        self._saved_at = self.state.step
         logger.info("checkpoint: %s", path)
         return path
 
+    def _shared(self, value: Any) -> Any:
+        """The main process's ``value``, on every process."""
+        if self.accelerator.num_processes == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        box = [value]
+        broadcast_object_list(box)
+        return box[0]
+
+    def _not_exact(self, path: Path, saved: TrainState) -> list[str]:
+        """Why continuing ``path`` would not be exact, besides config changes."""
+        acc, out = self.accelerator, []
+        if saved.world_size != acc.num_processes:
+            out.append(
+                f"it was written by {saved.world_size} processes, this run has "
+                f"{acc.num_processes}: their random states (noise, timesteps) do not carry over"
+            )
+        missing = [
+            f"random_states_{i}.pkl"
+            for i in range(acc.num_processes)
+            if not (path / f"random_states_{i}.pkl").is_file()
+        ]
+        if missing and saved.world_size == acc.num_processes:
+            out.append(f"{', '.join(missing)} missing: noise and timesteps would not continue")
+        return out + self.input.inexact(saved)
+
     def resume(self, spec: str) -> bool:
-        """Load a checkpoint (``"latest"`` or a folder); False when "latest" finds none."""
-        path = self.checkpoints.resolve(spec)
-        if path is None:
+        """Load a checkpoint (``"latest"`` or a folder); False when "latest" finds none.
+
+        ``latest``: the newest checkpoint that verifies and loads (a damaged one is reported and
+        set aside, the one before it used). Checkpoints newer than the one loaded leave the
+        lineage (``checkpoints/abandoned/``). The config's hyper-parameters then take effect
+        (``resume.py``); what cannot continue exactly is refused unless allowed."""
+        acc, config = self.accelerator, self.config
+        candidates = self.checkpoints.candidates(spec)
+        if not candidates:
             logger.info(
                 "resume: no checkpoint in %s yet; starting from step 0", self.checkpoints.root
             )
             return False
-        kwargs = {"load_module_strict": False} if self._is("DEEPSPEED") else {}
-        self.accelerator.load_state(str(path), **kwargs)
-        saved = self.checkpoints.read_state(path)
-        global_batch = self.config.batch_size * self.accelerator.num_processes
-        if saved.position % global_batch:
-            raise InputError(
-                "resume",
-                f"the checkpoint's data position {saved.position} does not "
-                f"divide into the global batch {global_batch}",
-                str(path),
+        damaged: list[Path] = []
+        for path in candidates:
+            problems = self._shared(self.checkpoints.verify(path) if self.is_main else None)
+            saved = self.checkpoints.read_state(path) if not problems else None
+            if saved is not None:
+                changes = config_changes(saved.extra.get("config", {}), config.to_dict())
+                refuse(
+                    changes, self._not_exact(path, saved), config.allow_inexact_resume, str(path)
+                )
+                try:
+                    self._load(path, saved)
+                    break
+                except Exception as err:  # a file that verified but does not load (old format)
+                    problems = [f"it does not load ({err.__class__.__name__}: {err})"]
+            if spec != "latest":
+                raise CheckpointError(f"resume: {path} is damaged: {'; '.join(problems)}")
+            logger.warning("resume: %s is damaged (%s); trying the one before", path, problems[0])
+            damaged.append(path)
+        else:
+            raise CheckpointError(
+                f"resume: no usable checkpoint in {self.checkpoints.root} (all damaged)"
             )
-        old = saved.extra.get("config", {})
-        for section in ("model", "data"):
-            if old.get(section) not in (None, self.config.to_dict()[section]):
-                logger.warning("resume: the %s section differs from the checkpoint's", section)
-        saved.world_size, saved.batch_size = self.accelerator.num_processes, self.config.batch_size
+        if self.is_main:
+            newer = [p for p in self.checkpoints.newer_than(saved.step) if p not in damaged]
+            for where in self.checkpoints.set_aside(damaged, "damaged"):
+                logger.warning("resume: the damaged checkpoint is now %s", where)
+            for where in self.checkpoints.set_aside(newer, "abandoned"):
+                logger.warning("resume: rolled back; a later checkpoint is now %s", where)
+        acc.wait_for_everyone()
+        unwrapped_scheduler = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)
+        apply_optimization(self.optimizer, unwrapped_scheduler, self.ema, config)
+        saved.resumes.append(
+            {
+                "step": saved.step,
+                "from": str(path),
+                "changes": {c.key: [c.old, c.new] for c in changes},
+                "inexact": self._not_exact(path, saved) + [c.key for c in changes if c.inexact],
+            }
+        )
+        saved.parent = str(path)
+        saved.world_size, saved.batch_size = acc.num_processes, config.batch_size
+        saved.data = self.input.identity
+        saved.extra.update(self.input.extra)
         self.state = saved
+        self._positions = {k: v for k, v in self.input.positions(saved).items() if k >= 0}
+        self._batches = int((saved.stream or {}).get("batches", 0))
         logger.info("resumed from %s at step %d", path, saved.step)
         return True
+
+    def _load(self, path: Path, saved: TrainState) -> None:
+        """``accelerator.load_state``; an EMA is registered when the checkpoint holds one, and
+        started from the loaded weights when it does not (an inexact resume allowed it)."""
+        acc = self.accelerator
+        has_ema = (path / "custom_checkpoint_0.pkl").is_file()
+        if self.ema is not None and has_ema:
+            self._register_ema()
+        kwargs = {"load_module_strict": False} if self.engine == "deepspeed" else {}
+        acc.load_state(str(path), **kwargs)
+        if self.ema is not None and not has_ema:
+            self.ema.shadow_params = [p.detach().float().clone() for p in self.params]
+
+    def _register_ema(self) -> None:
+        if self.ema is not None and not self._ema_registered:
+            self.accelerator.register_for_checkpointing(self.ema)
+            self._ema_registered = True
 
     # ---- one step -------------------------------------------------------------------------------
     def model_inputs(self, batch: dict[str, Any]) -> ModelInputs:
@@ -355,7 +434,8 @@ class Trainer:
     def loss(self, inputs: ModelInputs) -> torch.Tensor:
         """ε-prediction (or v-prediction, per the scheduler) MSE at t ~ U{0..T-1}."""
         latents = inputs.latents
-        noise = torch.randn_like(latents)
+        # an explicit shape, not randn_like: the same numbers whatever the latents' memory layout
+        noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
         steps = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
@@ -368,34 +448,39 @@ class Trainer:
         pred = self.model(noisy, timesteps, inputs)
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
-    def _micro_step(self, batch: dict[str, Any]) -> float:
+    def _micro_step(self, batch: dict[str, Any], stop: StopSignals) -> tuple[float, bool]:
+        """One micro-batch; returns the loss (mean over processes) and whether any process was
+        asked to stop (both from one all-reduce)."""
         acc = self.accelerator
         with acc.accumulate(self.model):
             loss = self.loss(self.model_inputs(batch))
-            mean = acc.reduce(loss.detach(), "mean").item()  # one all-reduce: logs + NaN check
+            flag = torch.tensor(float(stop.received is not None), device=loss.device)
+            shared = acc.reduce(torch.stack([loss.detach().float(), flag]), "mean")
+            mean, stopping = shared[0].item(), shared[1].item() > 0
             if not math.isfinite(mean):
                 latest = self.checkpoints.latest()
                 raise TrainingDiverged(
                     f"loss is {mean} at step {self.state.step + 1}; stopped before updating the "
-                    f"weights. Last good checkpoint: {latest or 'none'} (lower the learning rate "
-                    "and resume with --resume latest)"
+                    f"weights. Last good checkpoint: {latest or 'none'} (resume from it with a "
+                    "lower learning rate: --resume latest --learning-rate …)"
                 )
             acc.backward(loss)
             if acc.sync_gradients and self.config.optim.max_grad_norm is not None:
-                acc.clip_grad_norm_(self.params, self.config.optim.max_grad_norm)
+                clip_gradients(acc, self.model, self.params, self.config.optim.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return mean
+        return mean, stopping
 
-    def _optimizer_step(self, batches: Any) -> float:
+    def _optimizer_step(self, batches: Any, stop: StopSignals) -> tuple[float, bool]:
         """``gradient_accumulation_steps`` micro-steps, then the schedule and the EMA; returns
-        the step's loss (mean over micro-steps and processes)."""
+        the step's loss (mean over micro-steps and processes) and whether to stop after it."""
         config, acc, state = self.config, self.accelerator, self.state
-        losses = []
+        losses, stopping = [], False
         for _ in range(config.gradient_accumulation_steps):
             batch = next(batches)
-            self._count_skips(batch)
-            losses.append(self._micro_step(batch))
+            self._count(batch)
+            loss, stopping = self._micro_step(batch, stop)
+            losses.append(loss)
             state.position += config.batch_size * acc.num_processes
         assert acc.sync_gradients, "accumulation and optimizer steps out of step"
         self.lr_scheduler.step()
@@ -403,52 +488,61 @@ class Trainer:
             self.ema.step(self.params)
         state.step += 1
         self._interval[0].extend(losses)
-        return sum(losses) / len(losses)
+        return sum(losses) / len(losses), stopping
 
     def _log_interval(self, global_batch: int) -> dict[str, str]:
-        """Log the interval's mean loss, lr, samples/s and skips; returns the progress postfix."""
-        self._flush_skip_counts()
+        """Log the interval's mean loss, lr, samples/s and counts; returns the progress postfix."""
+        self._flush_counts()
         losses, start, start_step = self._interval
         elapsed = time.perf_counter() - start
+        state = self.state
         logs = {
             "loss": sum(losses) / len(losses),
             "lr": self.lr_scheduler.get_last_lr()[0],
-            "samples_per_s": global_batch * (self.state.step - start_step) / max(elapsed, 1e-9),
-            "skipped": self.state.samples_skipped,
+            "samples_per_s": global_batch * (state.step - start_step) / max(elapsed, 1e-9),
+            "skipped": state.samples_skipped,
+            "boxes_emptied": state.boxes_emptied,
+            "subjects_dropped": state.subjects_dropped,
         }
-        self.accelerator.log(logs, step=self.state.step)
+        self.accelerator.log(logs, step=state.step)
         if self.is_main:  # plain-text twin of the tracker's scalars, for plots and scripts
             path = self.output_dir / "logs" / "metrics.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": self.state.step, **logs}) + "\n")
-        self._interval = ([], time.perf_counter(), self.state.step)
+                handle.write(json.dumps({"step": state.step, **logs}) + "\n")
+        self._interval = ([], time.perf_counter(), state.step)
         return {
             "loss": f"{logs['loss']:.4f}",
             "lr": f"{logs['lr']:.2e}",
             "sps": f"{logs['samples_per_s']:.1f}",
         }
 
-    # ---- bad data -------------------------------------------------------------------------------
-    def _count_skips(self, batch: dict[str, Any]) -> None:
+    # ---- counts ---------------------------------------------------------------------------------
+    def _count(self, batch: dict[str, Any]) -> None:
+        """Skipped records, emptied boxes and dropped subjects of a consumed batch; the position
+        of the stream it came from."""
         skipped = batch.get("skipped", [])
         self.skips.report(skipped, "load time")
-        self._local_drawn += len(batch["id"]) + len(skipped)
-        self._local_skipped += len(skipped)
+        emptied = ((batch["boxes"] == 0).all(-1) & batch["valid"]).sum()  # zero box: emptied
+        self._local[0] += len(batch["id"]) + len(skipped)
+        self._local[1] += len(skipped)
+        self._local[2] += int(emptied)
+        self._local[3] += sum(batch.get("subjects_dropped", []))
+        self._batches += 1
+        if batch.get("stream"):
+            stream, *position = batch["stream"][-1]
+            self._positions[stream] = tuple(position)
 
-    def _flush_skip_counts(self) -> None:
-        counts = torch.tensor(
-            [self._local_drawn, self._local_skipped],
-            dtype=torch.float64,
-            device=self.accelerator.device,
-        )
-        counts = self.accelerator.reduce(counts, "sum")
-        self.state.samples_drawn += int(counts[0])
-        self.state.samples_skipped += int(counts[1])
-        self._local_drawn = self._local_skipped = 0
-        self.skips.check(
-            self.state.samples_skipped, self.state.samples_drawn, "training data", runtime=True
-        )
+    def _flush_counts(self) -> None:
+        counts = torch.tensor(self._local, dtype=torch.float64, device=self.accelerator.device)
+        drawn, skipped, emptied, dropped = self.accelerator.reduce(counts, "sum").tolist()
+        state = self.state
+        state.samples_drawn += int(drawn)
+        state.samples_skipped += int(skipped)
+        state.boxes_emptied += int(emptied)
+        state.subjects_dropped += int(dropped)
+        self._local = [0, 0, 0, 0]
+        self.skips.check(state.samples_skipped, state.samples_drawn, "training data", runtime=True)
 
     # ---- validation -----------------------------------------------------------------------------
     def validate(self) -> Path | None:
@@ -457,7 +551,7 @@ class Trainer:
 
         acc, v = self.accelerator, self.config.validation
         path = None
-        if self._is("FSDP"):  # the main process does not hold the whole sharded model
+        if self.engine == "fsdp":  # the main process does not hold the whole sharded adapter
             logger.warning(
                 "validation: skipped under FSDP; generate from a checkpoint's adapter "
                 "folder with `msdiffusion generate --adapter` instead"
@@ -498,38 +592,19 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 
-        from .dataset import collate_samples
-        from .sampler import ShardedStream
-
-        config, acc, state = self.config, self.accelerator, self.state
+        config, acc = self.config, self.accelerator
         if config.resume:
             self.resume(config.resume)
-            state = self.state
+        self._register_ema()  # (a resume registers it before loading, if the checkpoint has one)
+        state = self.state
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.output_dir / "config.json", config.to_dict())
         if config.logging.report_to:
             acc.init_trackers(config.logging.project_name, config=_flat_hparams(config.to_dict()))
-        stream = ShardedStream(
-            len(self.dataset),
-            config.batch_size,
-            rank=acc.process_index,
-            world_size=acc.num_processes,
-            seed=config.seed,
-            start=state.position,
-        )
-        loader = DataLoader(
-            self.dataset,
-            batch_size=config.batch_size,
-            sampler=stream,
-            collate_fn=collate_samples,
-            num_workers=config.data.num_workers,
-            pin_memory=acc.device.type == "cuda",
-            generator=torch.Generator().manual_seed(config.seed),
-        )
+        loader = self.input.loader(state)
         global_batch = config.batch_size * acc.num_processes * config.gradient_accumulation_steps
         logger.info(
             "training: steps %d→%d, %d samples per step (%d processes × %d × %d accumulation)",
@@ -540,8 +615,8 @@ class Trainer:
             config.batch_size,
             config.gradient_accumulation_steps,
         )
-        self._local_drawn = self._local_skipped = 0
         self._interval = ([], time.perf_counter(), state.step)  # losses, start time, start step
+        self._saved_at = -1
         bar = tqdm(
             total=config.max_steps,
             initial=state.step,
@@ -550,32 +625,47 @@ class Trainer:
             disable=not self.is_main,
         )
         batches = iter(loader)
-        last_loss = None
+        last_loss, stopped_by, checkpoint = None, None, None
         self.model.train()
         try:
-            while state.step < config.max_steps:
-                last_loss = self._optimizer_step(batches)
-                bar.update(1)
-                final = state.step == config.max_steps
-                if state.step % config.logging.every == 0 or final:
-                    bar.set_postfix(self._log_interval(global_batch))
-                for callback in self.callbacks:
-                    callback(self, state)
-                every = config.checkpoint.every
-                if (every and state.step % every == 0) or final:
-                    self.save_checkpoint()
-                v_every = config.validation.every
-                if v_every and (state.step % v_every == 0 or final):
-                    self.validate()
+            with StopSignals() as stop:
+                while state.step < config.max_steps:
+                    last_loss, stopping = self._optimizer_step(batches, stop)
+                    bar.update(1)
+                    final = state.step == config.max_steps
+                    if state.step % config.logging.every == 0 or final:
+                        bar.set_postfix(self._log_interval(global_batch))
+                    for callback in self.callbacks:
+                        callback(self, state)
+                    every = config.checkpoint.every
+                    if (every and state.step % every == 0) or final or stopping:
+                        checkpoint = self.save_checkpoint()
+                    if stopping and not final:
+                        stopped_by = stop.received or "a signal to another process"
+                        break
+                    v_every = config.validation.every
+                    if v_every and (state.step % v_every == 0 or final):
+                        self.validate()
         finally:
             bar.close()
-        adapter_dir = self.export_adapter(self.output_dir / "adapter")
+        adapter_dir = None
+        if stopped_by is None:
+            adapter_dir = self.export_adapter(self.output_dir / "adapter")
         acc.wait_for_everyone()
         if self.is_main:
-            logger.info("adapter exported to %s", adapter_dir)
+            if adapter_dir is not None:
+                logger.info("adapter exported to %s", adapter_dir)
+            else:
+                logger.warning("stopped by %s at step %d: %s", stopped_by, state.step, checkpoint)
         acc.end_training()
         return TrainResult(
-            self.output_dir, adapter_dir, state.step, last_loss, state.samples_skipped
+            self.output_dir,
+            adapter_dir,
+            state.step,
+            last_loss,
+            state.samples_skipped,
+            stopped_by,
+            checkpoint,
         )
 
 

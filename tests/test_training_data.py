@@ -14,7 +14,6 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import CLIPImageProcessorPil
 
-from msdiffusion.manifest import scan_manifest
 from msdiffusion.training.config import DataConfig, DropoutConfig
 from msdiffusion.training.dataset import ManifestDataset, collate_samples
 from msdiffusion.training.demo import build_demo_manifest

@@ -338,6 +338,43 @@ def test_cache_matches_live_encoding_and_trains_with_dropouts(tmp_path, manifest
     assert result.step == 2 and result.loss is not None and result.loss == result.loss
     with pytest.raises(Exception, match="other settings"):
         Trainer(cfg.with_overrides({"data.resolution": 32}))
+    # live training draws the same samples, dropouts, noise and timesteps: it differs only by the
+    # encoders' floating-point batch effects (the cache encoded other batches)
+    live = train(cfg.with_overrides({"data.cache_dir": None, "output_dir": str(tmp_path / "l")}))
+    a, b = adapter_weights(result.adapter_dir), adapter_weights(live.adapter_dir)
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    assert abs(result.loss - live.loss) < 1e-5
+
+
+def test_latents_draw_the_same_noise_whatever_the_moments_memory_layout(tiny_setup):
+    components, _ = tiny_setup
+    encoders = FrozenEncoders(**components)
+    moments = torch.randn(2, 8, 8, 8)
+    draws = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(3)
+        draws.append(encoders.sample_latents(moments.to(memory_format=layout)))
+    assert torch.equal(draws[0], draws[1])
+
+
+def test_a_shard_dataset_is_cached_per_shard_and_trains_as_a_stream(tmp_path, manifest):
+    from msdiffusion.training.cache import build_cache_for_config
+    from msdiffusion.training.demo import demo_shards
+
+    shards = demo_shards(manifest, tmp_path / "shards", samples_per_shard=4)
+    cache = tmp_path / "cache"
+    cfg = config(
+        tmp_path / "run",
+        shards,
+        max_steps=2,
+        **{"data.crop": "center", "data.cache_dir": str(cache), "checkpoint.every": 1},
+    )
+    index = build_cache_for_config(cfg)
+    assert index["source"] == "shards" and "records" not in index  # small at any scale
+    assert [s["samples"] for s in index["shards"]] == [4, 4, 2] and index["skipped_count"] == 0
+    result = train(cfg)
+    state = json.loads((result.checkpoint / "trainer_state.json").read_text())
+    assert result.step == 2 and state["data"]["kind"] == "cache-shards" and state["stream"]
 
 
 def test_cli_trains_validates_and_logs(tmp_path, manifest):

@@ -123,8 +123,9 @@ def full_adapter_state(
     if engine == "fsdp":
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
+        on_gpu = next(wrapped.parameters()).is_cuda  # (offloading when on the CPU crashes)
         with FSDP.summon_full_params(
-            wrapped, writeback=False, rank0_only=True, offload_to_cpu=True
+            wrapped, writeback=False, rank0_only=True, offload_to_cpu=on_gpu
         ):
             if is_main:
                 out = {k: v.detach().float().cpu().clone() for k, v in _named_state(adapter)}

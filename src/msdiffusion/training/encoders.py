@@ -1,8 +1,9 @@
 """The frozen encoders of a training step: VAE, both SDXL text encoders, the image encoder.
 
 One place turns a live batch (pixels, captions, reference pixels, phrases) into the UNet's inputs;
-the embedding cache runs the same functions once and stores their outputs, so cached and live
-training see identical tensors.
+the embedding cache runs the same functions once and stores their outputs, and both draw the
+latents' noise the same way — so cached and live training see the same tensors (bit for bit when
+the cache is stored in the encoders' dtype; docs/training.md says where they can differ).
 """
 
 from __future__ import annotations
@@ -89,10 +90,14 @@ class FrozenEncoders:
         return self.vae.encode(pixel_values.to(device, dtype)).latent_dist.parameters
 
     def sample_latents(self, moments: torch.Tensor) -> torch.Tensor:
-        """Draw from the posterior (global RNG) and scale: ``(B, 2·4, h, w)`` → ``(B, 4, h, w)``."""
-        mean, logvar = moments.float().chunk(2, dim=1)  # (B, 4, h, w) each
+        """Draw from the posterior (global RNG) and scale: ``(B, 2·4, h, w)`` → ``(B, 4, h, w)``.
+
+        The moments are made contiguous and the noise drawn for an explicit shape: a VAE may return
+        channels-last moments (the CPU one does) and ``randn_like`` would lay the same numbers out
+        in that memory order — live and cached training draw the same noise either way."""
+        mean, logvar = moments.float().contiguous().chunk(2, dim=1)  # (B, 4, h, w) each
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        latents = mean + std * torch.randn_like(mean)
+        latents = mean + std * torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
         shift = getattr(self.vae.config, "shift_factor", None)
         if shift is not None:
             latents = latents - shift

@@ -87,6 +87,8 @@ class Trainer:
         self.config = config.validate()
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.output_dir)
+        # a process group someone else started outlives the run (it is theirs to end)
+        self._owns_group = not torch.distributed.is_initialized()
         self.accelerator = make_accelerator(config)
         acc = self.accelerator
         self.is_main = acc.is_main_process
@@ -657,7 +659,11 @@ class Trainer:
                 logger.info("adapter exported to %s", adapter_dir)
             else:
                 logger.warning("stopped by %s at step %d: %s", stopped_by, state.step, checkpoint)
-        acc.end_training()
+        if self._owns_group:
+            acc.end_training()  # trackers finished, the process group it started destroyed
+        else:
+            for tracker in acc.trackers:
+                tracker.finish()
         return TrainResult(
             self.output_dir,
             adapter_dir,

@@ -202,8 +202,11 @@ class CheckpointManager:
             fsync_dir(self.root)
         return moved
 
-    def newer_than(self, step: int) -> list[Path]:
-        return [path for s, path in self.complete() if s > step]
+    def continue_from(self, step: int, damaged: list[Path]) -> list[Path]:
+        """The run goes on from checkpoint ``step``: the damaged checkpoints and every later one
+        (a branch being abandoned) leave the lineage. Returns where they went."""
+        later = [path for s, path in self.complete() if s > step and path not in damaged]
+        return self.set_aside(damaged, "damaged") + self.set_aside(later, "abandoned")
 
     def prune(self) -> list[Path]:
         """Delete complete checkpoints beyond the last ``keep``, and stale temporary folders."""

@@ -40,6 +40,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "apply_overrides",
+    "flatten",
 ]
 
 
@@ -348,6 +349,19 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
                 raise InputError(key, "is not a section", part)
             node = child
         node[leaf] = value
+    return out
+
+
+def flatten(data: dict[str, Any], prefix: str = "", keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A nested config dict → ``{"section.key": value}``; the dicts named in ``keep`` (dotted)
+    and empty ones stay whole values."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = prefix + key
+        if isinstance(value, dict) and value and name not in keep:
+            out.update(flatten(value, f"{name}.", keep))
+        else:
+            out[name] = value
     return out
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "clip_gradients",
     "full_adapter_state",
     "engine_of",
+    "from_main",
 ]
 
 
@@ -40,6 +41,17 @@ def engine_of(accelerator: Any) -> str:
 
     kind = accelerator.distributed_type
     return {DistributedType.FSDP: "fsdp", DistributedType.DEEPSPEED: "deepspeed"}.get(kind, "ddp")
+
+
+def from_main(accelerator: Any, value: Any) -> Any:
+    """The main process's ``value``, on every process (collective)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box)
+    return box[0]
 
 
 def check_world_size(accelerator: Any) -> None:

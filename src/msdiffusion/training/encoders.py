@@ -151,6 +151,16 @@ class FrozenEncoders:
             drop_grounding=batch["drop_grounding"].to(device),
         )
 
+    def cached_batch(self, batch: dict[str, Any], device: torch.device) -> ModelInputs:
+        """A collated batch of the embedding cache → ModelInputs on ``device`` (latents drawn
+        from the cached posterior, the rest as cached)."""
+        names = ("prompt_embeds", "pooled_prompt_embeds", "time_ids", "image_embeds")
+        names += ("phrase_embeds", "boxes", "valid", "drop_grounding")
+        return ModelInputs(
+            latents=self.sample_latents(batch["latent_moments"].to(device)),
+            **{name: batch[name].to(device) for name in names},
+        )
+
     @torch.no_grad()
     def null_embeddings(self, reference_size: int | None = None) -> dict[str, torch.Tensor]:
         """What the dropouts substitute, for the cache: the empty caption's text embeddings

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .config import TrainConfig
+from .config import TrainConfig, flatten
 
-__all__ = ["Change", "config_changes", "refuse", "apply_optimization"]
+__all__ = ["Change", "config_changes", "not_exact", "refuse", "apply_optimization"]
 
 logger = logging.getLogger("msdiffusion.training")
 
@@ -52,19 +53,9 @@ class Change:
         return f"{self.key} {self.old!r} → {self.new!r}"
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and key != "adapter":
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     """Every field whose value differs between the checkpoint's config and this one."""
-    before, after = _flat(old), _flat(new)
+    before, after = flatten(old, keep=("model.adapter",)), flatten(new, keep=("model.adapter",))
     changes = []
     for key in sorted(set(before) | set(after)):
         if key in NOT_CHANGES or key not in before or before.get(key) == after.get(key):
@@ -74,6 +65,21 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
             inexact = "the checkpoint has no EMA to continue; it would start from the weights"
         changes.append(Change(key, before[key], after.get(key), inexact, NEVER.get(key)))
     return changes
+
+
+def not_exact(path: Path, saved: Any, num_processes: int) -> list[str]:
+    """Why continuing checkpoint ``path`` (its state ``saved``) with ``num_processes`` processes
+    would not be exact, as far as the random states go."""
+    if saved.world_size != num_processes:
+        return [
+            f"it was written by {saved.world_size} processes, this run has {num_processes}: "
+            "their random states (noise, timesteps) do not carry over"
+        ]
+    missing = [f"random_states_{i}.pkl" for i in range(num_processes)]
+    missing = [name for name in missing if not (path / name).is_file()]
+    if missing:
+        return [f"{', '.join(missing)} missing: noise and timesteps would not continue"]
+    return []
 
 
 def refuse(changes: list[Change], extra: list[str], allow_inexact: bool, where: str) -> None:

@@ -32,14 +32,20 @@ from ..runtime import dtype_label, to_dtype
 from .baddata import SkipLog
 from .checkpoint import CheckpointManager, TrainState
 from .components import build_adapter, load_components, move_module, resolve_weight_dtype
-from .config import TrainConfig
-from .distributed import clip_gradients, configure_engine, engine_of, full_adapter_state
+from .config import TrainConfig, flatten
+from .distributed import (
+    clip_gradients,
+    configure_engine,
+    engine_of,
+    from_main,
+    full_adapter_state,
+)
 from .encoders import FrozenEncoders, ModelInputs
 from .inputs import TrainingInput
 from .launch import make_accelerator
 from .model import AdapterUNet
 from .preemption import StopSignals
-from .resume import apply_optimization, config_changes, refuse
+from .resume import apply_optimization, config_changes, not_exact, refuse
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "train"]
 
@@ -60,18 +66,6 @@ class TrainResult:
     samples_skipped: int
     stopped_by: str | None = None  # the signal that stopped the run early (SIGTERM, SIGUSR1)
     checkpoint: Path | None = None  # the last checkpoint written
-
-
-def _flat_hparams(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
-            out.update(_flat_hparams(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float, str, bool)):
-            out[prefix + key] = value
-        else:
-            out[prefix + key] = str(value)
-    return out
 
 
 class Trainer:
@@ -308,33 +302,6 @@ class Trainer:
         logger.info("checkpoint: %s", path)
         return path
 
-    def _shared(self, value: Any) -> Any:
-        """The main process's ``value``, on every process."""
-        if self.accelerator.num_processes == 1:
-            return value
-        from accelerate.utils import broadcast_object_list
-
-        box = [value]
-        broadcast_object_list(box)
-        return box[0]
-
-    def _not_exact(self, path: Path, saved: TrainState) -> list[str]:
-        """Why continuing ``path`` would not be exact, besides config changes."""
-        acc, out = self.accelerator, []
-        if saved.world_size != acc.num_processes:
-            out.append(
-                f"it was written by {saved.world_size} processes, this run has "
-                f"{acc.num_processes}: their random states (noise, timesteps) do not carry over"
-            )
-        missing = [
-            f"random_states_{i}.pkl"
-            for i in range(acc.num_processes)
-            if not (path / f"random_states_{i}.pkl").is_file()
-        ]
-        if missing and saved.world_size == acc.num_processes:
-            out.append(f"{', '.join(missing)} missing: noise and timesteps would not continue")
-        return out + self.input.inexact(saved)
-
     def resume(self, spec: str) -> bool:
         """Load a checkpoint (``"latest"`` or a folder); False when "latest" finds none.
 
@@ -351,13 +318,12 @@ class Trainer:
             return False
         damaged: list[Path] = []
         for path in candidates:
-            problems = self._shared(self.checkpoints.verify(path) if self.is_main else None)
+            problems = from_main(acc, self.checkpoints.verify(path) if self.is_main else None)
             saved = self.checkpoints.read_state(path) if not problems else None
             if saved is not None:
                 changes = config_changes(saved.extra.get("config", {}), config.to_dict())
-                refuse(
-                    changes, self._not_exact(path, saved), config.allow_inexact_resume, str(path)
-                )
+                inexact = not_exact(path, saved, acc.num_processes) + self.input.inexact(saved)
+                refuse(changes, inexact, config.allow_inexact_resume, str(path))
                 try:
                     self._load(path, saved)
                     break
@@ -372,11 +338,8 @@ class Trainer:
                 f"resume: no usable checkpoint in {self.checkpoints.root} (all damaged)"
             )
         if self.is_main:
-            newer = [p for p in self.checkpoints.newer_than(saved.step) if p not in damaged]
-            for where in self.checkpoints.set_aside(damaged, "damaged"):
-                logger.warning("resume: the damaged checkpoint is now %s", where)
-            for where in self.checkpoints.set_aside(newer, "abandoned"):
-                logger.warning("resume: rolled back; a later checkpoint is now %s", where)
+            for where in self.checkpoints.continue_from(saved.step, damaged):
+                logger.warning("resume: a checkpoint leaves the lineage: now %s", where)
         acc.wait_for_everyone()
         unwrapped_scheduler = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)
         apply_optimization(self.optimizer, unwrapped_scheduler, self.ema, config)
@@ -385,7 +348,7 @@ class Trainer:
                 "step": saved.step,
                 "from": str(path),
                 "changes": {c.key: [c.old, c.new] for c in changes},
-                "inexact": self._not_exact(path, saved) + [c.key for c in changes if c.inexact],
+                "inexact": inexact + [c.key for c in changes if c.inexact],
             }
         )
         saved.parent = str(path)
@@ -418,20 +381,9 @@ class Trainer:
     # ---- one step -------------------------------------------------------------------------------
     def model_inputs(self, batch: dict[str, Any]) -> ModelInputs:
         device = self.accelerator.device
-        if not self.cached:
-            return self.encoders.encode_batch(batch, device)
-        latents = self.encoders.sample_latents(batch["latent_moments"].to(device))
-        return ModelInputs(
-            latents=latents,
-            prompt_embeds=batch["prompt_embeds"].to(device),
-            pooled_prompt_embeds=batch["pooled_prompt_embeds"].to(device),
-            time_ids=batch["time_ids"].to(device),
-            image_embeds=batch["image_embeds"].to(device),
-            phrase_embeds=batch["phrase_embeds"].to(device),
-            boxes=batch["boxes"].to(device),
-            valid=batch["valid"].to(device),
-            drop_grounding=batch["drop_grounding"].to(device),
-        )
+        if self.cached:
+            return self.encoders.cached_batch(batch, device)
+        return self.encoders.encode_batch(batch, device)
 
     def loss(self, inputs: ModelInputs) -> torch.Tensor:
         """ε-prediction (or v-prediction, per the scheduler) MSE at t ~ U{0..T-1}."""
@@ -549,48 +501,9 @@ class Trainer:
     # ---- validation -----------------------------------------------------------------------------
     def validate(self) -> Path | None:
         """Render the validation grid (main process; the others wait)."""
-        from .validation import render_validation, validation_requests
+        from .validation import validate
 
-        acc, v = self.accelerator, self.config.validation
-        path = None
-        if self.engine == "fsdp":  # the main process does not hold the whole sharded adapter
-            logger.warning(
-                "validation: skipped under FSDP; generate from a checkpoint's adapter "
-                "folder with `msdiffusion generate --adapter` instead"
-            )
-        elif self.is_main and v.requests:
-            unwrapped = acc.unwrap_model(self.model)
-            if self.cached:
-                self._place_encoders(acc.device)
-            devices = [acc.device] if acc.device.type == "cuda" else []
-            try:
-                # leave the training RNG untouched
-                with self.ema_weights(), torch.random.fork_rng(devices=devices):
-                    requests = validation_requests(v, self.config.data.size)
-                    path = self.output_dir / "validation" / f"step-{self.state.step:08d}.png"
-                    grid = render_validation(
-                        {**self.components, "unet": unwrapped.unet},
-                        unwrapped.adapter,
-                        requests,
-                        path,
-                        acc.autocast,
-                    )
-            finally:
-                if self.cached:
-                    self._place_encoders(torch.device("cpu"))
-            self._log_image(grid)
-            logger.info("validation: %s", path)
-        acc.wait_for_everyone()
-        return path
-
-    def _log_image(self, grid: Any) -> None:
-        import numpy as np
-
-        for tracker in self.accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.log_images(
-                    {"validation": np.asarray(grid)[None]}, step=self.state.step, dataformats="NHWC"
-                )
+        return validate(self)
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -605,7 +518,11 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.output_dir / "config.json", config.to_dict())
         if config.logging.report_to:
-            acc.init_trackers(config.logging.project_name, config=_flat_hparams(config.to_dict()))
+            hparams = {
+                k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                for k, v in flatten(config.to_dict()).items()
+            }
+            acc.init_trackers(config.logging.project_name, config=hparams)
         loader = self.input.loader(state)
         global_batch = config.batch_size * acc.num_processes * config.gradient_accumulation_steps
         logger.info(

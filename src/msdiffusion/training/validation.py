@@ -5,16 +5,20 @@ the inference pipeline itself (``msdiffusion.inference.generate``), saved as one
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
 from ..atomic import atomic_save_image
 from ..request import GenerationRequest
 from .config import ValidationConfig
 
-__all__ = ["validation_requests", "render_validation"]
+__all__ = ["validation_requests", "render_validation", "validate"]
+
+logger = logging.getLogger("msdiffusion.training")
 
 
 def validation_requests(config: ValidationConfig, size: tuple[int, int]) -> list[GenerationRequest]:
@@ -73,3 +77,48 @@ def render_validation(
     grid = image_grid(tiles, columns=columns)
     atomic_save_image(grid, out_path)
     return grid
+
+
+def validate(trainer: Any) -> Path | None:
+    """A trainer's validation grid at its current step, on the main process (the others wait);
+    with the EMA weights when EMA is on, leaving the training RNG untouched."""
+    acc, v = trainer.accelerator, trainer.config.validation
+    path = None
+    if trainer.engine == "fsdp":  # the main process does not hold the whole sharded adapter
+        logger.warning(
+            "validation: skipped under FSDP; generate from a checkpoint's adapter "
+            "folder with `msdiffusion generate --adapter` instead"
+        )
+    elif trainer.is_main and v.requests:
+        unwrapped = acc.unwrap_model(trainer.model)
+        if trainer.cached:
+            trainer._place_encoders(acc.device)
+        devices = [acc.device] if acc.device.type == "cuda" else []
+        try:
+            with trainer.ema_weights(), torch.random.fork_rng(devices=devices):
+                requests = validation_requests(v, trainer.config.data.size)
+                path = trainer.output_dir / "validation" / f"step-{trainer.state.step:08d}.png"
+                grid = render_validation(
+                    {**trainer.components, "unet": unwrapped.unet},
+                    unwrapped.adapter,
+                    requests,
+                    path,
+                    acc.autocast,
+                )
+        finally:
+            if trainer.cached:
+                trainer._place_encoders(torch.device("cpu"))
+        _log_image(acc, grid, trainer.state.step)
+        logger.info("validation: %s", path)
+    acc.wait_for_everyone()
+    return path
+
+
+def _log_image(accelerator: Any, grid: Image.Image, step: int) -> None:
+    import numpy as np
+
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images(
+                {"validation": np.asarray(grid)[None]}, step=step, dataformats="NHWC"
+            )

@@ -329,6 +329,16 @@ def test_cli_builds_with_tiny_real_models_and_the_shards_train(tmp_path, capsys)
     )
     assert code == 0
     assert any(run.rglob("*.safetensors")), "the run should export adapter weights"
+    # and straight from the shards, streamed
+    shards_run = tmp_path / "shards-run"
+    args = ["train", "--preset", "tiny", "--manifest", str(out), "--output-dir", str(shards_run)]
+    args += ["--max-steps", "2", "--batch-size", "2", "--resolution", "64", "--num-workers", "0"]
+    args += ["--cpu", "--set", "logging.report_to=none", "--set", "bad_data.max_skip_fraction=0.5"]
+    assert main(args) == 0
+    state = json.loads(
+        (shards_run / "checkpoints" / "step-00000002" / "trainer_state.json").read_text()
+    )
+    assert state["data"]["kind"] == "shards" and state["stream"]["positions"]
 
 
 def test_demo_builds_offline_with_random_models(tmp_path, capsys):

@@ -256,3 +256,27 @@ def test_shard_stream_workers_each_read_their_own_units():
     solo = [_shard_stream(s, 4, buffer=500) for s in (2, 3)]
     expected = {x["id"] for st in solo for x in itertools.islice(iter(st), 6)}
     assert mine == expected
+
+
+def test_a_truncated_shard_is_a_counted_skip_never_a_crash(demo, tmp_path):
+    from msdiffusion.shards import iter_tar
+    from msdiffusion.training.demo import demo_shards
+    from msdiffusion.training.records import ShardSet
+
+    shards = ShardSet.read(demo_shards(demo, tmp_path / "ds", samples_per_shard=4))
+    tar = shards.shards[0]
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])  # breaks off mid-sample
+
+    def make(raw, key, shard, index, epoch):
+        return {"id": key}
+
+    stream = ShardStream(shards.sizes, lambda i: iter_tar(shards.shards[i]), make, buffer=1)
+    items = list(itertools.islice(iter(stream), 8))  # an epoch (3 + 4 samples), and one more
+    reasons = [reason for x in items for _, reason in x["skipped"]]
+    assert reasons == ["shard 0: ended after 3 of its 4 samples"]  # a tar cut at a block boundary
+    assert len({x["id"] for x in items[:7]}) == 7
+    tar.write_bytes(tar.read_bytes()[:-700])  # cut inside a member: the reader stops there too
+    items = list(itertools.islice(iter(stream), 8))
+    assert [r for x in items for _, r in x["skipped"]] == [
+        "shard 0: ended after 3 of its 4 samples"
+    ]

@@ -338,6 +338,14 @@ def test_cache_matches_live_encoding_and_trains_with_dropouts(tmp_path, manifest
     assert result.step == 2 and result.loss is not None and result.loss == result.loss
     with pytest.raises(Exception, match="other settings"):
         Trainer(cfg.with_overrides({"data.resolution": 32}))
+    # a cache built before the subject cap's default became 4 is the same cache if its records fit
+    from msdiffusion.training.cached import check_fingerprint, read_index
+
+    old = read_index(cfg.data.cache_dir)
+    old["fingerprint"]["max_subjects"] = None
+    check_fingerprint(old, {**old["fingerprint"], "max_subjects": 4}, "cache")
+    with pytest.raises(Exception, match="max_subjects differ"):  # records with 2 subjects
+        check_fingerprint(old, {**old["fingerprint"], "max_subjects": 1}, "cache")
     # live training draws the same samples, dropouts, noise and timesteps: it differs only by the
     # encoders' floating-point batch effects (the cache encoded other batches)
     live = train(cfg.with_overrides({"data.cache_dir": None, "output_dir": str(tmp_path / "l")}))

@@ -198,8 +198,11 @@ def scan_shards(path: str | Path, *, open_images: bool = True, decode: bool = Fa
     records, problems, sizes = [], [], []
     seen: dict[str, int] = {}
     total = 0
-    for total, sample in enumerate(iter_samples(shards), start=1):
+    every = ((shard, key, files) for shard in shards for key, files in iter_tar(shard))
+    for total, (shard, key, files) in enumerate(every, start=1):
+        sample = ShardSample(key, {}, files, str(shard))
         try:
+            sample.record = _decoded_record(sample, RecordProblem)
             record = parse_record(sample.record, total)
             if record.id in seen:
                 raise RecordProblem(
@@ -243,6 +246,24 @@ def scan_shards(path: str | Path, *, open_images: bool = True, decode: bool = Fa
     return ManifestScan(Path(where), records, problems, total, sizes)
 
 
+def _decoded_record(sample: ShardSample, problem: Any) -> Any:
+    """A sample's record member as JSON, or a problem saying why it is not (missing, not UTF-8,
+    not JSON)."""
+    raw = sample.files.get(RECORD)
+    if raw is None:
+        raise problem("schema", RECORD, "no record member in the sample", sample.key)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise problem(
+            "encoding", RECORD, f"is not valid UTF-8 (byte {raw[err.start]:#04x})", sample.key
+        ) from None
+    except (ValueError, RecursionError) as err:
+        raise problem(
+            "schema", RECORD, f"is not valid JSON ({err.__class__.__name__})", sample.key
+        ) from None
+
+
 def _size(
     sample: ShardSample, member: str, name: str, decode: bool, problem: Any
 ) -> tuple[int, int]:
@@ -251,7 +272,7 @@ def _size(
             if decode:
                 image.load()
             return image.size
-    except (OSError, ValueError, SyntaxError) as err:
+    except Exception as err:  # any failure of the decoder on these bytes (a decompression bomb, …)
         raise problem(
             "unreadable image",
             name,

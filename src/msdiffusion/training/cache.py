@@ -37,12 +37,12 @@ from torch.utils.data import DataLoader, Dataset
 from ..atomic import atomic_path, atomic_write_json
 from ..errors import InputError
 from ..runtime import dtype_label, to_dtype
+from ..shards import is_dataset, iter_tar
 from .cached import INDEX_NAME, NULL_NAME
 from .config import DropoutConfig, TrainConfig
 from .dataset import ManifestDataset, SampleBuilder, ShardSamples, collate_samples
 from .dropout import NONE
-from .records import SampleError
-from .webdataset import is_shard_set, iter_shard, read_shard_set
+from .records import SampleError, ShardSet
 
 __all__ = ["CACHE_FORMAT", "cache_fingerprint", "build_cache", "build_cache_for_config"]
 
@@ -59,7 +59,7 @@ def _sha256(path: Path) -> str:
 
 def _data_digest(manifest: str) -> str:
     """SHA-256 of a manifest file, or of a shard dataset's index.json."""
-    return read_shard_set(manifest).digest if is_shard_set(manifest) else _sha256(Path(manifest))
+    return ShardSet.read(manifest).digest if is_dataset(manifest) else _sha256(Path(manifest))
 
 
 def cache_fingerprint(config: TrainConfig, dtype: torch.dtype) -> dict[str, Any]:
@@ -121,7 +121,7 @@ class _Source:
     """What a cache is built from: ``count`` cache shards, ``items(i)`` the records of one."""
 
     def __init__(self, config: TrainConfig, feature_extractor: Any, lines: Any = None):
-        self.manifest = None if lines is not None else read_shard_set(config.data.manifest)
+        self.manifest = None if lines is not None else ShardSet.read(config.data.manifest)
         builder_args = (config.data, DropoutConfig(0, 0, 0, 0), feature_extractor)
         if lines is not None:
             self.make: Any = ManifestDataset(lines, *builder_args, seed=config.seed)
@@ -141,7 +141,7 @@ class _Source:
     def items(self, i: int) -> list[Any]:
         if self.manifest is None:
             return list(self._ranges[i])
-        return list(iter_shard(self.manifest.shards[i]))  # one data shard, in memory
+        return list(iter_tar(self.manifest.shards[i]))  # one data shard, in memory
 
     def size(self, i: int) -> int:
         return len(self._ranges[i]) if self.manifest is None else self.manifest.sizes[i]
@@ -255,7 +255,7 @@ def build_cache_for_config(config: TrainConfig) -> dict[str, Any]:
     for name in ("vae", "text_encoder", "text_encoder_2", "image_encoder"):
         move_module(components[name], acc.device, vae_dtype if name == "vae" else weight_dtype)
     skips = SkipLog(config.bad_data, enabled_logging=acc.is_main_process)
-    if config.data.manifest is not None and is_shard_set(config.data.manifest):
+    if config.data.manifest is not None and is_dataset(config.data.manifest):
         source = _Source(config, components["feature_extractor"])
         total = source.manifest.samples
     else:

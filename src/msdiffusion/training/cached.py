@@ -52,10 +52,16 @@ def read_index(cache_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def check_fingerprint(index: dict[str, Any], expected: dict[str, Any] | None, where: str) -> None:
-    """Refuse a cache built for other settings than ``expected``."""
+    """Refuse a cache built for other settings than ``expected``. A cache built without a
+    subject cap whose records all fit the cap asked for is the same cache (caches built before
+    the cap's default became 4)."""
     if expected is None or index["fingerprint"] == expected:
         return
     diff = sorted(k for k in expected if expected[k] != index["fingerprint"].get(k))
+    if diff == ["max_subjects"] and index["fingerprint"].get("max_subjects") is None:
+        most = max((int(r[3]) for r in index.get("records", [])), default=None)
+        if most is not None and most <= expected["max_subjects"]:
+            return
     raise InputError(
         "data.cache_dir",
         f"was built for other settings ({', '.join(diff)} differ); "

@@ -26,9 +26,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..manifest import Record, RecordProblem, parse_record
+from ..shards import RECORD, iter_tar
 from .config import DataConfig, DropoutConfig
 from .dropout import Dropouts, draw_dropouts
-from .records import FolderFiles, ManifestLines, MemberFiles, SampleError
+from .records import FolderFiles, ManifestLines, MemberFiles, SampleError, ShardSet
 from .transforms import (
     add_time_ids,
     crop_geometry,
@@ -38,7 +39,6 @@ from .transforms import (
     resize_and_crop,
     transform_box,
 )
-from .webdataset import RECORD_MEMBER, ShardSet, iter_shard
 
 __all__ = [
     "SampleBuilder",
@@ -177,7 +177,7 @@ class TarReader:
         self.shards = shards.shards
 
     def __call__(self, i: int) -> Any:
-        return iter_shard(self.shards[i])
+        return iter_tar(self.shards[i])
 
 
 class ShardSamples:
@@ -197,16 +197,14 @@ class ShardSamples:
         epoch: int,
         dropouts: Dropouts | None = None,
     ) -> dict[str, Any]:
-        if RECORD_MEMBER not in files:
-            raise SampleError(f"no {key}.{RECORD_MEMBER} record in {self.names[shard]}", key)
+        if RECORD not in files:
+            raise SampleError(f"no {key}.{RECORD} record in {self.names[shard]}", key)
         try:
-            obj = json.loads(files[RECORD_MEMBER].decode("utf-8"))
+            obj = json.loads(files[RECORD].decode("utf-8"))
             record = parse_record(obj, index + 1)
         except (ValueError, RecursionError) as err:  # bad UTF-8 or JSON; RecordProblem
             reason = str(err) if isinstance(err, RecordProblem) else err.__class__.__name__
-            raise SampleError(
-                f"{key}.{RECORD_MEMBER}: not a usable record ({reason})", key
-            ) from None
+            raise SampleError(f"{key}.{RECORD}: not a usable record ({reason})", key) from None
         rng = np.random.default_rng([self.seed, epoch, shard, index, 1])
         files_of = MemberFiles(key, files, self.names[shard])
         try:

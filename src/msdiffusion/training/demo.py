@@ -20,6 +20,15 @@ from PIL import Image, ImageDraw
 
 from ..atomic import atomic_path, atomic_write_json
 from ..manifest import scan_manifest, write_manifest
+from ..shards import (
+    FORMAT,
+    INDEX_NAME,
+    RECORD,
+    mask_member,
+    reference_member,
+    shard_path,
+    target_member,
+)
 
 __all__ = ["build_demo_manifest", "demo_shards", "draw_shape_subjects"]
 
@@ -141,7 +150,7 @@ def demo_shards(manifest: str | Path, out_dir: str | Path, samples_per_shard: in
     entries = []
     for start in range(0, len(scan.records), samples_per_shard):
         chunk = scan.records[start : start + samples_per_shard]
-        rel = f"shards/shard-{len(entries):06d}.tar"
+        rel = shard_path(len(entries))
         with (
             atomic_path(out / rel) as tmp,
             tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar,
@@ -149,22 +158,22 @@ def demo_shards(manifest: str | Path, out_dir: str | Path, samples_per_shard: in
             for record in chunk:
                 key = record.id.replace(".", "_")
                 obj = record.to_json()
-                files = {"png": record.image}
+                files = {target_member("png"): record.image}
                 for k, subject in enumerate(obj["subjects"]):
-                    files[f"ref{k}.png"], subject["reference"] = subject["reference"], f"ref{k}.png"
+                    ref, mask = reference_member(k, "png"), mask_member(k)
+                    files[ref], subject["reference"] = subject["reference"], ref
                     if subject["reference_mask"] is not None:
-                        files[f"ref{k}.mask.png"] = subject["reference_mask"]
-                        subject["reference_mask"] = f"ref{k}.mask.png"
-                obj["image"] = "png"
-                _member(tar, f"{key}.json", json.dumps(obj).encode())
+                        files[mask], subject["reference_mask"] = subject["reference_mask"], mask
+                obj["image"] = target_member("png")
+                _member(tar, f"{key}.{RECORD}", json.dumps(obj).encode())
                 for member, path in files.items():
                     _member(tar, f"{key}.{member}", (scan.root / path).read_bytes())
         entries.append({"path": rel, "samples": len(chunk)})
     index = {
-        "format": "msdiffusion-shards/1",
+        "format": FORMAT,
         "samples": len(scan.records),
         "config_fingerprint": "demo",
         "shards": entries,
     }
-    atomic_write_json(out / "index.json", index)
+    atomic_write_json(out / INDEX_NAME, index)
     return out

@@ -18,12 +18,13 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..shards import is_dataset
 from .baddata import SkipLog
 from .checkpoint import TrainState
 from .config import TrainConfig
 from .dataset import ManifestDataset, SampleBuilder, ShardSamples, TarReader, collate_samples
+from .records import ShardSet
 from .streams import Position, ShardStream, stream_layout
-from .webdataset import is_shard_set, read_shard_set
 
 __all__ = ["TrainingInput"]
 
@@ -63,8 +64,8 @@ class TrainingInput:
             skipped = [tuple(s) for s in self.dataset.skipped]
             self._cache_skips(skips, skipped, len(skipped))
             self.identity = {"kind": "cache", "records": len(self.dataset)}
-        elif data.manifest is not None and is_shard_set(data.manifest):
-            shards = read_shard_set(data.manifest)
+        elif data.manifest is not None and is_dataset(data.manifest):
+            shards = ShardSet.read(data.manifest)
             builder = SampleBuilder(data, config.dropout, feature_extractor)
             make = ShardSamples(builder, shards, config.seed)
             self._stream(shards.sizes, TarReader(shards), make, "shards", shards.digest)

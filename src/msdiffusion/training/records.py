@@ -1,5 +1,5 @@
 """Where a sample's record and files come from: a JSONL manifest read one line at a time, or the
-members of one sample of a WebDataset shard.
+members of one sample of a WebDataset shard (``msdiffusion.shards``: the format and its reader).
 
 A manifest is indexed once per process by the byte offsets of its non-blank lines — a pass over
 its bytes (vectorised, ≈ 1 GB/s) that parses nothing; 20 bytes per record stay in memory. A
@@ -9,8 +9,11 @@ a sample needs it, so a bad line is that sample's problem, found when it is draw
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,10 @@ import numpy as np
 from PIL import Image
 
 from ..encoding import load_image
+from ..errors import InputError
 from ..manifest import Record, RecordProblem, decode_line, parse_record
 
-__all__ = ["ManifestLines", "FolderFiles", "MemberFiles", "SampleError"]
+__all__ = ["ManifestLines", "ShardSet", "FolderFiles", "MemberFiles", "SampleError"]
 
 BLOCK = 1 << 24  # bytes indexed at a time
 _SPACE = np.zeros(256, dtype=bool)
@@ -123,6 +127,46 @@ class ManifestLines:
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
             os.close(self._fd)
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A shard dataset as training plans it: its shards (paths) and their sample counts, in index
+    order, and the SHA-256 of its index.json (its identity in checkpoints and caches)."""
+
+    root: Path
+    shards: tuple[Path, ...]
+    sizes: tuple[int, ...]
+    digest: str
+
+    @property
+    def samples(self) -> int:
+        return sum(self.sizes)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str], argument: str = "data.manifest") -> ShardSet:
+        from ..shards import INDEX_NAME, read_index
+
+        try:
+            index = read_index(path)
+            sizes = tuple(int(s["samples"]) for s in index.shards)
+        except InputError as err:
+            raise InputError(argument, err.rule, err.value) from None
+        except (KeyError, TypeError, ValueError):
+            raise InputError(
+                argument, "index.json: every shard needs a samples count", path
+            ) from None
+        if not sum(sizes):
+            raise InputError(argument, "is a shard dataset without samples", str(path))
+        if importlib.util.find_spec("webdataset") is None:
+            raise InputError(
+                argument,
+                "is a shard dataset: reading it needs webdataset (pip install webdataset==1.0.2, "
+                "part of the train extra)",
+                str(path),
+            )
+        digest = hashlib.sha256((index.root / INDEX_NAME).read_bytes()).hexdigest()
+        return cls(index.root, tuple(index.paths()), sizes, digest)
 
 
 def _decode(opener: Any, name: str, mode: str) -> Image.Image:

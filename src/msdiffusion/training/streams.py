@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,11 +31,19 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .records import SampleError
 
-__all__ = ["ShardStream", "stream_layout", "fresh_positions", "Position"]
+__all__ = ["ShardStream", "stream_layout", "fresh_positions", "Position", "Broken"]
 
 Position = tuple[int, int, int]  # (epoch, unit in the stream's epoch plan, samples taken from it)
 MAX_CONSECUTIVE_SKIPS = 32
 MAX_IDLE_EPOCHS = 1000
+
+
+@dataclass(frozen=True)
+class Broken:
+    """Where a shard broke off: its ``lost`` samples (of this unit) count as skipped."""
+
+    reason: str
+    lost: int
 
 
 def stream_layout(
@@ -80,6 +89,7 @@ class ShardStream(IterableDataset):
         self.read, self.make = read, make
         self.rank, self.workers, self.seed, self.buffer = rank, max(1, workers), seed, buffer
         self.streams = world_size * self.workers
+        self.sizes = list(sizes)  # what each shard should hold (its index entry)
         shards = [i for i, n in enumerate(sizes) if n > 0]
         if sum(sizes) < self.streams:
             raise ValueError(
@@ -96,21 +106,30 @@ class ShardStream(IterableDataset):
         return [self.units[j] for j in order[stream :: self.streams]]
 
     def unit(self, unit: tuple[int, int, int], epoch: int) -> Iterator[tuple[int, str, Any]]:
-        """``(index in shard, key, raw)`` of one unit, through its shuffle buffer."""
+        """``(index in shard, key, raw)`` of one unit, through its shuffle buffer; a shard that
+        breaks off (truncated, unreadable) ends its unit with a ``Broken`` item."""
         shard, part, parts = unit
         rng = np.random.default_rng([self.seed, epoch, shard, part])
         held: list[tuple[int, str, Any]] = []
-        for index, (key, raw) in enumerate(self.read(shard)):
-            if index % parts != part:
-                continue
-            if len(held) < self.buffer:
-                held.append((index, key, raw))
-                continue
-            j = int(rng.integers(len(held)))
-            out, held[j] = held[j], (index, key, raw)
-            yield out
+        broken, index = None, -1
+        try:
+            for index, (key, raw) in enumerate(self.read(shard)):
+                if index % parts != part:
+                    continue
+                if len(held) < self.buffer:
+                    held.append((index, key, raw))
+                    continue
+                j = int(rng.integers(len(held)))
+                out, held[j] = held[j], (index, key, raw)
+                yield out
+        except Exception as err:  # the reader on untrusted bytes: the rest of the shard is lost
+            broken = f"unreadable after sample {index + 1} ({err!r})"[:300]
         for j in rng.permutation(len(held)):
             yield held[j]
+        lost = sum(1 for i in range(index + 1, self.sizes[shard]) if i % parts == part)
+        if lost:  # a reader error, or a tar cut at a block boundary (it reads as a shorter one)
+            reason = broken or f"ended after {index + 1} of its {self.sizes[shard]} samples"
+            yield (-1, "", Broken(f"shard {shard}: {reason}", lost))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -131,10 +150,13 @@ class ShardStream(IterableDataset):
                     if n < taken:  # already passed on before the resume
                         continue
                     taken = n + 1
+                    if isinstance(raw, Broken):  # one skip per sample lost
+                        skipped.extend([(None, raw.reason)] * raw.lost)
+                        continue
                     try:
                         sample = self.make(raw, key, unit[0], index, epoch)
                     except SampleError as err:
-                        skipped.append((err.record_id or key, str(err)))
+                        skipped.append((err.record_id or key or None, str(err)))
                         if len(skipped) >= MAX_CONSECUTIVE_SKIPS:
                             raise RuntimeError(
                                 f"{len(skipped)} consecutive samples could not be loaded "

@@ -126,3 +126,26 @@ def test_bad_bytes_are_counted_problems_never_a_traceback(demo, bomb_png, capsys
     assert main(["data", "check", str(demo)]) == 1
     out = capsys.readouterr().out
     assert "with problems: 2" in out and "encoding: 1" in out
+
+
+def test_bad_bytes_in_shards_are_counted_problems(demo, bomb_png, tmp_path, capsys):
+    import io
+    import tarfile
+
+    from msdiffusion.shards import iter_tar
+    from msdiffusion.training.demo import demo_shards
+
+    dataset = demo_shards(demo, tmp_path / "ds", samples_per_shard=3)
+    tar_path = dataset / "shards" / "shard-000000.tar"
+    samples = list(iter_tar(tar_path))
+    samples[0][1]["json"] = b'{"id": "caf\xe9"}'  # not UTF-8
+    samples[1][1]["png"] = bomb_png  # the target: a decompression bomb
+    with tarfile.open(tar_path, "w") as tar:
+        for key, files in samples:
+            for member, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{member}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert main(["data", "check", str(dataset)]) == 1
+    out = capsys.readouterr().out
+    assert "with problems: 2" in out and "encoding: 1" in out and "unreadable image: 1" in out

@@ -1,8 +1,9 @@
 """Where a sample's record and files come from: a JSONL manifest read one line at a time, or the
 members of one sample of a WebDataset shard (``msdiffusion.shards``: the format and its reader).
 
-A manifest is indexed once per process by the byte offsets of its non-blank lines — a pass over
-its bytes (vectorised, ≈ 1 GB/s) that parses nothing; 20 bytes per record stay in memory. A
+A manifest is indexed once per process by the byte offsets of its non-blank lines — a vectorised
+pass over its bytes that parses nothing; 20 bytes per record stay in memory (parsed records take
+about a hundred times that: ``benchmarks/manifest_index.py``). A
 record is read (``os.pread``: no shared file position between forked workers) and parsed when
 a sample needs it, so a bad line is that sample's problem, found when it is drawn.
 """

@@ -211,10 +211,11 @@ def test_sigterm_checkpoints_at_the_next_step_boundary(tmp_path, run6, manifest)
         if state.step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
+    before = signal.getsignal(signal.SIGTERM)
     stopped = Trainer(config(tmp_path, manifest), callbacks=[signal_at_2]).run()
     assert stopped.stopped_by == "SIGTERM" and stopped.step == 3 and stopped.adapter_dir is None
     assert stopped.checkpoint.name == "step-00000003" and not (tmp_path / "adapter").exists()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+    assert signal.getsignal(signal.SIGTERM) is before  # the run's handler is gone again
     resumed = train(config(tmp_path, manifest, resume="latest"))
     assert same(resumed.adapter_dir, result.adapter_dir)
 

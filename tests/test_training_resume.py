@@ -261,15 +261,19 @@ def test_the_cli_survives_sigterm_and_kill_minus_9(tmp_path, manifest):
     """SIGTERM: a checkpoint at the step boundary, exit 0; SIGKILL: the last checkpoint stands;
     resuming after both ends where an uninterrupted run does."""
     out = tmp_path / "run"
-    cfg = config(out, manifest, max_steps=1000, **{"checkpoint.every": 2})
+    cfg = config(out, manifest, max_steps=1000, **{"checkpoint.every": 2, "data.num_workers": 1})
     path = tmp_path / "train.json"
     path.write_text(json.dumps(cfg.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [*CLI, "--config", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*CLI, "--config", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     _wait_for_step(out, proc, 2)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole group, DataLoader worker included
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-2000:]
     assert b"stopped by SIGTERM" in stdout and not (out / "adapter").exists()
@@ -287,5 +291,6 @@ def test_the_cli_survives_sigterm_and_kill_minus_9(tmp_path, manifest):
     last = state_of(latest)["step"]
     assert last > state_of(first)["step"] and CheckpointManager.verify(latest) == []
     resumed = train(cfg.with_overrides({"resume": "latest", "max_steps": last + 1}))
-    straight = train(config(tmp_path / "straight", manifest, max_steps=last + 1))
+    straight = {"max_steps": last + 1, "data.num_workers": 1}
+    straight = train(config(tmp_path / "straight", manifest, **straight))
     assert same(resumed.adapter_dir, straight.adapter_dir)

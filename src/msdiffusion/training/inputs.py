@@ -23,6 +23,7 @@ from .baddata import SkipLog
 from .checkpoint import TrainState
 from .config import TrainConfig
 from .dataset import ManifestDataset, SampleBuilder, ShardSamples, TarReader, collate_samples
+from .preemption import ignore_stop_signals
 from .records import ShardSet
 from .streams import Position, ShardStream, stream_layout
 
@@ -175,6 +176,7 @@ class TrainingInput:
             pin_memory=acc.device.type == "cuda",
             # its own generator: starting the workers must not draw from the training RNG
             generator=torch.Generator().manual_seed(config.seed),
+            worker_init_fn=ignore_stop_signals,
         )
         if self.streamed:
             stream = ShardStream(

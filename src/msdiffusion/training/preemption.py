@@ -4,8 +4,11 @@ a job) and SIGUSR1 (SLURM's ``--signal=USR1@<seconds>`` warning) ask the run to 
 The handler only records the signal; the training loop reads it at the next optimizer-step
 boundary (the processes agree through the loss's all-reduce: one process receiving it is enough),
 writes a checkpoint and returns, and `msdiffusion train` exits with
-``checkpoint.signal_exit_code`` (0 by default). DataLoader worker processes forked while the
-handler is installed die of the signal as usual.
+``checkpoint.signal_exit_code`` (0 by default). DataLoader workers ignore both signals
+(``ignore_stop_signals``): a signal sent to the whole process group (``kill -TERM -<pgid>``, a
+scheduler signalling every process of a job) must not kill them under the step that is to finish;
+they end with the main process. Other processes forked while the handler is installed die of the
+signal as usual.
 """
 
 from __future__ import annotations
@@ -17,10 +20,18 @@ import threading
 from types import FrameType
 from typing import Any
 
-__all__ = ["StopSignals", "SIGNALS"]
+__all__ = ["StopSignals", "SIGNALS", "ignore_stop_signals"]
 
 logger = logging.getLogger("msdiffusion.training")
 SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: the worker leaves the stop signals to the main process."""
+    for name in SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, signal.SIG_IGN)
 
 
 class StopSignals:

@@ -214,14 +214,10 @@ class Trainer:
         from diffusers.training_utils import EMAModel
 
         return EMAModel(
-            [p.detach().float() for p in self.model_parameters()],
+            [p.detach().float() for p in self.model.trainable_parameters()],
             decay=self.config.ema.decay,
             use_ema_warmup=self.config.ema.warmup,
         )
-
-    def model_parameters(self) -> list[torch.nn.Parameter]:
-        """The trained parameters, on whichever module holds them now."""
-        return list(self.accelerator.unwrap_model(self.model).trainable_parameters())
 
     # ---- the adapter's weights ------------------------------------------------------------------
     def adapter_state(self, ema: bool = True) -> dict[str, torch.Tensor]:

@@ -118,11 +118,12 @@ def _collate_or_skip(items: list[Any]) -> tuple[Any, list[int], list[tuple[str |
 
 
 class _Source:
-    """What a cache is built from: ``count`` cache shards, ``items(i)`` the records of one."""
+    """What a cache is built from — a manifest's ``lines`` or, without them, the shard dataset
+    ``data.manifest`` names: ``count`` cache shards, ``items(i)`` the records of one."""
 
     def __init__(self, config: TrainConfig, feature_extractor: Any, lines: Any = None):
-        self.manifest = None if lines is not None else ShardSet.read(config.data.manifest)
         builder_args = (config.data, DropoutConfig(0, 0, 0, 0), feature_extractor)
+        self.shards: ShardSet | None = None
         if lines is not None:
             self.make: Any = ManifestDataset(lines, *builder_args, seed=config.seed)
             size = config.data.cache_shard_size
@@ -131,20 +132,21 @@ class _Source:
                 range(i * size, min(len(lines), (i + 1) * size)) for i in range(self.count)
             ]
         else:
-            self.make = ShardSamples(SampleBuilder(*builder_args), self.manifest, config.seed)
-            self.count = len(self.manifest.shards)
+            self.shards = ShardSet.read(config.data.manifest)
+            self.make = ShardSamples(SampleBuilder(*builder_args), self.shards, config.seed)
+            self.count = len(self.shards.shards)
 
     @property
     def streamed(self) -> bool:
-        return self.manifest is not None
+        return self.shards is not None
 
     def items(self, i: int) -> list[Any]:
-        if self.manifest is None:
+        if self.shards is None:
             return list(self._ranges[i])
-        return list(iter_tar(self.manifest.shards[i]))  # one data shard, in memory
+        return list(iter_tar(self.shards.shards[i]))  # one data shard, in memory
 
     def size(self, i: int) -> int:
-        return len(self._ranges[i]) if self.manifest is None else self.manifest.sizes[i]
+        return len(self._ranges[i]) if self.shards is None else self.shards.sizes[i]
 
 
 def build_cache(
@@ -257,7 +259,7 @@ def build_cache_for_config(config: TrainConfig) -> dict[str, Any]:
     skips = SkipLog(config.bad_data, enabled_logging=acc.is_main_process)
     if config.data.manifest is not None and is_dataset(config.data.manifest):
         source = _Source(config, components["feature_extractor"])
-        total = source.manifest.samples
+        total = source.shards.samples
     else:
         lines, _, _ = manifest_lines(config, acc, skips)
         source, total = _Source(config, components["feature_extractor"], lines), len(lines)

@@ -24,6 +24,8 @@ def test_defaults_are_the_released_recipe():
     )
     assert c.batch_size == 8 and c.data.resolution == 512 and c.data.crop == "center"
     assert c.data.reference_interpolation == "bilinear"
+    assert c.data.max_subjects == 4  # the released training's subjects per record
+    assert c.checkpoint.signal_exit_code == 0 and not c.allow_inexact_resume
 
 
 def test_file_then_flags_then_set(tmp_path):
@@ -72,6 +74,8 @@ def test_file_then_flags_then_set(tmp_path):
         ({"model.preset": "sd15"}, "model.preset"),
         ({"validation.every": 5}, "validation.requests"),
         ({"optim.lr_scheduler": "nope"}, "optim.lr_scheduler"),
+        ({"checkpoint.signal_exit_code": 256}, "checkpoint.signal_exit_code"),
+        ({"data.shuffle_buffer": 0}, "data.shuffle_buffer"),
     ],
 )
 def test_errors_name_the_key(overrides, key):
@@ -103,3 +107,9 @@ def test_round_trip_through_json():
     )
     again = TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))).validate()
     assert again == c
+
+
+def test_resume_flags():
+    args = build_parser().parse_args(["train", "--resume", "latest", "--allow-inexact-resume"])
+    config = config_from_args(args)
+    assert config.resume == "latest" and config.allow_inexact_resume

@@ -47,6 +47,17 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture()
+def fresh_accelerate_state():
+    """Each training run builds its own Accelerator; forget the previous one's process-wide
+    state. Modules opt in with ``pytest.mark.usefixtures("fresh_accelerate_state")``."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """The shared benchmark data when this checkout has it, else a stand-in tree with the real

@@ -23,22 +23,13 @@ from msdiffusion.training.config import load_config
 from msdiffusion.training.demo import build_demo_manifest, demo_shards
 from msdiffusion.training.trainer import Trainer, train
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("single_thread", "fresh_accelerate_state")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "subjects"
 
 
 class Killed(BaseException):
     """Stands for the process dying mid-run (nothing may catch it)."""
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
 
 
 @pytest.fixture(scope="module")

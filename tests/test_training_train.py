@@ -21,23 +21,13 @@ from msdiffusion.training.encoders import FrozenEncoders
 from msdiffusion.training.model import AdapterUNet
 from msdiffusion.training.trainer import Trainer, TrainingDiverged, train
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("single_thread", "fresh_accelerate_state")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "subjects"
 
 
 class Killed(BaseException):
     """Stands for the process dying mid-run (nothing may catch it)."""
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each run builds its own Accelerator; forget the previous one's process-wide state."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
 
 
 @pytest.fixture(scope="module")

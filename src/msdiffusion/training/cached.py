@@ -105,13 +105,9 @@ class _Reader:
         return sample
 
 
-class CachedDataset(Dataset):
-    """A manifest's cached samples.
-
-    Items: id, latent_moments (8, h, w), prompt_embeds (77, C), pooled_prompt_embeds (D_pool),
-    time_ids (6,), image_embeds (S, T, D_img), phrase_embeds (S, D_phrase), boxes (S, 4),
-    drop_grounding, dropouts, skipped (always empty: bad records were left out when caching).
-    """
+class _Cache:
+    """A cache opened for reading: its index (checked against ``expected_fingerprint``), its
+    files, and the dropouts to apply."""
 
     def __init__(
         self,
@@ -120,16 +116,28 @@ class CachedDataset(Dataset):
         seed: int = 0,
         expected_fingerprint: dict[str, Any] | None = None,
     ):
-        index = read_index(cache_dir)
-        check_fingerprint(index, expected_fingerprint, str(cache_dir))
-        if index.get("source") == "shards":
+        self.index = read_index(cache_dir)
+        check_fingerprint(self.index, expected_fingerprint, str(cache_dir))
+        self.reader = _Reader(cache_dir)
+        self.dropout, self.seed = dropout, seed
+
+
+class CachedDataset(_Cache, Dataset):
+    """A manifest's cached samples.
+
+    Items: id, latent_moments (8, h, w), prompt_embeds (77, C), pooled_prompt_embeds (D_pool),
+    time_ids (6,), image_embeds (S, T, D_img), phrase_embeds (S, D_phrase), boxes (S, 4),
+    drop_grounding, dropouts, skipped (always empty: bad records were left out when caching).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike[str], *args: Any, **kwargs: Any):
+        super().__init__(cache_dir, *args, **kwargs)
+        if self.index.get("source") == "shards":
             raise InputError(
                 "data.cache_dir", "holds a shard dataset's cache (read as a stream)", cache_dir
             )
-        self.reader = _Reader(cache_dir)
-        self.shards, self.records = index["shards"], index["records"]
-        self.skipped = index["skipped"]
-        self.dropout, self.seed = dropout, seed
+        self.shards, self.records = self.index["shards"], self.index["records"]
+        self.skipped = self.index["skipped"]
         if not self.records:
             raise InputError("data.cache_dir", "holds no records", str(cache_dir))
 
@@ -143,24 +151,15 @@ class CachedDataset(Dataset):
         return {**self.reader.sample(self.shards[shard], prefix, dropouts), "id": record_id}
 
 
-class CachedShards:
+class CachedShards(_Cache):
     """A shard dataset's cache, for a ``ShardStream``: ``read(i)`` yields cache shard i's records,
     ``make`` loads one (its dropouts seeded by the data shard's sample index, as live)."""
 
-    def __init__(
-        self,
-        cache_dir: str | os.PathLike[str],
-        dropout: DropoutConfig,
-        seed: int = 0,
-        expected_fingerprint: dict[str, Any] | None = None,
-    ):
-        index = read_index(cache_dir)
-        check_fingerprint(index, expected_fingerprint, str(cache_dir))
-        self.reader = _Reader(cache_dir)
-        self.names = [s["path"] for s in index["shards"]]
-        self.sizes = [int(s["samples"]) for s in index["shards"]]
-        self.skipped = int(index["skipped_count"])
-        self.dropout, self.seed = dropout, seed
+    def __init__(self, cache_dir: str | os.PathLike[str], *args: Any, **kwargs: Any):
+        super().__init__(cache_dir, *args, **kwargs)
+        self.names = [s["path"] for s in self.index["shards"]]
+        self.sizes = [int(s["samples"]) for s in self.index["shards"]]
+        self.skipped = int(self.index["skipped_count"])
         if not sum(self.sizes):
             raise InputError("data.cache_dir", "holds no records", str(cache_dir))
 

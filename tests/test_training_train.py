@@ -375,6 +375,44 @@ def test_a_shard_dataset_is_cached_per_shard_and_trains_as_a_stream(tmp_path, ma
     assert result.step == 2 and state["data"]["kind"] == "cache-shards" and state["stream"]
 
 
+@pytest.mark.parametrize("source", ["manifest", "shards"])
+def test_a_cached_run_resumes_exactly(tmp_path, manifest, source):
+    """From the embedding cache (a manifest's, or a shard dataset's read as streams): 4 steps
+    straight == 2 steps + a crash (mid-step 3) + resume — the cached position carries over."""
+    from msdiffusion.training.cache import build_cache_for_config
+    from msdiffusion.training.demo import demo_shards
+
+    data = manifest
+    if source == "shards":
+        data = demo_shards(manifest, tmp_path / "shards", samples_per_shard=4)
+    common = {
+        "max_steps": 4,
+        "data.crop": "center",
+        "data.cache_dir": str(tmp_path / "cache"),
+        "data.cache_shard_size": 4,
+        "dropout.both": 0.5,
+        "checkpoint.every": 2,
+    }
+    build_cache_for_config(config(tmp_path / "straight", data, **common))
+    straight = train(config(tmp_path / "straight", data, **common))
+
+    def crash_at_3(trainer, state):
+        if state.step == 3:
+            raise Killed
+
+    crashed = config(tmp_path / "crashed", data, **common)
+    with pytest.raises(Killed):
+        Trainer(crashed, callbacks=[crash_at_3]).run()
+    state = json.loads(
+        (tmp_path / "crashed" / "checkpoints" / "step-00000002" / "trainer_state.json").read_text()
+    )
+    assert state["data"]["kind"] == ("cache-shards" if source == "shards" else "cache")
+    resumed = train(crashed.with_overrides({"resume": "latest"}))
+    assert resumed.step == 4
+    a, b = adapter_weights(straight.adapter_dir), adapter_weights(resumed.adapter_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_cli_trains_validates_and_logs(tmp_path, manifest):
     refs = Path(manifest).parent / "refs"
     ref = sorted(p for p in refs.glob("*.png") if "mask" not in p.name)[0]

@@ -5,16 +5,19 @@ end with identical adapter weights — the ones exported); a shard-dataset run s
 that only one process received (both stop at the same step, after one checkpoint) and resumed,
 ending where an uninterrupted run ends; FSDP (torch's, over the same process group) wrapping only
 the adapter, clipping by the global norm, and gathering the adapter's full weights. A second
-launch shows that processes that do not form one run are refused.
+launch shows that processes that do not form one run are refused; two processes started without
+a launcher (as ``srun`` starts them) stop together on a signal.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -254,3 +257,52 @@ def test_processes_that_do_not_form_one_run_are_refused(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.count("the launcher started 2 processes but each runs alone") == 2
     assert not out.exists()
+
+
+def test_processes_started_without_a_launcher_stop_together_on_a_signal(tmp_path):
+    """As `srun` starts one task per GPU (ranks in the environment, no `accelerate launch` in
+    between) and SLURM's ``--signal`` reaches every process of the step: both processes form one
+    run, stop after the same step with one checkpoint, and exit with the configured code."""
+    manifest = build_demo_manifest(tmp_path / "data", None, num_records=8)
+    out = tmp_path / "run"
+    port = str(_free_port())
+    procs = []
+    for rank in (0, 1):
+        env = _env(
+            ACCELERATE_USE_CPU="1",
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+        )
+        command = [sys.executable, "-m", "msdiffusion.cli", "train", "--preset", "tiny"]
+        command += ["--manifest", str(manifest), "--output-dir", str(out), "--report-to", "none"]
+        command += ["--max-steps", "1000", "--set", "data.resolution=64"]
+        command += ["--set", "data.num_workers=0", "--set", "logging.every=1"]
+        command += ["--set", "checkpoint.signal_exit_code=143"]
+        procs.append(
+            subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    try:
+        metrics = out / "logs" / "metrics.jsonl"
+        deadline = time.monotonic() + 200
+        while not (metrics.is_file() and metrics.read_text().strip()):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.1)
+        for proc in procs:
+            proc.send_signal(signal.SIGUSR1)
+        results = [proc.communicate(timeout=200) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [p.returncode for p in procs] == [143, 143], [err[-3000:] for _, err in results]
+    assert "stopped by SIGUSR1" in results[0][0]  # the main process reports
+    (checkpoint,) = (out / "checkpoints").glob("step-*")
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and checkpoint.name == f"step-{state['step']:08d}"
+    assert not (out / "adapter").exists()

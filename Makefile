@@ -16,12 +16,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[ui,data,train,dev]'
 	touch $@
 
+# Two toy-world subjects never seen in training, each in its box, by the shipped `toy` model
+# (docs/learning.md): seconds on a CPU.
 demo: setup
-	$(VENV)/bin/msdiffusion generate --preset tiny \
-	  --prompt "a dog and a cat on the beach" \
-	  --subject examples/subjects/dog.png --box 0.05,0.3,0.5,0.9 --phrase dog \
-	  --subject examples/subjects/cat.png --box 0.5,0.3,0.95,0.9 --phrase cat \
-	  --steps 20 --seed 0 --out outputs/demo
+	$(VENV)/bin/msdiffusion generate --preset toy \
+	  --prompt "a ball and a moon on sand" \
+	  --subject examples/toy/ball.png --box 0.03,0.25,0.48,0.72 --phrase ball \
+	  --subject examples/toy/moon.png --box 0.52,0.25,0.97,0.72 --phrase moon \
+	  --scale 1.0 --guidance 5 --steps 20 --seed 0 --num-images 4 --out outputs/demo
 
 # The learning proof (docs/learning.md). SETTING=quick (default): the shipped base, brief adapters,
 # <= 15 min on 2 cores, report in outputs/learn-quick/. SETTING=full: the base from scratch and

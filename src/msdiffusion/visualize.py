@@ -63,10 +63,18 @@ def draw_layout(
     return out
 
 
+OVERLAY_MIN_SIDE = 256  # smaller outputs are enlarged (whole pixels) so labels stay legible
+
+
 def draw_overlay(image: Image.Image, request: Any) -> Image.Image:
-    """The output with its layout drawn, and each subject's reference thumbnail(s) beside it."""
+    """The output with its layout drawn, and each subject's reference thumbnail(s) beside it; an
+    output under ``OVERLAY_MIN_SIDE`` pixels a side is drawn enlarged by a whole factor."""
     from .encoding import load_image, open_image
     from .layout import mask_to_array
+
+    factor = -(-OVERLAY_MIN_SIDE // min(image.size))  # ceil
+    if factor > 1:
+        image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
     subjects = list(request.subjects)
     masks = [
@@ -88,11 +96,15 @@ def draw_overlay(image: Image.Image, request: Any) -> Image.Image:
     y = 0
     for i, subject in enumerate(subjects):
         color = PALETTE[i % len(PALETTE)]
+        label_h = draw.textbbox((0, 0), subject.phrase, font=label_font)[3] + 4
         for ref in subject.images:
-            tile = load_image(ref).copy()
-            tile.thumbnail((thumb - 6, thumb - 6))
+            tile = load_image(ref)
+            side = thumb - 6 - label_h  # below the phrase
+            scale = min(side / tile.width, side / tile.height)
+            size = (max(1, round(tile.width * scale)), max(1, round(tile.height * scale)))
+            tile = tile.resize(size, Image.NEAREST if scale > 1 else Image.BICUBIC)
             x = w + 8 + (thumb - 6 - tile.width) // 2
-            canvas.paste(tile, (x, y + 3))
+            canvas.paste(tile, (x, y + 3 + label_h))
             draw.rectangle((w + 5, y + 1, w + thumb + 6, y + thumb - 2), outline=color, width=3)
             draw.text((w + 9, y + 3), subject.phrase, fill=color, font=label_font)
             y += thumb

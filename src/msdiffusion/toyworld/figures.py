@@ -420,7 +420,8 @@ def write_learning_report(
         "## Machine and times",
         "",
         f"{machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch "
-        f"threads), Python {machine['python']}, torch {machine['torch']}, CPU only.",
+        f"thread{'' if machine['torch_threads'] == 1 else 's'} per process), Python "
+        f"{machine['python']}, torch {machine['torch']}, CPU only.",
         "",
         "| stage | minutes |",
         "|---|---|",

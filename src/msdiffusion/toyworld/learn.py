@@ -340,7 +340,7 @@ def run_learn(
         labels={k: VARIANTS[k].label for k in reports},
         swap=swap,
         stages=stages.times,
-        machine=_machine(),
+        machine=_machine(settings.threads),
     )
     _log(f"report: {target}")
     if settings.ship:
@@ -363,7 +363,9 @@ def _ship(base: Path, adapter: Path) -> None:
     _log(f"shipped: the toy preset's model is now {TOY_MODEL}")
 
 
-def _machine() -> dict[str, Any]:
+def _machine(threads: int | None) -> dict[str, Any]:
+    """The CPU, core count, the stages' torch threads (``threads``, else torch's default) and
+    versions."""
     import torch
 
     model = ""
@@ -377,7 +379,7 @@ def _machine() -> dict[str, Any]:
     return {
         "cpu": model or platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads or torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),

@@ -92,6 +92,8 @@ SETTINGS = {
         adapter_steps=400,
         eval_limit=30,
         swap_samples=8,
+        jobs=2,  # two adapters and evaluations at once, a core each
+        threads=1,
     ),
 }
 

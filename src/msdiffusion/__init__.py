@@ -3,6 +3,7 @@
 The public API (imported lazily, so the command line starts fast)::
 
     from msdiffusion import MSAdapter, MSDiffusionXLPipeline, Subject
+    from msdiffusion import MSDiffusionXLImg2ImgPipeline, MSDiffusionXLInpaintPipeline  # editing
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ _EXPORTS = {
     "GroundingResampler": "msdiffusion.models.resampler",
     "MSDiffusionXLPipeline": "msdiffusion.pipelines.pipeline_msdiffusion_xl",
     "MSDiffusionXLPipelineOutput": "msdiffusion.pipelines.pipeline_msdiffusion_xl",
+    "MSDiffusionXLImg2ImgPipeline": "msdiffusion.pipelines.pipeline_msdiffusion_xl_img2img",
+    "MSDiffusionXLInpaintPipeline": "msdiffusion.pipelines.pipeline_msdiffusion_xl_inpaint",
     "MSConditioning": "msdiffusion.conditioning",
     "Subject": "msdiffusion.layout",
     "GenerationRequest": "msdiffusion.request",
@@ -41,6 +44,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs only
         MSDiffusionXLPipeline,
         MSDiffusionXLPipelineOutput,
     )
+    from .pipelines.pipeline_msdiffusion_xl_img2img import MSDiffusionXLImg2ImgPipeline
+    from .pipelines.pipeline_msdiffusion_xl_inpaint import MSDiffusionXLInpaintPipeline
     from .request import GenerationRequest, SubjectSpec
 
 

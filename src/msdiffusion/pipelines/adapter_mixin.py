@@ -1,6 +1,7 @@
-"""What ``MSDiffusionXLPipeline`` does with its adapter: attach it, load it in one call (our format
-or the released ``ms_adapter.bin``, from disk or the hub), and keep its attention processors
-through every diffusers way of changing them.
+"""What every MS-Diffusion pipeline does with its adapter: attach it, load it in one call (our
+format or the released ``ms_adapter.bin``, from disk or the hub), save and load it with the
+pipeline (``save_pretrained`` / ``from_pretrained``, ``from_single_file``, ``from_pipe``), and keep
+its attention processors through every diffusers way of changing them.
 
 diffusers' pipeline-level attention choices either keep the multi-subject branch or are refused:
 
@@ -23,27 +24,116 @@ replaces the processors; a call with subjects then fails with what to do
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers.models.attention_processor import Attention
 
+from ..atomic import atomic_write_json
+from ..configs import read_json
 from ..errors import InputError
-from ..models.adapter import MSAdapter
+from ..hub import HubOptions, fetch_file, is_local
+from ..models.adapter import CONFIG_NAME, WEIGHTS_NAME, MSAdapter
 from ..models.attention import configure_processors
 
-__all__ = ["AdapterMixin"]
+__all__ = ["AdapterMixin", "ADAPTER_FOLDER"]
 
 REINSTALL = "re-install them with pipe.attach_adapter(pipe.adapter)"
+ADAPTER_FOLDER = "adapter"
 
 
 class AdapterMixin:
-    """Adapter handling of ``MSDiffusionXLPipeline`` (expects ``unet``, ``adapter`` components)."""
+    """Adapter handling of the MS-Diffusion pipelines (expects ``unet``, ``adapter`` components)."""
 
     unet: Any
     adapter: MSAdapter | None
     image_encoder: Any
     feature_extractor: Any
+
+    # -- construction -----------------------------------------------------------------------------
+    @staticmethod
+    def _default_preprocessing(image_encoder: Any, feature_extractor: Any) -> Any:
+        """The image encoder's CLIP preprocessing when none is given."""
+        if feature_extractor is None and image_encoder is not None:
+            from ..encoding import clip_preprocessing
+
+            return clip_preprocessing(image_encoder)
+        return feature_extractor
+
+    def _register_adapter(self, adapter: MSAdapter | None) -> None:
+        """Register ``adapter`` as a component and install it on the UNet (``__init__``; again
+        for the same UNet under ``from_pipe`` — installing keeps the processors it replaces)."""
+        self.register_modules(adapter=adapter)
+        if adapter is not None:
+            adapter.install(self.unet)
+
+    # -- saving and loading -----------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> None:
+        """diffusers' folder layout (the UNet is plain SDXL: the adapter holds its weights) and
+        the adapter in ``adapter/`` (our format); ``from_pretrained`` restores both, from disk or
+        the hub."""
+        adapter = self.adapter
+        self.register_modules(adapter=None)  # diffusers cannot save it: our format does
+        try:
+            super().save_pretrained(save_directory, **kwargs)  # type: ignore[misc]
+        finally:
+            self.register_modules(adapter=adapter)
+        if adapter is not None:
+            adapter.save_pretrained(Path(save_directory) / ADAPTER_FOLDER)
+            index = Path(save_directory) / "model_index.json"
+            entries = read_json(index, "model_index.json")
+            entries["adapter"] = ["msdiffusion", "MSAdapter"]  # where from_pretrained looks
+            atomic_write_json(index, entries)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any):
+        """diffusers' ``from_pretrained`` plus the adapter: passed as ``adapter=`` (None: none),
+        or — for a pipeline ``save_pretrained`` wrote, on disk or on the hub — its
+        ``adapter/``. ``revision``, ``local_files_only``, ``cache_dir``, ``token`` apply to
+        both."""
+        searched = "adapter" not in kwargs
+        adapter = kwargs.pop("adapter", None)
+        pipe = super().from_pretrained(  # type: ignore[misc]
+            pretrained_model_name_or_path, adapter=None, **kwargs
+        )
+        if searched and cls._saves_an_adapter(pretrained_model_name_or_path, kwargs):
+            hub = {k: kwargs[k] for k in HubOptions.__dataclass_fields__ if k in kwargs}
+            hub.pop("subfolder", None)
+            options = HubOptions(subfolder=ADAPTER_FOLDER, **hub)
+            weights = fetch_file(
+                pretrained_model_name_or_path, WEIGHTS_NAME, options, what="pipeline's adapter"
+            )
+            adapter = MSAdapter.from_pretrained(weights)
+        pipe._attach_loaded(adapter, kwargs.get("torch_dtype"))
+        return pipe
+
+    @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path: str | os.PathLike[str], **kwargs: Any):
+        """diffusers' ``from_single_file`` (one ``.safetensors`` / ``.ckpt`` holding the UNet,
+        VAE and text encoders of an SDXL checkpoint — a fine-tune, say; ``config=`` a diffusers
+        folder or repository with the matching configs and tokenizers) plus ``image_encoder=``
+        and ``adapter=``, which the file does not hold."""
+        adapter = kwargs.pop("adapter", None)
+        pipe = super().from_single_file(  # type: ignore[misc]
+            str(pretrained_model_link_or_path), adapter=None, **kwargs
+        )
+        pipe._attach_loaded(adapter, kwargs.get("torch_dtype"))
+        return pipe
+
+    def _attach_loaded(self, adapter: MSAdapter | None, dtype: Any) -> None:
+        if adapter is not None:
+            dtype = dtype if isinstance(dtype, torch.dtype) else self.unet.dtype
+            self.attach_adapter(adapter.to(self.unet.device, dtype))
+
+    @classmethod
+    def _saves_an_adapter(cls, source: str | os.PathLike[str], kwargs: dict[str, Any]) -> bool:
+        """Whether ``source`` is a pipeline folder or repository with an ``adapter/`` of ours."""
+        if is_local(source):
+            return (Path(source) / ADAPTER_FOLDER / CONFIG_NAME).is_file()
+        hub = {k: kwargs[k] for k in ("revision", "cache_dir", "token") if k in kwargs}
+        config = cls.load_config(source, local_files_only=True, **hub)  # type: ignore[attr-defined]
+        return list(config.get("adapter") or [None, None])[1:] == ["MSAdapter"]
 
     # -- the adapter ------------------------------------------------------------------------------
     def _adapter_installed(self) -> bool:

@@ -177,11 +177,10 @@ def check_call(pipe: Any, a: dict[str, Any]) -> CallArguments:
 
     _ip_adapter(pipe, a, errors)
     multiple = pipe.vae_scale_factor
-    default = pipe.default_sample_size * multiple
     size = {}
     for name in ("height", "width"):
         value = a[name]
-        size[name] = default if value is None else value
+        size[name] = pipe.default_sample_size * multiple if value is None else value
         if value is not None:
             with errors.check():
                 if check_integer(name, value, low=multiple) % multiple:
@@ -229,7 +228,8 @@ def check_call(pipe: Any, a: dict[str, Any]) -> CallArguments:
         check_number(
             "controlnet_conditioning_scale", a["controlnet_conditioning_scale"], low=0.0, high=10.0
         )
-    if a["control_image"] is not None and pipe.controlnet is None:
+    controlnet = getattr(pipe, "controlnet", None)  # the text-to-image pipeline's component
+    if a["control_image"] is not None and controlnet is None:
         errors.add(
             InputError(
                 "control_image",
@@ -237,7 +237,7 @@ def check_call(pipe: Any, a: dict[str, Any]) -> CallArguments:
                 type(a["control_image"]).__name__,
             )
         )
-    if pipe.controlnet is not None and a["control_image"] is None:
+    if controlnet is not None and a["control_image"] is None:
         errors.add(InputError("control_image", "is required with a controlnet", None))
     for name in (
         "original_size",

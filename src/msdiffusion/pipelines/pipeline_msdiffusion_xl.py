@@ -6,10 +6,8 @@ ControlNet (and any other add-on) sees exactly what it sees in plain SDXL.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,19 +35,14 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from ..atomic import atomic_write_json
-from ..configs import read_json
 from ..errors import GenerationError, InputError
-from ..hub import HubOptions, fetch_file, is_local
-from ..layout import Subject, normalise_subject_lists, validate_layout
-from ..models.adapter import CONFIG_NAME, WEIGHTS_NAME, MSAdapter
+from ..layout import Subject
+from ..models.adapter import MSAdapter
 from .adapter_mixin import AdapterMixin
-from .call_checks import check_call, check_generators, check_latents, ip_adapter_loaded
-from .subjects import ConditioningSettings, build_conditioning
+from .call_checks import check_call, check_generators, check_latents
+from .subject_call import SubjectsMixin
 
 __all__ = ["MSDiffusionXLPipeline", "MSDiffusionXLPipelineOutput"]
-
-ADAPTER_FOLDER = "adapter"
 
 
 @dataclass
@@ -59,7 +52,7 @@ class MSDiffusionXLPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
 
 
-class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
+class MSDiffusionXLPipeline(AdapterMixin, SubjectsMixin, StableDiffusionXLPipeline):
     """Multi-subject, layout-guided SDXL (MS-Diffusion).
 
     Components: those of ``StableDiffusionXLPipeline`` plus ``image_encoder`` (CLIP ViT-bigG/14
@@ -96,10 +89,6 @@ class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: bool | None = None,
     ):
-        if feature_extractor is None and image_encoder is not None:
-            from ..encoding import clip_preprocessing
-
-            feature_extractor = clip_preprocessing(image_encoder)
         super().__init__(
             vae=vae,
             text_encoder=text_encoder,
@@ -109,71 +98,15 @@ class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
             unet=unet,
             scheduler=scheduler,
             image_encoder=image_encoder,
-            feature_extractor=feature_extractor,
+            feature_extractor=self._default_preprocessing(image_encoder, feature_extractor),
             force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
             add_watermarker=add_watermarker,
         )
-        self.register_modules(adapter=adapter, controlnet=controlnet)
+        self.register_modules(controlnet=controlnet)
         self.control_image_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False
         )
-        if adapter is not None:
-            adapter.install(unet)
-
-    # -- saving and loading -----------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> None:
-        """diffusers' folder layout (the UNet is plain SDXL: the adapter holds its weights) and
-        the adapter in ``adapter/`` (our format); ``from_pretrained`` restores both, from disk or
-        the hub."""
-        adapter = self.adapter
-        self.register_modules(adapter=None)  # diffusers cannot save it: our format does
-        try:
-            super().save_pretrained(save_directory, **kwargs)
-        finally:
-            self.register_modules(adapter=adapter)
-        if adapter is not None:
-            adapter.save_pretrained(Path(save_directory) / ADAPTER_FOLDER)
-            index = Path(save_directory) / "model_index.json"
-            entries = read_json(index, "model_index.json")
-            entries["adapter"] = ["msdiffusion", "MSAdapter"]  # where from_pretrained looks
-            atomic_write_json(index, entries)
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any
-    ) -> MSDiffusionXLPipeline:
-        """``StableDiffusionXLPipeline.from_pretrained`` plus the adapter: passed as
-        ``adapter=`` (None: none), or — for a pipeline ``save_pretrained`` wrote, on disk or on
-        the hub — its ``adapter/``. ``revision``, ``local_files_only``, ``cache_dir``, ``token``
-        apply to both."""
-        searched = "adapter" not in kwargs
-        adapter = kwargs.pop("adapter", None)
-        pipe = super().from_pretrained(pretrained_model_name_or_path, adapter=None, **kwargs)
-        if searched and cls._saves_an_adapter(pretrained_model_name_or_path, kwargs):
-            hub = {k: kwargs[k] for k in HubOptions.__dataclass_fields__ if k in kwargs}
-            hub.pop("subfolder", None)
-            options = HubOptions(subfolder=ADAPTER_FOLDER, **hub)
-            weights = fetch_file(
-                pretrained_model_name_or_path, WEIGHTS_NAME, options, what="pipeline's adapter"
-            )
-            adapter = MSAdapter.from_pretrained(weights)
-        if adapter is not None:
-            dtype = kwargs.get("torch_dtype")
-            pipe.attach_adapter(
-                adapter.to(
-                    pipe.unet.device, dtype if isinstance(dtype, torch.dtype) else pipe.unet.dtype
-                )
-            )
-        return pipe
-
-    @classmethod
-    def _saves_an_adapter(cls, source: str | os.PathLike[str], kwargs: dict[str, Any]) -> bool:
-        """Whether ``source`` is a pipeline folder or repository with an ``adapter/`` of ours."""
-        if is_local(source):
-            return (Path(source) / ADAPTER_FOLDER / CONFIG_NAME).is_file()
-        hub = {k: kwargs[k] for k in ("revision", "cache_dir", "token") if k in kwargs}
-        config = cls.load_config(source, local_files_only=True, **hub)  # fetched just now
-        return list(config.get("adapter") or [None, None])[1:] == ["MSAdapter"]
+        self._register_adapter(adapter)
 
     # -- helpers of the call -----------------------------------------------------------------------
     def _prepare_control_image(
@@ -191,24 +124,6 @@ class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
             raise InputError("control_image", f"needs 1 or {rows} images", image.shape[0])
         image = image.repeat(rows // image.shape[0], 1, 1, 1).to(dtype)
         return torch.cat([image] * 2) if self.do_classifier_free_guidance else image
-
-    def _check_auto_layout_reach(
-        self, subject_lists: list[list[Subject]], start_step: int, steps: int, auto: bool
-    ) -> None:
-        """A subject with neither box nor mask is placed by auto layout only, from
-        ``start_step`` on: it must come within the steps that run."""
-        if not auto or start_step <= steps:
-            return
-        for i, group in enumerate(subject_lists):
-            for j, subject in enumerate(group):
-                if subject.box is None and subject.mask is None:
-                    where = ("subjects", i, j) if len(subject_lists) > 1 else ("subjects", j)
-                    raise InputError(
-                        (*where, "box"),
-                        f"needs a box or a mask: auto layout would place it from step "
-                        f"{start_step} (start_step) on, after the last of the {steps} steps",
-                        None,
-                    )
 
     def _time_ids(
         self,
@@ -319,21 +234,8 @@ class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
             self.unet.dtype,
         )
         check_generators(generator, rows)
-        subject_lists = normalise_subject_lists(subjects, batch_size)
-        if any(subject_lists) and ip_adapter_loaded(self.unet):
-            raise InputError(
-                "subjects",
-                "cannot go with an IP-Adapter: its attention processors replace MS-Diffusion's — "
-                "pipe.unload_ip_adapter(), then pipe.attach_adapter(pipe.adapter)",
-                sum(map(len, subject_lists)),
-            )
-        if any(subject_lists):
-            self.check_processors()
-            if self.image_encoder is None:
-                raise InputError("subjects", "need an image_encoder component", None)
-        prompts = call.prompts or [None] * batch_size
-        layouts = validate_layout(
-            subject_lists, prompts, self.tokenizer, (height, width), float(scale), mask_threshold
+        layouts = self._layouts(
+            subjects, call.prompts, batch_size, (height, width), scale, mask_threshold
         )
         original_size = original_size or (height, width)
         target_size = target_size or (height, width)
@@ -354,7 +256,7 @@ class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
             num_inference_steps = int((timesteps >= cutoff).sum())
             timesteps = timesteps[:num_inference_steps]
         self._check_auto_layout_reach(
-            subject_lists, start_step, len(timesteps), mask_threshold is not None
+            layouts, start_step, len(timesteps), mask_threshold is not None
         )
 
         # 2. Text
@@ -377,20 +279,17 @@ class MSDiffusionXLPipeline(AdapterMixin, StableDiffusionXLPipeline):
 
         # 3. Subjects → tokens, regions, scales, every layer's K/V (once per call; the
         #    unconditional half skips them) — or an IP-Adapter's image embeddings
-        ms = None
-        if any(subject_lists):
-            settings = ConditioningSettings(
-                latent_size=latent_size,
-                num_images_per_prompt=num_images_per_prompt,
-                cond_start=rows if self.do_classifier_free_guidance else 0,
-                dtype=prompt_embeds.dtype,
-                device=device,
-                drop_grounding_tokens=drop_grounding_tokens,
-                mask_threshold=mask_threshold,
-                start_step=start_step,
-                levels=len(self.unet.config.block_out_channels),
-            )
-            ms = build_conditioning(layouts, self, settings)
+        ms = self._conditioning(
+            layouts,
+            latent_size=latent_size,
+            num_images_per_prompt=num_images_per_prompt,
+            guided=self.do_classifier_free_guidance,
+            dtype=prompt_embeds.dtype,
+            device=device,
+            drop_grounding_tokens=drop_grounding_tokens,
+            mask_threshold=mask_threshold,
+            start_step=start_step,
+        )
         ip_embeds = None
         if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
             ip_embeds = self.prepare_ip_adapter_image_embeds(

@@ -20,7 +20,13 @@ from ..conditioning import MSConditioning
 from ..encoding import encode_phrases, encode_references, load_image
 from ..layout import SubjectLayout
 
-__all__ = ["SubjectEncoders", "ConditioningSettings", "subject_bucket", "build_conditioning"]
+__all__ = [
+    "SubjectEncoders",
+    "ConditioningSettings",
+    "subject_bucket",
+    "mask_to_grid",
+    "build_conditioning",
+]
 
 
 class SubjectEncoders(Protocol):
@@ -53,7 +59,7 @@ def subject_bucket(count: int) -> int:
     return 1 << max(count - 1, 0).bit_length()
 
 
-def _masks_to_grid(mask: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+def mask_to_grid(mask: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """bool (h, w) → bool (H, W): a cell is inside when any mask pixel in it is (max-pool)."""
     tensor = torch.from_numpy(mask.astype(np.float32))[None, None]  # (1, 1, h, w)
     if tensor.shape[-2] < size[0] or tensor.shape[-1] < size[1]:
@@ -126,7 +132,7 @@ def build_conditioning(
         spans[i, j] = torch.tensor(s.span)
         if s.mask is not None:
             has_mask[i, j] = True
-            masks[i, j] = _masks_to_grid(s.mask, latent_size)
+            masks[i, j] = mask_to_grid(s.mask, latent_size)
 
     def rows(t: torch.Tensor) -> torch.Tensor:  # prompt-major, as encode_prompt orders images
         return t.repeat_interleave(settings.num_images_per_prompt, dim=0).to(device)

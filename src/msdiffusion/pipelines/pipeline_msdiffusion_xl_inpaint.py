@@ -1,0 +1,218 @@
+"""``MSDiffusionXLInpaintPipeline``: MS-Diffusion subjects painted into the masked part of an
+existing picture — a subclass of diffusers' ``StableDiffusionXLInpaintPipeline`` whose call adds the
+subjects of the text-to-image pipeline (same adapter, processors, checks and conditioning) to
+diffusers' own inpainting call.
+
+Every subject's region must lie inside the repaint area (``mask_image`` white): each latent cell
+its box (or mask) covers must hold repainted pixels, or the call names the subject. With a
+4-channel UNet the latent cells outside the mask are the source's at every step (diffusers' rule),
+so they come back exactly as plain SDXL inpainting gives them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
+
+from ..errors import ErrorList, InputError
+from ..geometry import rasterize_boxes
+from ..layout import Subject, SubjectLayout
+from ..models.adapter import MSAdapter
+from .adapter_mixin import AdapterMixin
+from .editing import EditingMixin
+from .pipeline_msdiffusion_xl import MSDiffusionXLPipelineOutput
+from .subject_call import SubjectsMixin
+from .subjects import mask_to_grid
+
+__all__ = ["MSDiffusionXLInpaintPipeline"]
+
+
+class MSDiffusionXLInpaintPipeline(
+    AdapterMixin, SubjectsMixin, EditingMixin, StableDiffusionXLInpaintPipeline
+):
+    """Multi-subject, layout-guided SDXL inpainting (MS-Diffusion).
+
+    Components: those of ``StableDiffusionXLInpaintPipeline`` plus ``adapter`` (``MSAdapter``,
+    installed on the UNet here); ``image_encoder`` is the subjects' CLIP vision tower. The UNet
+    may be SDXL's own (4 input channels) or an inpainting UNet (9). ``from_pipe`` to and from
+    ``MSDiffusionXLPipeline`` / ``MSDiffusionXLImg2ImgPipeline`` keeps the adapter.
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->adapter->unet->vae"
+    _optional_components = [
+        "tokenizer",
+        "tokenizer_2",
+        "text_encoder",
+        "text_encoder_2",
+        "image_encoder",
+        "feature_extractor",
+        "adapter",
+    ]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        text_encoder_2: CLIPTextModelWithProjection,
+        tokenizer: CLIPTokenizer,
+        tokenizer_2: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
+        feature_extractor: CLIPImageProcessorPil | None = None,
+        adapter: MSAdapter | None = None,
+        requires_aesthetics_score: bool = False,
+        force_zeros_for_empty_prompt: bool = True,
+        add_watermarker: bool | None = None,
+    ):
+        super().__init__(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            image_encoder=image_encoder,
+            feature_extractor=self._default_preprocessing(image_encoder, feature_extractor),
+            requires_aesthetics_score=requires_aesthetics_score,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
+        )
+        self._register_adapter(adapter)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        subjects: list[Subject] | list[list[Subject]] | None = None,
+        *,
+        image: Any = None,
+        mask_image: Any = None,
+        masked_image_latents: torch.Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        padding_mask_crop: int | None = None,
+        strength: float = 0.9999,
+        prompt_2: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        scale: float = 0.6,
+        drop_grounding_tokens: bool = False,
+        mask_threshold: float | None = None,
+        start_step: int = 5,
+        num_inference_steps: int = 30,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
+        denoising_start: float | None = None,
+        denoising_end: float | None = None,
+        guidance_scale: float = 7.5,
+        guidance_rescale: float = 0.0,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] = (0, 0),
+        target_size: tuple[int, int] | None = None,
+        negative_original_size: tuple[int, int] | None = None,
+        negative_crops_coords_top_left: tuple[int, int] = (0, 0),
+        negative_target_size: tuple[int, int] | None = None,
+        aesthetic_score: float = 6.0,
+        negative_aesthetic_score: float = 2.5,
+        clip_skip: int | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+    ) -> MSDiffusionXLPipelineOutput | tuple:
+        """Repaint the white part of ``mask_image`` with every subject in its box (or mask).
+
+        Args:
+            image: the source picture (PIL, array or tensor, or a list: one per image or one
+                for all).
+            mask_image: white (≥ 0.5) where the picture is repainted; every subject's region
+                must lie inside it.
+            height / width: the output size (multiples of the VAE's 8); by default the
+                source's, rounded down to that multiple (diffusers' pipeline would use the
+                UNet's default square instead).
+            padding_mask_crop: diffusers' crop around the mask; not with subjects (their boxes
+                are placed in the whole picture).
+            strength: how much of the masked part is re-noised, in [0, 1] (0: the source comes
+                back unchanged); ``strength × num_inference_steps`` steps run.
+            subjects / scale / drop_grounding_tokens / mask_threshold / start_step: as in
+                ``MSDiffusionXLPipeline`` (boxes normalised to the output image; auto layout's
+                ``start_step`` counts the steps that run).
+            The other arguments are those of ``StableDiffusionXLInpaintPipeline`` (its IP-Adapter
+            inputs excepted: the MS-Diffusion processors replace IP-Adapter's).
+        """
+        return self._edit(dict(locals()))
+
+    def _check_regions(
+        self, layouts: list[list[SubjectLayout]], a: dict[str, Any], size: tuple[int, int]
+    ) -> None:
+        """Every subject's latent cells inside the repaint area of each of its images' masks."""
+        if a["mask_image"] is None:
+            raise InputError(
+                "mask_image", "is required: white where the picture is repainted", None
+            )
+        if not any(layouts):
+            return
+        if a["padding_mask_crop"] is not None:
+            raise InputError(
+                "padding_mask_crop",
+                "cannot go with subjects: their boxes are placed in the whole picture, which "
+                "the crop would cut",
+                a["padding_mask_crop"],
+            )
+        grid = (size[0] // self.vae_scale_factor, size[1] // self.vae_scale_factor)
+        mask = self.mask_processor.preprocess(a["mask_image"], height=size[0], width=size[1])
+        repaint = F.adaptive_max_pool2d(mask.float(), grid)[:, 0] > 0.5  # (n, h, w)
+        per_prompt = a["num_images_per_prompt"]
+        errors = ErrorList()
+        for i, row in enumerate(layouts):
+            # image row r gets mask r % n (diffusers repeats the masks over the batch)
+            masks = [(i * per_prompt + k) % repaint.shape[0] for k in range(per_prompt)]
+            inside = repaint[masks].all(dim=0)  # (h, w)
+            for j, layout in enumerate(row):
+                where = ("subjects", i, j) if len(layouts) > 1 else ("subjects", j)
+                if layout.mask is not None:
+                    cells, what, value = mask_to_grid(layout.mask, grid), "mask", "its mask"
+                elif layout.subject.box is not None:
+                    box = torch.tensor(layout.region_box)
+                    cells, what, value = rasterize_boxes(box, *grid), "box", layout.region_box
+                else:
+                    continue  # auto layout only: its regions come from the attention maps
+                outside = int((cells & ~inside).sum())
+                if outside:
+                    errors.add(
+                        InputError(
+                            (*where, what),
+                            f"must lie inside the repaint area of mask_image (white): {outside}"
+                            f" of its {int(cells.sum())} latent cells "
+                            f"({self.vae_scale_factor}×{self.vae_scale_factor} pixels) are outside",
+                            value,
+                        )
+                    )
+        errors.raise_if_any()

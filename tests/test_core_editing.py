@@ -133,9 +133,7 @@ def test_inpainting_regions_must_lie_in_the_mask(pipes, images):
     with pytest.raises(InputError, match=r"subjects\[1\]\.mask: .* 24 of its 24 latent cells"):
         inpaint(PROMPT, [right_half(refs)[0], masked], image=source, mask_image=mask, **KW)
     with pytest.raises(InputError, match="padding_mask_crop: cannot go with subjects"):
-        inpaint(
-            PROMPT, right_half(refs), image=source, mask_image=mask, padding_mask_crop=8, **KW
-        )
+        inpaint(PROMPT, right_half(refs), image=source, mask_image=mask, padding_mask_crop=8, **KW)
     with pytest.raises(InputError, match="mask_image: is required"):
         inpaint(PROMPT, image=source, **KW)
 

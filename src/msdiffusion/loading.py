@@ -8,6 +8,10 @@ One set of rules for all of them:
   keeps the base pipeline's own;
 - the CLIP preprocessing: the image encoder's saved ``preprocessor_config.json``, else CLIP's at
   the encoder's own size (``encoding.clip_preprocessing``);
+- a single-file base (a ``.safetensors`` / ``.ckpt`` SDXL checkpoint, e.g. a fine-tune) loads
+  with diffusers' ``from_single_file``, its configs and tokenizers from ``base_config`` (a
+  diffusers SDXL folder or hub id; by default the preset's base); the file's SHA-256 goes into
+  the model description every sidecar carries;
 - offline first: every part is looked for on disk and in the hub cache before anything loads;
   with parts missing and no hub to fetch them from (offline, or unreachable), one error lists
   every missing part with the command that downloads it — no retries against a network that is
@@ -39,12 +43,35 @@ __all__ = [
     "load_sdxl_components",
     "load_pipeline",
     "load_adapter",
+    "is_single_file",
+    "file_sha256",
     "BASE_VAE",
 ]
 
 TINY_HINT = "or use --preset tiny to try the package without weights"
 BASE_VAE = "base"  # vae=BASE_VAE: the base pipeline's own VAE
 SDXL_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def is_single_file(source: str | None) -> bool:
+    """Whether a base is one checkpoint file (a local ``.safetensors`` / ``.ckpt``)."""
+    return (
+        source is not None
+        and is_local(source)
+        and os.path.splitext(source)[1].lower() in SINGLE_FILE_SUFFIXES
+    )
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file, read in 16 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(os.path.expanduser(path), "rb") as f:
+        while chunk := f.read(16 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -117,10 +144,12 @@ def model_parts(
     image_encoder_subfolder: str | None = None,
     vae: str | None = None,
     adapter: str | None = None,
+    base_config: str | None = None,
     with_adapter: bool = True,
     option_names: dict[str, str] | None = None,
 ) -> list[Part]:
     """The parts a preset with these replacements needs (nothing for ``tiny`` without a base).
+    A single-file ``base`` adds its configs (``base_config``, by default the preset's base).
     ``option_names``: how each part is set where the caller takes it (default: the CLI flags)."""
     if preset not in PRESETS:
         raise InputError("preset", f"must be one of {sorted(PRESETS)}", preset)
@@ -130,14 +159,21 @@ def model_parts(
         "image_encoder": "--image-encoder",
         "vae": "--vae",
         "adapter": "--adapter",
+        "base_config": "--base-config",
         **(option_names or {}),
     }
     if preset == "tiny" and base is None:
         parts = []
     else:
         subfolder = image_encoder_subfolder if image_encoder else spec.image_encoder_subfolder
+        single = is_single_file(base)
         parts = [
-            Part("SDXL base", base or spec.base, ("model_index.json",), names["base"]),
+            Part(
+                "SDXL base",
+                base or spec.base,
+                () if single else ("model_index.json",),
+                names["base"],
+            ),
             Part(
                 "image encoder",
                 image_encoder or spec.image_encoder,
@@ -146,6 +182,16 @@ def model_parts(
                 subfolder or None,
             ),
         ]
+        if single:
+            configs = base_config or spec.base
+            if configs is None:
+                raise InputError(
+                    "base_config",
+                    f"is needed with a single-file base: a diffusers SDXL folder or hub id whose "
+                    f"configs and tokenizers fit it (the {preset} preset has none)",
+                    None,
+                )
+            parts.append(Part("SDXL configs", configs, ("model_index.json",), names["base_config"]))
         vae_source = vae or spec.vae
         if vae_source is not None and vae_source != BASE_VAE:
             parts.append(Part("VAE", vae_source, ("config.json",), names["vae"]))
@@ -235,13 +281,27 @@ def load_sdxl_components(
             ),
             hint,
         )
-    pipe = _load(
-        base_part,
-        lambda: StableDiffusionXLPipeline.from_pretrained(
-            base_part.source, torch_dtype=dtype, **local_only, **extra
-        ),
-        hint,
-    )
+    if "SDXL configs" in by_what:  # one checkpoint file; configs and tokenizers from a pipeline
+        config_part = by_what["SDXL configs"]
+        pipe = _load(
+            base_part,
+            lambda: StableDiffusionXLPipeline.from_single_file(
+                os.path.expanduser(base_part.source),
+                config=str(config_part.folder()),
+                torch_dtype=dtype,
+                **local_only,
+                **extra,
+            ),
+            hint,
+        )
+    else:
+        pipe = _load(
+            base_part,
+            lambda: StableDiffusionXLPipeline.from_pretrained(
+                base_part.source, torch_dtype=dtype, **local_only, **extra
+            ),
+            hint,
+        )
     components = {k: pipe.components[k] for k in (*SDXL_PARTS, "unet")}
     # the base's own unconditional rule (a base trained on encoded empty captions says False)
     components["force_zeros_for_empty_prompt"] = bool(
@@ -273,15 +333,24 @@ def load_pipeline(
     image_encoder: str | None = None,
     adapter: str | None = None,
     vae: str | None = None,
+    base_config: str | None = None,
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> LoadedModel:
     """Build the pipeline of ``preset`` ("tiny", "toy" or "sdxl"); any component may be a local
-    path or a hub id; ``vae="base"`` keeps the base pipeline's VAE."""
+    path or a hub id, the base also one checkpoint file (``base_config``: its configs, by
+    default the preset's base); ``vae="base"`` keeps the base pipeline's VAE."""
     from .models.adapter import MSAdapter
     from .pipelines.pipeline_msdiffusion_xl import MSDiffusionXLPipeline
 
-    parts = model_parts(preset, base=base, image_encoder=image_encoder, vae=vae, adapter=adapter)
+    parts = model_parts(
+        preset,
+        base=base,
+        image_encoder=image_encoder,
+        vae=vae,
+        adapter=adapter,
+        base_config=base_config,
+    )
     spec: Preset = PRESETS[preset]
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -319,6 +388,8 @@ def load_pipeline(
             adapter=adapter or f"{spec.adapter}/{spec.adapter_filename}",
             vae=by_what.get("VAE", BASE_VAE),
         )
+        if "SDXL configs" in by_what:
+            info.update(base_config=by_what["SDXL configs"], base_sha256=file_sha256(base or ""))
     if pipe.unet.dtype != torch_dtype:  # tiny components are built in float32
         pipe.to(dtype=torch_dtype)
     pipe.to(torch_device)

@@ -191,8 +191,9 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def random_components(architecture: str = "tiny", seed: int = 0) -> dict[str, Any]:
-    """SDXL-shaped components with random weights, deterministic for ``seed`` (fp32, CPU)."""
+def random_components(architecture: str | Architecture = "tiny", seed: int = 0) -> dict[str, Any]:
+    """SDXL-shaped components with random weights, deterministic for ``seed`` (fp32, CPU);
+    ``architecture``: an ``ARCHITECTURES`` name, or sizes of one's own."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import (
         CLIPImageProcessorPil,
@@ -203,7 +204,7 @@ def random_components(architecture: str = "tiny", seed: int = 0) -> dict[str, An
         CLIPVisionModelWithProjection,
     )
 
-    arch = ARCHITECTURES[architecture]
+    arch = ARCHITECTURES[architecture] if isinstance(architecture, str) else architecture
     h1, h2 = arch.text_hidden
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -76,7 +76,7 @@ class AdapterMixin:
         adapter = self.adapter
         self.register_modules(adapter=None)  # diffusers cannot save it: our format does
         try:
-            super().save_pretrained(save_directory, **kwargs)  # type: ignore[misc]
+            super().save_pretrained(save_directory, **kwargs)
         finally:
             self.register_modules(adapter=adapter)
         if adapter is not None:
@@ -94,9 +94,7 @@ class AdapterMixin:
         both."""
         searched = "adapter" not in kwargs
         adapter = kwargs.pop("adapter", None)
-        pipe = super().from_pretrained(  # type: ignore[misc]
-            pretrained_model_name_or_path, adapter=None, **kwargs
-        )
+        pipe = super().from_pretrained(pretrained_model_name_or_path, adapter=None, **kwargs)
         if searched and cls._saves_an_adapter(pretrained_model_name_or_path, kwargs):
             hub = {k: kwargs[k] for k in HubOptions.__dataclass_fields__ if k in kwargs}
             hub.pop("subfolder", None)
@@ -115,9 +113,7 @@ class AdapterMixin:
         folder or repository with the matching configs and tokenizers) plus ``image_encoder=``
         and ``adapter=``, which the file does not hold."""
         adapter = kwargs.pop("adapter", None)
-        pipe = super().from_single_file(  # type: ignore[misc]
-            str(pretrained_model_link_or_path), adapter=None, **kwargs
-        )
+        pipe = super().from_single_file(str(pretrained_model_link_or_path), adapter=None, **kwargs)
         pipe._attach_loaded(adapter, kwargs.get("torch_dtype"))
         return pipe
 
@@ -132,7 +128,7 @@ class AdapterMixin:
         if is_local(source):
             return (Path(source) / ADAPTER_FOLDER / CONFIG_NAME).is_file()
         hub = {k: kwargs[k] for k in ("revision", "cache_dir", "token") if k in kwargs}
-        config = cls.load_config(source, local_files_only=True, **hub)  # type: ignore[attr-defined]
+        config = cls.load_config(source, local_files_only=True, **hub)
         return list(config.get("adapter") or [None, None])[1:] == ["MSAdapter"]
 
     # -- the adapter ------------------------------------------------------------------------------

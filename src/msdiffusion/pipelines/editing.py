@@ -15,12 +15,22 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import retrieve_timesteps
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
 
 from ..checks import check_number
 from ..errors import InputError
 from ..layout import SubjectLayout
+from ..models.adapter import MSAdapter
 from .call_checks import check_call, check_generators
 from .pipeline_msdiffusion_xl import MSDiffusionXLPipelineOutput
 
@@ -31,14 +41,58 @@ SUBJECT_ARGUMENTS = ("subjects", "scale", "drop_grounding_tokens", "mask_thresho
 
 
 class EditingMixin:
-    """The call of ``MSDiffusionXLImg2ImgPipeline`` and ``MSDiffusionXLInpaintPipeline``
-    (with ``SubjectsMixin`` and a diffusers SDXL img2img / inpainting pipeline after it)."""
+    """The construction and call of ``MSDiffusionXLImg2ImgPipeline`` and
+    ``MSDiffusionXLInpaintPipeline`` (with ``AdapterMixin``, ``SubjectsMixin`` and a diffusers
+    SDXL img2img / inpainting pipeline after it: the two take the same components)."""
 
     unet: Any
     vae: Any
     scheduler: Any
     image_processor: Any
     vae_scale_factor: int
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->adapter->unet->vae"
+    _optional_components = [
+        "tokenizer",
+        "tokenizer_2",
+        "text_encoder",
+        "text_encoder_2",
+        "image_encoder",
+        "feature_extractor",
+        "adapter",
+    ]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        text_encoder_2: CLIPTextModelWithProjection,
+        tokenizer: CLIPTokenizer,
+        tokenizer_2: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
+        feature_extractor: CLIPImageProcessorPil | None = None,
+        adapter: MSAdapter | None = None,
+        requires_aesthetics_score: bool = False,
+        force_zeros_for_empty_prompt: bool = True,
+        add_watermarker: bool | None = None,
+    ):
+        super().__init__(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            image_encoder=image_encoder,
+            feature_extractor=self._default_preprocessing(image_encoder, feature_extractor),
+            requires_aesthetics_score=requires_aesthetics_score,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
+        )
+        self._register_adapter(adapter)
 
     def _edit(self, a: dict[str, Any]) -> MSDiffusionXLPipelineOutput | tuple:
         """One call: ``a`` holds every argument of the pipeline's ``__call__`` by name."""
@@ -73,7 +127,7 @@ class EditingMixin:
         check_generators(a["generator"], rows)
 
         # 1. Subjects, checked against the prompts, the output size and the source
-        layouts = self._layouts(  # type: ignore[attr-defined]
+        layouts = self._layouts(
             a["subjects"],
             call.prompts,
             call.batch_size,
@@ -87,19 +141,19 @@ class EditingMixin:
         steps = self._steps_that_run(a)
         if steps == 0:
             return self._source_unchanged(a, rows, (height, width))
-        self._check_auto_layout_reach(  # type: ignore[attr-defined]
+        self._check_auto_layout_reach(
             layouts, a["start_step"], steps, a["mask_threshold"] is not None
         )
 
         # 3. Subjects → MSConditioning (once per call; the unconditional half skips them)
         encoder = getattr(self, "text_encoder_2", None) or self.unet
-        ms = self._conditioning(  # type: ignore[attr-defined]
+        ms = self._conditioning(
             layouts,
             latent_size=(height // self.vae_scale_factor, width // self.vae_scale_factor),
             num_images_per_prompt=a["num_images_per_prompt"],
             guided=a["guidance_scale"] > 1 and self.unet.config.time_cond_proj_dim is None,
             dtype=encoder.dtype,  # what diffusers' encode_prompt gives the UNet
-            device=self._execution_device,  # type: ignore[attr-defined]
+            device=self._execution_device,
             drop_grounding_tokens=a["drop_grounding_tokens"],
             mask_threshold=a["mask_threshold"],
             start_step=a["start_step"],
@@ -112,7 +166,7 @@ class EditingMixin:
             kwargs["height"], kwargs["width"] = height, width
         if ms is not None:
             kwargs["cross_attention_kwargs"] = {**(a["cross_attention_kwargs"] or {}), "ms": ms}
-        out = super().__call__(**{**kwargs, "return_dict": False})  # type: ignore[misc]
+        out = super().__call__(**{**kwargs, "return_dict": False})
         if not a["return_dict"]:
             return out
         return MSDiffusionXLPipelineOutput(images=out[0])

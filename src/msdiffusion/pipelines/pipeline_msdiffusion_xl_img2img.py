@@ -10,19 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionXLImg2ImgPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.schedulers import KarrasDiffusionSchedulers
-from transformers import (
-    CLIPImageProcessorPil,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    CLIPVisionModelWithProjection,
-)
 
 from ..layout import Subject
-from ..models.adapter import MSAdapter
 from .adapter_mixin import AdapterMixin
 from .editing import EditingMixin
 from .pipeline_msdiffusion_xl import MSDiffusionXLPipelineOutput
@@ -42,49 +33,6 @@ class MSDiffusionXLImg2ImgPipeline(
     the adapter. As a refiner stage (``denoising_start``, latents as ``image``) it continues the
     subjects of a base stage that ended at ``denoising_end``.
     """
-
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->adapter->unet->vae"
-    _optional_components = [
-        "tokenizer",
-        "tokenizer_2",
-        "text_encoder",
-        "text_encoder_2",
-        "image_encoder",
-        "feature_extractor",
-        "adapter",
-    ]
-
-    def __init__(
-        self,
-        vae: AutoencoderKL,
-        text_encoder: CLIPTextModel,
-        text_encoder_2: CLIPTextModelWithProjection,
-        tokenizer: CLIPTokenizer,
-        tokenizer_2: CLIPTokenizer,
-        unet: UNet2DConditionModel,
-        scheduler: KarrasDiffusionSchedulers,
-        image_encoder: CLIPVisionModelWithProjection | None = None,
-        feature_extractor: CLIPImageProcessorPil | None = None,
-        adapter: MSAdapter | None = None,
-        requires_aesthetics_score: bool = False,
-        force_zeros_for_empty_prompt: bool = True,
-        add_watermarker: bool | None = None,
-    ):
-        super().__init__(
-            vae=vae,
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2,
-            unet=unet,
-            scheduler=scheduler,
-            image_encoder=image_encoder,
-            feature_extractor=self._default_preprocessing(image_encoder, feature_extractor),
-            requires_aesthetics_score=requires_aesthetics_score,
-            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
-            add_watermarker=add_watermarker,
-        )
-        self._register_adapter(adapter)
 
     @torch.no_grad()
     def __call__(

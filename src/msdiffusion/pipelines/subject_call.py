@@ -47,7 +47,7 @@ class SubjectsMixin:
                 sum(map(len, subject_lists)),
             )
         if any(subject_lists):
-            self.check_processors()  # type: ignore[attr-defined]
+            self.check_processors()
             if self.image_encoder is None:
                 raise InputError("subjects", "need an image_encoder component", None)
         return validate_layout(
@@ -108,4 +108,4 @@ class SubjectsMixin:
             start_step=start_step,
             levels=len(self.unet.config.block_out_channels),
         )
-        return build_conditioning(layouts, self, settings)  # type: ignore[arg-type]
+        return build_conditioning(layouts, self, settings)

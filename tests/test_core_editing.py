@@ -149,6 +149,10 @@ def test_bad_editing_arguments_are_named(pipes, images):
         i2i(PROMPT, image="picture.png", **KW)
     with pytest.raises(InputError, match="denoising_start"):
         i2i(PROMPT, image=source, denoising_start=1.0, **KW)
+    # auto layout counts the steps that run: strength 0.5 of 4 runs 2
+    boxless = Subject(refs[0], None, "dog")
+    with pytest.raises(InputError, match="after the last of the 2 steps"):
+        i2i(PROMPT, [boxless], image=source, strength=0.5, mask_threshold=0.5, start_step=3, **KW)
 
 
 def test_img2img_batch_with_different_subjects_equals_one_by_one(pipes, images):

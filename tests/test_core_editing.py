@@ -149,6 +149,8 @@ def test_bad_editing_arguments_are_named(pipes, images):
         i2i(PROMPT, image="picture.png", **KW)
     with pytest.raises(InputError, match="denoising_start"):
         i2i(PROMPT, image=source, denoising_start=1.0, **KW)
+    with pytest.raises(InputError, match="ip_adapter_image: needs an IP-Adapter"):
+        i2i(PROMPT, image=source, ip_adapter_image=source, **KW)
     # auto layout counts the steps that run: strength 0.5 of 4 runs 2
     boxless = Subject(refs[0], None, "dog")
     with pytest.raises(InputError, match="after the last of the 2 steps"):

@@ -49,6 +49,8 @@ class MSDiffusionXLImg2ImgPipeline(
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         scale: float = 0.6,
         drop_grounding_tokens: bool = False,
         mask_threshold: float | None = None,
@@ -95,7 +97,8 @@ class MSDiffusionXLImg2ImgPipeline(
             subjects / scale / drop_grounding_tokens / mask_threshold / start_step: as in
                 ``MSDiffusionXLPipeline`` (boxes normalised to the output image; auto layout's
                 ``start_step`` counts the steps that run).
-            The other arguments are those of ``StableDiffusionXLImg2ImgPipeline`` (its IP-Adapter
-            inputs excepted: the MS-Diffusion processors replace IP-Adapter's).
+            The other arguments are those of ``StableDiffusionXLImg2ImgPipeline``, IP-Adapter
+            inputs included (with an IP-Adapter loaded, and no subjects: as in
+            ``MSDiffusionXLPipeline``).
         """
         return self._edit(dict(locals()))

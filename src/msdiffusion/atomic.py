@@ -11,6 +11,10 @@ systems, some network filesystems) the old folder is moved aside to a fresh ``.o
 name, the new one renamed into place, then the old one removed; a process killed between the two
 renames leaves the name empty and the old folder aside, and the next write of that folder (or
 ``recover_dir``) puts it back first. Leftovers of earlier runs never block a write.
+
+Files and folders get the permissions a plain ``open`` / ``mkdir`` would give them (0666 / 0777
+less the process's umask), not the owner-only ones of their temporary names: results on a shared
+server are as readable as the user's umask says.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +44,23 @@ __all__ = [
     "recover_dir",
     "fsync_dir",
     "fsync_tree",
+    "check_writable_folder",
 ]
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back, under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _as_created(path: str | os.PathLike[str], mode: int) -> None:
+    """Give ``path`` the permissions ``mode`` less the umask, as ``open``/``mkdir`` would."""
+    os.chmod(path, mode & ~_umask())
 
 
 @contextmanager
@@ -53,6 +74,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    _as_created(tmp, 0o666)  # mkstemp makes it owner-only
     try:
         yield tmp
         os.replace(tmp, path)
@@ -192,8 +214,34 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    _as_created(tmp, 0o777)  # mkdtemp makes it owner-only
     try:
         yield tmp
         replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable_folder(path: str | os.PathLike[str], argument: str = "--out") -> Path:
+    """``path`` as an output folder: a folder (or not there yet) inside which this process can
+    create files — checked before any work starts by creating and removing a probe file in the
+    nearest folder that exists (permissions, read-only file systems); nothing is left behind.
+    Raises ``InputError`` naming ``argument`` otherwise."""
+    from .errors import InputError
+
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise InputError(argument, "is a file, not a folder", str(folder))
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(argument, f"lies inside {existing}, which is a file", str(folder))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".msdiffusion-probe-", dir=existing)
+    except OSError as err:
+        reason = (err.strerror or err.__class__.__name__).lower()
+        raise InputError(argument, f"cannot write in {existing} ({reason})", str(folder)) from None
+    os.close(fd)
+    os.unlink(probe)
+    return folder

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .errors import MSDiffusionError
@@ -61,11 +62,26 @@ def fail(message: str) -> int:
     return 2
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# The libraries' notes to developers (deprecated arguments, optional backends) are not the user's
+# to act on. Python's own -W / PYTHONWARNINGS, when given, decide instead.
+THIRD_PARTY = r"(diffusers|transformers|huggingface_hub|accelerate|peft|torch|gradio|PIL)(\.|$)"
+
+
+def quiet_libraries() -> None:
+    """No third-party deprecation notes or logging below errors in a command's output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # library chatter (optional backends, dtype notes) would bury the command's own output
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    if sys.warnoptions:
+        return
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=THIRD_PARTY)
+    # raised on our calls' behalf, attributed to our modules: name them by their text
+    warnings.filterwarnings("ignore", message=r".*(local_dir_use_symlinks|torch_dtype|upcast_vae)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    quiet_libraries()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -74,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(err).replace("\n", " "))
     except FileNotFoundError as err:
         return fail(f"file not found: {err.filename or err}")
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as err:
+        if err.filename is None:
+            raise
+        return fail(f"cannot use {err.filename}: {(err.strerror or str(err)).lower()}")
     except KeyboardInterrupt:
         return fail("interrupted")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -27,12 +28,20 @@ __all__ = ["GenerationResult", "generate", "write_result"]
 
 @dataclass
 class GenerationResult:
+    """A request's images and their seeds. ``call_images`` is how many images the pipeline call
+    that made them made in all (other requests' included), ``call_offset`` where this request's
+    first image sat among them: an image replays bit-exactly in a call of the same make-up."""
+
     request: GenerationRequest
     images: list[Image.Image]
     seeds: list[int]
+    call_images: int = 1
+    call_offset: int = 0
+    call_prompts: int = 1
 
 
 def _batch_key(request: GenerationRequest, size: int) -> tuple:
+    control = request.control_image
     return (
         request.height or size,
         request.width or size,
@@ -43,7 +52,28 @@ def _batch_key(request: GenerationRequest, size: int) -> tuple:
         request.mask_threshold,
         request.start_step,
         request.drop_grounding_tokens,
+        request.scheduler,
+        request.negative_prompt is None,
+        request.prompt_2 is None,
+        request.negative_prompt_2 is None,
+        id(control) if isinstance(control, Image.Image) else control,
+        request.controlnet_conditioning_scale,
     )
+
+
+def _texts(requests: Sequence[GenerationRequest], name: str) -> list[str] | None:
+    """One text per request for a batched call, or None when the requests give none (their batch
+    key makes it all or none)."""
+    texts = [getattr(r, name) for r in requests]
+    return None if texts[0] is None else texts
+
+
+def _use_scheduler(pipe: Any, name: str | None, own: Any) -> None:
+    """The scheduler ``name`` on ``pipe`` (None: the model's ``own``)."""
+    from .pipelines.schedulers import make_scheduler
+
+    wanted = own if name is None else make_scheduler(name, own.config)
+    pipe.scheduler = wanted
 
 
 def generate(
@@ -62,6 +92,7 @@ def generate(
     if batch_size < 1:
         raise InputError("batch_size", "must be >= 1", batch_size)
     pipe = model.pipe
+    has_controlnet = getattr(pipe, "controlnet", None) is not None
     errors = ErrorList()  # every request's errors before the first image
     subjects = []
     for i, request in enumerate(requests):
@@ -70,6 +101,12 @@ def generate(
             subjects.append(
                 request.prepare(pipe.tokenizer, model.default_size, pipe.vae_scale_factor)
             )
+            if has_controlnet and request.control_image is None:
+                raise InputError("control_image", "is required: the model has a ControlNet", None)
+            if not has_controlnet and request.control_image is not None:
+                raise InputError(
+                    "control_image", "needs a model with a ControlNet", request.control_image
+                )
     errors.raise_if_any()
     batches: list[list[int]] = []
     for i, request in enumerate(requests):
@@ -96,19 +133,28 @@ def generate(
 
     results: list[GenerationResult] = []
     pipe.set_progress_bar_config(disable=True)
+    own_scheduler = pipe.scheduler
     try:
         for batch in batches:
             first = requests[batch[0]]
+            members = [requests[i] for i in batch]
             n = first.num_images
             generators = [
                 torch.Generator("cpu").manual_seed(requests[i].seed + k)
                 for i in batch
                 for k in range(n)
             ]
+            _use_scheduler(pipe, first.scheduler, own_scheduler)
+            extra: dict[str, Any] = {}
+            if first.control_image is not None:
+                extra["control_image"] = first.load_control_image()
+                extra["controlnet_conditioning_scale"] = first.controlnet_conditioning_scale
             out = pipe(
-                prompt=[requests[i].prompt for i in batch],
+                prompt=[r.prompt for r in members],
                 subjects=[subjects[i] for i in batch],
-                negative_prompt=[requests[i].negative_prompt for i in batch],
+                negative_prompt=_texts(members, "negative_prompt"),
+                prompt_2=_texts(members, "prompt_2"),
+                negative_prompt_2=_texts(members, "negative_prompt_2"),
                 scale=first.scale,
                 drop_grounding_tokens=first.drop_grounding_tokens,
                 mask_threshold=first.mask_threshold,
@@ -120,6 +166,7 @@ def generate(
                 num_images_per_prompt=n,
                 generator=generators,
                 callback_on_step_end=step_end,
+                **extra,
             )
             for j, i in enumerate(batch):
                 results.append(
@@ -127,9 +174,13 @@ def generate(
                         requests[i],
                         out.images[j * n : (j + 1) * n],
                         [requests[i].seed + k for k in range(n)],
+                        call_images=len(batch) * n,
+                        call_offset=j * n,
+                        call_prompts=len(batch),
                     )
                 )
     finally:
+        pipe.scheduler = own_scheduler
         bar.close()
     return results
 
@@ -146,18 +197,32 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _as_picture(value: Any) -> Image.Image | None:
+    """An in-memory image (PIL) or mask (array, tensor) as a picture to save; None for a path."""
+    if value is None or isinstance(value, (str, os.PathLike)):
+        return None
+    if isinstance(value, Image.Image):
+        return value
+    from .layout import mask_to_array
+
+    inside = mask_to_array(value, "mask")  # (h, w) bool
+    return Image.fromarray(inside.astype(np.uint8) * 255, mode="L")
+
+
 def _persist_images(request: GenerationRequest, out_dir: Path) -> GenerationRequest:
-    """In-memory reference images/masks → PNGs under ``out_dir/references`` (for the sidecar)."""
+    """In-memory reference images, masks (images, arrays, tensors) and control images → PNGs
+    under ``out_dir/references`` (named by content), so the sidecar can name them."""
     refs = out_dir / "references"
 
-    def keep(image: Any) -> Any:
-        if not isinstance(image, Image.Image):
-            return image
-        digest = hashlib.sha1(image.tobytes()).hexdigest()[:16]
+    def keep(value: Any) -> Any:
+        picture = _as_picture(value)
+        if picture is None:
+            return value
+        digest = hashlib.sha1(picture.mode.encode() + picture.tobytes()).hexdigest()[:16]
         path = refs / f"{digest}.png"
         if not path.exists():
             refs.mkdir(parents=True, exist_ok=True)
-            atomic_save_image(image, path)
+            atomic_save_image(picture, path)
         return str(path)
 
     subjects = [
@@ -168,7 +233,11 @@ def _persist_images(request: GenerationRequest, out_dir: Path) -> GenerationRequ
         )
         for s in request.subjects
     ]
-    return replace(request, subjects=subjects)
+    return replace(request, subjects=subjects, control_image=keep(request.control_image))
+
+
+def _names(stem: str, k: int) -> tuple[str, str, str]:
+    return f"{stem}_{k}.png", f"{stem}_{k}_overlay.png", f"{stem}_{k}.json"
 
 
 def write_result(
@@ -176,30 +245,51 @@ def write_result(
     out_dir: str | os.PathLike[str],
     info: dict[str, Any],
     stem: str = "image",
+    extra: dict[str, Any] | None = None,
 ) -> list[dict[str, str]]:
     """Write each image, its layout overlay and its JSON sidecar (written last: a sidecar means the
-    image is complete). The sidecar's request, run again, reproduces that image exactly."""
+    image is complete). The sidecar's request, run again on the same model, reproduces that image
+    (bit-exactly in a pipeline call of the same make-up: its ``batch`` entry). ``extra``: more
+    entries for every sidecar. Files already there are never replaced: an ``InputError`` before
+    anything is written."""
     out = Path(out_dir)
+    taken = [
+        name for k in range(len(result.images)) for name in _names(stem, k) if (out / name).exists()
+    ]
+    if taken:
+        raise InputError("out", f"already holds {taken[0]}; results are never replaced", str(out))
     out.mkdir(parents=True, exist_ok=True)
     request = _persist_images(result.request, out)
-    written = []
+    versions = _versions()
+    records = []
     for k, (image, seed) in enumerate(zip(result.images, result.seeds)):
-        name = f"{stem}_{k}"
-        image_path, overlay_path = out / f"{name}.png", out / f"{name}_overlay.png"
-        atomic_save_image(image, image_path)
-        atomic_save_image(draw_overlay(image, request), overlay_path)
+        image_name, overlay_name, sidecar_name = _names(stem, k)
         single = replace(request, seed=seed, num_images=1, height=image.height, width=image.width)
         sidecar = {
             "request": single.to_dict(base_dir=out),
             "seed": seed,
-            "image": image_path.name,
-            "overlay": overlay_path.name,
+            "image": image_name,
+            "overlay": overlay_name,
+            "batch": {
+                "images": result.call_images,
+                "index": result.call_offset + k,
+                "prompts": result.call_prompts,
+            },
             "model": info,
-            "versions": _versions(),
+            "versions": versions,
+            **(extra or {}),
         }
-        sidecar_path = out / f"{name}.json"
-        atomic_write_json(sidecar_path, sidecar)
+        records.append((image, image_name, overlay_name, sidecar_name, sidecar))
+    written = []
+    for image, image_name, overlay_name, sidecar_name, sidecar in records:
+        atomic_save_image(image, out / image_name)
+        atomic_save_image(draw_overlay(image, request), out / overlay_name)
+        atomic_write_json(out / sidecar_name, sidecar)
         written.append(
-            {"image": str(image_path), "overlay": str(overlay_path), "sidecar": str(sidecar_path)}
+            {
+                "image": str(out / image_name),
+                "overlay": str(out / overlay_name),
+                "sidecar": str(out / sidecar_name),
+            }
         )
     return written

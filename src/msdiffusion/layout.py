@@ -30,6 +30,7 @@ __all__ = [
     "normalise_subject_lists",
     "SubjectLayout",
     "mask_fits",
+    "check_mask_aspect",
     "validate_layout",
 ]
 
@@ -211,6 +212,19 @@ def normalise_subject_lists(subjects: Any, batch_size: int) -> list[list[Subject
     return per_prompt
 
 
+def check_mask_aspect(mask: np.ndarray, size: tuple[int, int], argument: Location) -> None:
+    """A region mask must have the output's aspect ratio (``size`` = (height, width)), up to the
+    rounding of one of its sides (:func:`mask_fits`)."""
+    height, width = size
+    mh, mw = mask.shape
+    if not mask_fits((mh, mw), size):
+        raise InputError(
+            argument,
+            f"must have the output's aspect ratio (width x height {width}x{height}), up to rounding",
+            f"{mw}x{mh}",
+        )
+
+
 @dataclass
 class SubjectLayout:
     """One subject, checked against its prompt and output size."""
@@ -242,10 +256,6 @@ def validate_layout(
     the output's aspect ratio, a region for each subject (or auto layout), phrases in the prompt
     (required under auto layout, a warning otherwise; a prompt of None — given as embeddings — is
     not searched). Reports every error at once."""
-    height, width = size
-    aspect_rule = (
-        f"must have the output's aspect ratio (width x height {width}x{height}), up to rounding"
-    )
     errors = ErrorList()
     layouts: list[list[SubjectLayout]] = []
     for i, (group, prompt) in enumerate(zip(subjects, prompts)):
@@ -253,9 +263,9 @@ def validate_layout(
         for j, subject in enumerate(group):
             where: Location = ("subjects", i, j) if len(subjects) > 1 else ("subjects", j)
             mask = subject.mask
-            if mask is not None and not mask_fits(mask.shape, size):
-                mh, mw = mask.shape
-                errors.add(InputError((*where, "mask"), aspect_rule, f"{mw}x{mh}"))
+            if mask is not None:
+                with errors.check():
+                    check_mask_aspect(mask, size, (*where, "mask"))
             if subject.box is None and mask is None and mask_threshold is None:
                 errors.add(
                     InputError(

@@ -3,8 +3,13 @@ a sidecar and the web UI's form all become. Validated here, once, reporting ever
 each located at its field (``("subjects", 1, "box")``):
 
 - ``GenerationRequest.validate`` (run on construction): every field's own rule;
+- ``GenerationRequest.check``: what needs files but no model — every reference, mask and control
+  image readable, masks of the output's aspect ratio, phrases in the prompt under auto layout;
+  the commands run it before they load a model;
 - ``GenerationRequest.prepare``: the request against a model — the output size the model can
-  make, every reference and mask readable, and the layout rules (``layout.validate_layout``).
+  make, then ``check`` and the layout rules with its tokenizer (``layout.validate_layout``).
+
+Paths in a request file are relative to the file's folder (``read_requests``).
 """
 
 from __future__ import annotations
@@ -22,12 +27,32 @@ from .configs import read_json
 from .encoding import load_image, open_image
 from .errors import ErrorList, InputError
 from .geometry import Box, validate_box
-from .layout import Subject, mask_to_array, validate_layout, validate_scale
+from .layout import (
+    Subject,
+    check_mask_aspect,
+    find_phrase,
+    mask_to_array,
+    validate_layout,
+    validate_scale,
+)
 from .pipelines.call_checks import MAX_GUIDANCE
+from .pipelines.schedulers import scheduler_names
 
 __all__ = ["SubjectSpec", "GenerationRequest", "read_requests"]
 
 SUBJECT_FIELDS = ("images", "box", "phrase", "scale", "mask")
+
+
+def _load_image(image: Any, argument: Any) -> Image.Image:
+    return load_image(image, argument)
+
+
+def _check_file(argument: Any, path: Any) -> None:
+    """A path that is no file — missing, or a folder — is an ``InputError``."""
+    if os.path.isdir(path):
+        raise InputError(argument, "is a folder, not an image file", os.fspath(path))
+    if not os.path.isfile(path):
+        raise InputError(argument, "file does not exist", os.fspath(path))
 
 
 @dataclass
@@ -55,8 +80,9 @@ class SubjectSpec:
                 errors.add(
                     InputError(("images", k), "must be a path or an image", type(image).__name__)
                 )
-            elif isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
-                errors.add(InputError(("images", k), "file does not exist", os.fspath(image)))
+            elif isinstance(image, (str, os.PathLike)):
+                with errors.check():
+                    _check_file(("images", k), image)
         self.images = list(images)
         if self.box is not None:
             with errors.check():
@@ -66,8 +92,9 @@ class SubjectSpec:
         if self.scale is not None:
             with errors.check():
                 self.scale = validate_scale(self.scale, ("scale",))
-        if isinstance(self.mask, (str, os.PathLike)) and not os.path.isfile(self.mask):
-            errors.add(InputError(("mask",), "file does not exist", os.fspath(self.mask)))
+        if isinstance(self.mask, (str, os.PathLike)):
+            with errors.check():
+                _check_file(("mask",), self.mask)
         errors.raise_if_any()
         return self
 
@@ -78,7 +105,7 @@ class SubjectSpec:
         images = []
         for k, image in enumerate(self.images):
             with errors.check():
-                images.append(load_image(image, ("images", k)))
+                images.append(_load_image(image, ("images", k)))
         mask = None
         if self.mask is not None:
             with errors.check():
@@ -108,11 +135,22 @@ def _check_float(
 @dataclass
 class GenerationRequest:
     """One prompt with its subjects and settings. ``height``/``width`` None = the model's size;
-    image k of the request uses seed ``seed + k``."""
+    image k of the request uses seed ``seed + k``.
+
+    ``negative_prompt`` None (the default everywhere: API, CLI, web UI) is no negative prompt —
+    the pipeline's own unconditional branch, as when it is called without one: zero embeddings
+    where its ``force_zeros_for_empty_prompt`` is set (SDXL), the empty prompt encoded otherwise.
+    A string, even ``""``, is encoded as text. ``prompt_2`` / ``negative_prompt_2`` go to SDXL's
+    second text encoder (None: the same text as the first). ``scheduler`` None keeps the model's
+    (see ``pipelines.schedulers``). ``control_image`` is the ControlNet's condition (a model
+    with a ControlNet needs one).
+    """
 
     prompt: str
     subjects: list[SubjectSpec] = field(default_factory=list)
-    negative_prompt: str = ""
+    negative_prompt: str | None = None
+    prompt_2: str | None = None
+    negative_prompt_2: str | None = None
     height: int | None = None
     width: int | None = None
     num_inference_steps: int = 30
@@ -123,6 +161,9 @@ class GenerationRequest:
     mask_threshold: float | None = None
     start_step: int = 5
     drop_grounding_tokens: bool = False
+    scheduler: str | None = None
+    control_image: Any = None
+    controlnet_conditioning_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -132,8 +173,34 @@ class GenerationRequest:
         errors = ErrorList()
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             errors.add(InputError("prompt", "must be a non-empty string", self.prompt))
-        if not isinstance(self.negative_prompt, str):
-            errors.add(InputError("negative_prompt", "must be a string", self.negative_prompt))
+        for name in ("negative_prompt", "prompt_2", "negative_prompt_2"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                errors.add(InputError(name, "must be a string (or null: none)", value))
+        if self.scheduler is not None and self.scheduler not in scheduler_names():
+            errors.add(
+                InputError(
+                    "scheduler",
+                    f"must be one of {', '.join(scheduler_names())} (or null: the model's)",
+                    self.scheduler,
+                )
+            )
+        if self.control_image is not None:
+            if not isinstance(self.control_image, (str, os.PathLike, Image.Image)):
+                errors.add(
+                    InputError(
+                        "control_image",
+                        "must be a path or an image",
+                        type(self.control_image).__name__,
+                    )
+                )
+            elif isinstance(self.control_image, (str, os.PathLike)):
+                with errors.check():
+                    _check_file("control_image", self.control_image)
+        with errors.check():
+            self.controlnet_conditioning_scale = _check_float(
+                "controlnet_conditioning_scale", self.controlnet_conditioning_scale, 0.0
+            )
         for name in ("height", "width"):
             value = getattr(self, name)
             with errors.check():
@@ -186,21 +253,54 @@ class GenerationRequest:
         """(height, width) of the output; ``default_size`` where the request leaves it open."""
         return (self.height or default_size, self.width or default_size)
 
+    def check(self, default_size: int) -> list[Subject]:
+        """What needs the files but no model: every reference, mask and control image readable,
+        masks of the output's aspect ratio (``height``/``width``, else ``default_size``),
+        phrases in the prompt under auto layout (by their characters; ``prepare`` checks the
+        tokens). Returns the subjects as the pipeline takes them; every error at once."""
+        errors = ErrorList()
+        height, width = self.size(default_size)
+        subjects = []
+        for j, spec in enumerate(self.subjects):
+            with errors.check("subjects", j):
+                subject = spec.to_subject()
+                subjects.append(subject)
+                if subject.mask is not None:
+                    check_mask_aspect(subject.mask, (height, width), ("mask",))
+                if (
+                    self.mask_threshold is not None
+                    and find_phrase(self.prompt, spec.phrase) is None
+                ):
+                    raise InputError(
+                        ("phrase",),
+                        f"must appear in the prompt {self.prompt!r} for auto layout",
+                        spec.phrase,
+                    )
+        if self.control_image is not None:
+            with errors.check():
+                self.load_control_image()
+        errors.raise_if_any()
+        return subjects
+
+    def load_control_image(self) -> Image.Image | None:
+        """The ControlNet condition as an RGB image (None without one)."""
+        if self.control_image is None:
+            return None
+        return _load_image(self.control_image, "control_image")
+
     def prepare(self, tokenizer: Any, default_size: int, size_multiple: int = 8) -> list[Subject]:
         """The request against a model: an output size that is a multiple of the model's
-        ``size_multiple`` (its VAE's), every reference and mask readable, and the layout rules
-        (masks of the output's aspect ratio, phrases in the prompt under auto layout) with the
-        model's ``tokenizer``. Returns the subjects as the pipeline takes them; every error at
-        once."""
+        ``size_multiple`` (its VAE's), :meth:`check`, and the layout rules (masks of the
+        output's aspect ratio, phrases in the prompt under auto layout) with the model's
+        ``tokenizer``. Returns the subjects as the pipeline takes them; every error at once."""
         errors = ErrorList()
         height, width = self.size(default_size)
         for name, value in (("height", height), ("width", width)):
             if value % size_multiple:
                 errors.add(InputError(name, f"must be a multiple of {size_multiple}", value))
         subjects = []
-        for j, spec in enumerate(self.subjects):
-            with errors.check("subjects", j):
-                subjects.append(spec.to_subject())
+        with errors.check():
+            subjects = self.check(default_size)
         if not errors:
             with errors.check():
                 validate_layout(
@@ -229,6 +329,8 @@ class GenerationRequest:
                 "mask": _path_out(subject.mask, base_dir) if subject.mask is not None else None,
             }
             data["subjects"].append(entry)
+        if self.control_image is not None:
+            data["control_image"] = _path_out(self.control_image, base_dir)
         return data
 
     @classmethod
@@ -255,6 +357,8 @@ class GenerationRequest:
         for j, raw in enumerate(raw_subjects):
             with errors.check("subjects", j):
                 subjects.append(_subject_from_dict(raw, base_dir))
+        if values.get("control_image") is not None:
+            values["control_image"] = _path_in(values["control_image"], base_dir)
         errors.raise_if_any()
         return cls(subjects=subjects, **values)
 
@@ -303,14 +407,18 @@ def _path_out(value: Any, base_dir: str | os.PathLike[str] | None) -> Any:
     return str(path)
 
 
-def read_requests(path: str | os.PathLike[str]) -> list[GenerationRequest]:
-    """Requests from a JSON file: one request, a list, ``{"requests": [...]}``, or a sidecar."""
-    data = read_json(path, "request")
+def read_requests(
+    path: str | os.PathLike[str], argument: str = "request"
+) -> list[GenerationRequest]:
+    """Requests from a JSON file: one request, a list, ``{"requests": [...]}``, or a sidecar.
+    Relative paths in it are relative to the file's folder. ``argument``: how errors about the
+    file itself name it (``--request`` on the command line)."""
+    data = read_json(path, argument)
     if isinstance(data, dict) and "requests" in data:
         data = data["requests"]
     elif isinstance(data, dict) and isinstance(data.get("request"), dict):  # a sidecar
         data = data["request"]
     entries = data if isinstance(data, list) else [data]
     if not entries:
-        raise InputError("request", "holds no requests", str(path))
+        raise InputError(argument, "holds no requests", str(path))
     return [GenerationRequest.from_dict(entry, base_dir=Path(path).parent) for entry in entries]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -90,3 +91,91 @@ def bomb_png() -> bytes:
         + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
         + _png_chunk(b"IEND", b"")
     )
+
+
+CONSOLE = Path(sys.executable).with_name("msdiffusion")
+
+
+def run_console(
+    *args: str, cwd: Path | None = None, umask: int | None = None, env=None, timeout=300
+):
+    """The installed ``msdiffusion`` console script, as a user runs it (its own process: its
+    warnings, exit code and file permissions are the real ones)."""
+    import subprocess
+
+    def preexec() -> None:
+        if umask is not None:
+            os.umask(umask)
+
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    environment.pop("PYTHONWARNINGS", None)
+    return subprocess.run(
+        [str(CONSOLE), *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec,
+    )
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` × ``height`` pixels (a decompression bomb for
+    Pillow beyond twice ``Image.MAX_IMAGE_PIXELS``); its pixel data is never reached."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tmp_path_factory) -> Path:
+    """A LoRA for the tiny UNet (random, non-zero), saved as diffusers writes one."""
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from msdiffusion.testing.sdxl import random_components
+
+    unet = random_components("tiny", 0)["unet"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        unet.add_adapter(
+            LoraConfig(
+                r=4,
+                lora_alpha=4,
+                init_lora_weights=False,
+                target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+            )
+        )
+    folder = tmp_path_factory.mktemp("lora")
+    StableDiffusionXLPipeline.save_lora_weights(
+        folder, unet_lora_layers=get_peft_model_state_dict(unet)
+    )
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tmp_path_factory) -> Path:
+    """A ControlNet for the tiny UNet, saved as a folder."""
+    from diffusers import ControlNetModel
+
+    from msdiffusion.testing.sdxl import random_components
+
+    unet = random_components("tiny", 0)["unet"]
+    folder = tmp_path_factory.mktemp("controlnet") / "controlnet"
+    ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=(8, 8, 8, 8)
+    ).save_pretrained(folder)
+    return folder

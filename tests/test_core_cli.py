@@ -1,4 +1,5 @@
-"""`msdiffusion generate` / `convert`: the demo command, request files, sidecars, user errors."""
+"""`msdiffusion generate` / `convert` in-process: request files, sidecars, the request defaults,
+user errors. (The console script itself: test_faces_generate.py.)"""
 
 import json
 import os
@@ -12,6 +13,7 @@ from conftest import EXAMPLES
 from PIL import Image
 
 from msdiffusion.cli import main
+from msdiffusion.errors import InputError
 
 DEMO = [
     "generate",
@@ -40,46 +42,60 @@ DEMO = [
 ]
 
 
-def test_demo_command_writes_image_overlay_and_sidecar_that_reproduces(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(DEMO + ["--num-images", "2", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [
-        "image_0.json",
-        "image_0.png",
-        "image_0_overlay.png",
-        "image_1.json",
-        "image_1.png",
-        "image_1_overlay.png",
-    ]
-    sidecar = json.loads((out / "image_1.json").read_text())
-    assert sidecar["seed"] == 1 and sidecar["request"]["seed"] == 1
-    assert sidecar["request"]["height"] == 64 and sidecar["model"]["preset"] == "tiny"
-    assert set(sidecar["versions"]) >= {"msdiffusion", "torch", "diffusers", "transformers"}
-    overlay = Image.open(out / "image_1_overlay.png")
-    assert overlay.width > 128 and overlay.height >= 64  # output + reference thumbnails
-    # a sidecar repeats its image: within rounding when it was made in a batch of 2 …
-    assert (
-        main(["generate", "--request", str(out / "image_1.json"), "--out", str(tmp_path / "again")])
-        == 0
+def test_the_request_default_is_the_pipelines_own_negative_prompt(tmp_path):
+    """None — no negative prompt — everywhere: a request's image is the pipeline's image called
+    without one (zero embeddings for SDXL), and a typed negative prompt changes it."""
+    from msdiffusion import Subject
+    from msdiffusion.inference import generate
+    from msdiffusion.loading import load_pipeline
+    from msdiffusion.request import GenerationRequest, SubjectSpec
+
+    model = load_pipeline("tiny")
+    assert GenerationRequest(prompt="x").negative_prompt is None
+    request = GenerationRequest(
+        prompt="a dog",
+        subjects=[SubjectSpec([str(EXAMPLES / "dog.png")], (0, 0, 0.5, 1), "dog")],
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        seed=3,
     )
-    again = np.asarray(Image.open(tmp_path / "again" / "image_0.png"), dtype=int)
-    assert np.abs(again - np.asarray(Image.open(out / "image_1.png"), dtype=int)).max() <= 1
-    # … and exactly when it was made alone
-    assert (
-        main(
-            [
-                "generate",
-                "--request",
-                str(tmp_path / "again" / "image_0.json"),
-                "--out",
-                str(tmp_path / "third"),
-            ]
-        )
-        == 0
+    [ours] = generate(model, [request], progress=False)
+    direct = model.pipe(
+        "a dog",
+        [Subject(Image.open(EXAMPLES / "dog.png"), (0, 0, 0.5, 1), "dog")],
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(3),
+    ).images[0]
+    assert ours.images[0].tobytes() == direct.tobytes()
+    request.negative_prompt = "blurry"
+    [other] = generate(model, [request], progress=False)
+    assert other.images[0].tobytes() != direct.tobytes()
+
+
+def test_in_memory_masks_and_images_are_kept_with_the_sidecar_and_nothing_is_replaced(tmp_path):
+    from msdiffusion.inference import GenerationResult, write_result
+    from msdiffusion.request import GenerationRequest, SubjectSpec, read_requests
+
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[8:40, 8:40] = True
+    request = GenerationRequest(
+        prompt="a dog",
+        subjects=[SubjectSpec([Image.open(EXAMPLES / "dog.png")], None, "dog", mask=mask)],
+        height=64,
+        width=64,
     )
-    third = Image.open(tmp_path / "third" / "image_0.png").tobytes()
-    assert third == Image.open(tmp_path / "again" / "image_0.png").tobytes()
-    assert "wrote" in capsys.readouterr().out
+    result = GenerationResult(request, [Image.new("RGB", (64, 64))], [0])
+    [files] = write_result(result, tmp_path, {"preset": "tiny"})
+    [again] = read_requests(files["sidecar"])
+    assert np.array_equal(again.subjects[0].load()[1], mask)  # the mask, as a PNG beside it
+    assert again.subjects[0].load()[0][0].size == Image.open(EXAMPLES / "dog.png").size
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(InputError, match="already holds image_0.png"):
+        write_result(result, tmp_path, {"preset": "tiny"})
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
 def test_request_file_with_a_batch(tmp_path):
@@ -120,14 +136,14 @@ def test_request_file_with_a_batch(tmp_path):
         )
         == 0
     )
-    names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    names = sorted(p.name for p in (tmp_path / "out" / "0001").glob("*.png"))
     assert names == [
         "request000_0.png",
         "request000_0_overlay.png",
         "request001_0.png",
         "request001_0_overlay.png",
     ]
-    assert json.loads((tmp_path / "out" / "request001_0.json").read_text())["seed"] == 7
+    assert json.loads((tmp_path / "out" / "0001" / "request001_0.json").read_text())["seed"] == 7
 
 
 def _bad_image(tmp_path):
@@ -207,6 +223,8 @@ ERRORS = [
     (lambda t: _replace(DEMO, "--steps", "0"), "num_inference_steps: must be an integer >= 1"),
     (lambda t: DEMO + ["--adapter", str(t / "nothing-here")], "no such file or folder"),
     (lambda t: ["generate", "--request", str(t / "none.json")], "file does not exist"),
+    (lambda t: DEMO + ["--scheduler", "nope"], "invalid choice"),
+    (lambda t: DEMO + ["--negative-prompt-2", "x", "--lora-scale", "-1"], "--lora-scale"),
 ]
 
 
@@ -217,7 +235,7 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, ma
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()
 
 
 class _RunsCode:

@@ -1,21 +1,62 @@
-"""`msdiffusion generate`: prompt + subjects (or request files) → images, overlays, sidecars."""
+"""`msdiffusion generate`: prompt + subjects (or request files) → images, overlays, sidecars.
+
+Every check that needs no model runs first (flags, request files, the output folder, every
+reference, mask and control image readable, sizes); then the model loads, the images are made,
+and a new numbered run folder under ``--out`` receives them — nothing is written before, and
+nothing is overwritten.
+"""
 
 from __future__ import annotations
 
 import argparse
+import secrets
+import sys
+from dataclasses import fields, replace
 from typing import Any
 
-from ..errors import InputError
+from ..errors import ErrorList, InputError
+from ..flags import add_flag, with_default
+from .model import ModelSettings, add_model_arguments
 
 EPILOG = """\
 subjects: each --subject starts a subject; the --box/--phrase/--subject-scale/--mask after it
-belong to it. Boxes are x0,y0,x1,y1 in [0, 1] of the output (x = column).
+belong to it. Boxes are x0,y0,x1,y1 in [0, 1] of the output (x = column, y = row).
 
-example:
+Each call writes a new numbered run folder under --out (outputs/0001, outputs/0002, ...): the
+images, their layout overlays and JSON sidecars (the exact recipe). --request SIDECAR replays
+one on the model it records; request flags given with --request (--seed, --steps, --height,
+--scale, --num-images, ...) change every request read, and the new sidecar records them.
+
+examples:
   msdiffusion generate --preset tiny --prompt "a dog and a cat on the beach" \\
     --subject dog.png --box 0,0.3,0.5,0.9 --phrase dog \\
-    --subject cat.png --box 0.5,0.3,1,0.9 --phrase cat --out outputs/run
+    --subject cat.png --box 0.5,0.3,1,0.9 --phrase cat --seed 0 --out outputs
+  msdiffusion generate --request outputs/0001/image_0.json            # replay it exactly
+  msdiffusion generate --request outputs/0001/image_0.json --seed 7 --num-images 4
 """
+
+S = argparse.SUPPRESS  # request and model flags: only those given count (they override requests)
+
+# generate's flag (dest) → the request field it sets
+REQUEST_FLAGS = {
+    "negative_prompt": "negative_prompt",
+    "prompt_2": "prompt_2",
+    "negative_prompt_2": "negative_prompt_2",
+    "height": "height",
+    "width": "width",
+    "steps": "num_inference_steps",
+    "guidance_scale": "guidance_scale",
+    "scale": "scale",
+    "seed": "seed",
+    "num_images": "num_images",
+    "scheduler": "scheduler",
+    "mask_threshold": "mask_threshold",
+    "start_step": "start_step",
+    "drop_grounding_tokens": "drop_grounding_tokens",
+    "control_image": "control_image",
+    "controlnet_scale": "controlnet_conditioning_scale",
+}
+MODEL_FLAGS = tuple(f.name for f in fields(ModelSettings))
 
 
 class _SubjectAction(argparse.Action):
@@ -38,38 +79,9 @@ class _SubjectField(argparse.Action):
         subjects[-1][key] = values
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model selection flags shared by every command that loads the pipeline."""
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--preset",
-        default="tiny",
-        choices=["tiny", "toy", "sdxl"],
-        help="component set: tiny (random weights, offline), toy (trained on the toy world, "
-        "shipped, offline) or sdxl (released weights from the hub or the local cache) "
-        "(default: tiny)",
-    )
-    group.add_argument("--base", help="SDXL pipeline folder or hub id (overrides the preset)")
-    group.add_argument("--image-encoder", help="CLIP ViT-bigG/14 vision model folder or hub id")
-    group.add_argument(
-        "--adapter",
-        help="adapter: our folder or .safetensors, a released ms_adapter.bin, or a hub repo id "
-        "holding either (ours is looked for first)",
-    )
-    group.add_argument(
-        "--vae",
-        help="VAE folder or hub id (default: the preset's — the fp16-fix VAE for sdxl); "
-        "'base' keeps the base pipeline's own",
-    )
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    group.add_argument(
-        "--dtype",
-        default="auto",
-        help="auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16",
-    )
-
-
 def register(sub: Any) -> None:
+    from ..pipelines.schedulers import scheduler_names
+
     p = sub.add_parser(
         "generate",
         help="generate images with subjects in boxes",
@@ -77,15 +89,35 @@ def register(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--prompt", help="the prompt (or use --request)")
-    p.add_argument("--negative-prompt", default="", help="negative prompt")
+    text = p.add_argument_group("text")
+    text.add_argument("--prompt", metavar="TEXT", help="the prompt (required without --request)")
+    add_flag(
+        text,
+        "negative_prompt",
+        default=S,
+        shown="none: the model's own unconditional — zero embeddings for SDXL; "
+        "an empty string is encoded as text",
+    )
+    text.add_argument(
+        "--prompt-2",
+        metavar="TEXT",
+        default=S,
+        help=with_default("prompt for SDXL's second text encoder", "the prompt"),
+    )
+    text.add_argument(
+        "--negative-prompt-2",
+        metavar="TEXT",
+        default=S,
+        help=with_default("negative prompt for the second text encoder", "the negative prompt"),
+    )
     p.add_argument(
         "--request",
         action="append",
         default=[],
         metavar="JSON",
-        help='request file: one request, a list, {"requests": [...]}, or a sidecar '
-        "(repeatable; replaces --prompt/--subject)",
+        help='request file: one request, a list, {"requests": [...]}, or a sidecar (replayed '
+        "on its model); repeatable; replaces --prompt/--subject; paths in it are relative to "
+        "its folder (default: none)",
     )
     s = p.add_argument_group("subjects")
     s.add_argument(
@@ -93,129 +125,207 @@ def register(sub: Any) -> None:
         nargs="+",
         action=_SubjectAction,
         metavar="IMAGE",
-        help="reference image(s) of a new subject (several = views of one subject)",
+        help="reference image(s) of a new subject (several = views of one subject) "
+        "(default: no subjects, plain SDXL)",
     )
-    s.add_argument("--box", dest="subject_box", action=_SubjectField, metavar="X0,Y0,X1,Y1")
+    s.add_argument(
+        "--box",
+        dest="subject_box",
+        action=_SubjectField,
+        metavar="X0,Y0,X1,Y1",
+        help="this subject's box in [0, 1] of the output, x0 < x1, y0 < y1 (default: none; "
+        "needs --mask or --mask-threshold then)",
+    )
     s.add_argument(
         "--phrase",
         dest="subject_phrase",
         action=_SubjectField,
         metavar="WORD",
-        help="the word(s) naming the subject in the prompt",
+        help="the word(s) naming the subject in the prompt (required per subject)",
     )
     s.add_argument(
         "--subject-scale",
         dest="subject_scale",
         type=float,
         action=_SubjectField,
-        metavar="S",
-        help="this subject's scale (default: --scale)",
+        metavar="X",
+        help="this subject's image-attention scale (default: --scale)",
     )
     s.add_argument(
         "--mask",
         dest="subject_mask",
         action=_SubjectField,
         metavar="PNG",
-        help="region mask (output aspect ratio; white = inside) instead of a box",
+        help="region mask of the output's aspect ratio, white = inside, instead of a box "
+        "(default: none)",
     )
     g = p.add_argument_group("generation")
-    g.add_argument("--height", type=int, help="output height (default: the preset's, 1024/256)")
-    g.add_argument("--width", type=int, help="output width (default: the preset's)")
-    g.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
-    g.add_argument("--guidance", type=float, default=7.5, help="CFG scale (default: 7.5)")
-    g.add_argument("--scale", type=float, default=0.6, help="image-branch scale γ (default: 0.6)")
-    g.add_argument("--seed", type=int, default=0, help="seed of image 0; image k uses seed+k")
-    g.add_argument("--num-images", type=int, default=1, help="images per prompt (default: 1)")
+    add_flag(g, "height", default=S, shown="the preset's: tiny 256, toy 64, sdxl 1024")
+    add_flag(g, "width", default=S, shown="the preset's")
+    add_flag(g, "steps", default=S, shown=30)
+    add_flag(g, "guidance_scale", default=S, shown=7.5)
+    add_flag(g, "scale", default=S, shown=0.6)
+    add_flag(
+        g,
+        "seed",
+        default=S,
+        help="seed of image 0; image k uses seed + k (a CPU generator: the same on every device)",
+        shown="random, printed and kept in the sidecar",
+    )
+    add_flag(g, "num_images", default=S, shown=1)
+    g.add_argument(
+        "--scheduler",
+        choices=scheduler_names(),
+        default=S,
+        help=with_default("sampler", "the model's own; SDXL base: euler"),
+    )
     g.add_argument(
         "--mask-threshold",
         type=float,
-        help="auto layout: threshold of the phrase attention maps (e.g. 0.5)",
+        default=S,
+        metavar="X",
+        help=with_default(
+            "auto layout: refine regions from the phrases' attention maps, thresholded at X "
+            "(e.g. 0.5)",
+            "off",
+        ),
     )
     g.add_argument(
         "--start-step",
         type=int,
-        default=5,
-        help="auto layout: first step using the attention-map regions (default: 5)",
+        default=S,
+        metavar="N",
+        help=with_default("auto layout: the first step that uses the refined regions", 5),
+    )
+    add_flag(g, "drop_grounding_tokens", default=S)
+    g.add_argument(
+        "--control-image",
+        metavar="IMAGE",
+        default=S,
+        help=with_default("the ControlNet's condition (edges, depth, pose...)", "none"),
     )
     g.add_argument(
-        "--drop-grounding-tokens",
-        action="store_true",
-        help="start the resampler from its learned queries (no phrase/box embedding)",
+        "--controlnet-scale",
+        type=float,
+        default=S,
+        metavar="X",
+        help=with_default("strength of the ControlNet", 1.0),
     )
-    g.add_argument("--batch-size", type=int, default=1, help="prompts per pipeline call")
-    add_model_arguments(p)
-    p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
+    add_flag(g, "batch_size", default=1)
+    add_model_arguments(p, default=S)
+    p.add_argument(
+        "--allow-model-change",
+        action="store_true",
+        help="with --request SIDECAR: use the model flags given where they differ from the "
+        "sidecar's model (not a replay: the image differs) (default: off, refused)",
+    )
+    p.add_argument(
+        "--out",
+        default="outputs",
+        metavar="DIR",
+        help="output folder; each call writes a new numbered run folder in it (default: outputs)",
+    )
     p.set_defaults(func=run, subjects=None)
 
 
-def requests_from_args(args: argparse.Namespace) -> list:
-    from ..request import GenerationRequest, read_requests
+def _given(args: argparse.Namespace, names: Any) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
-    if args.request:
-        if args.prompt or args.subjects:
-            raise InputError(
-                "--request", "replaces --prompt and --subject; give one or the other", args.request
-            )
-        return [r for path in args.request for r in read_requests(path)]
+
+def _request_from_flags(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
+    from ..request import GenerationRequest
+
     if not args.prompt:
         raise InputError("--prompt", "is required (or --request FILE)", None)
+    errors = ErrorList()
     subjects = []
     for i, subject in enumerate(args.subjects or [], start=1):
         if "phrase" not in subject:
-            raise InputError(f"--subject #{i}", "needs a --phrase", subject["images"])
-        subjects.append(
-            {
-                "images": subject["images"],
-                "box": subject.get("box"),
-                "phrase": subject["phrase"],
-                "scale": subject.get("scale"),
-                "mask": subject.get("mask"),
-            }
+            errors.add(InputError(f"--subject #{i}", "needs a --phrase", subject["images"]))
+        subjects.append({**subject, "images": subject["images"], "phrase": subject.get("phrase")})
+    errors.raise_if_any()
+    return GenerationRequest.from_dict({"prompt": args.prompt, "subjects": subjects, **overrides})
+
+
+def plan_from_args(args: argparse.Namespace):
+    """The requests and the model of a command line, checked without any model."""
+    from .model import model_flags
+    from .replay import Plan, plan_replay, read_sources
+
+    overrides = {REQUEST_FLAGS[k]: v for k, v in _given(args, REQUEST_FLAGS).items()}
+    if args.batch_size < 1:
+        raise InputError("--batch-size", "must be >= 1", args.batch_size)
+    if args.request:
+        if args.prompt or args.subjects:
+            raise InputError(
+                "--request",
+                "replaces --prompt and --subject; give one or the other",
+                args.request,
+            )
+        return plan_replay(
+            read_sources(args.request),
+            overrides,
+            model_flags(args, one_lora=True),
+            args.allow_model_change,
         )
-    return [
-        GenerationRequest.from_dict(
-            {
-                "prompt": args.prompt,
-                "negative_prompt": args.negative_prompt,
-                "subjects": subjects,
-                "height": args.height,
-                "width": args.width,
-                "num_inference_steps": args.steps,
-                "guidance_scale": args.guidance,
-                "scale": args.scale,
-                "seed": args.seed,
-                "num_images": args.num_images,
-                "mask_threshold": args.mask_threshold,
-                "start_step": args.start_step,
-                "drop_grounding_tokens": args.drop_grounding_tokens,
-            }
-        )
-    ]
-
-
-def load_model(args: argparse.Namespace):
-    from ..loading import load_pipeline
-
-    return load_pipeline(
-        args.preset,
-        base=args.base,
-        image_encoder=args.image_encoder,
-        adapter=args.adapter,
-        vae=args.vae,
-        device=args.device,
-        dtype=args.dtype,
+    if args.allow_model_change:
+        raise InputError("--allow-model-change", "only applies with --request SIDECAR", True)
+    seeded = "seed" in overrides
+    overrides.setdefault("seed", secrets.randbelow(2**31))
+    plan = Plan(
+        requests=[_request_from_flags(args, overrides)],
+        model=ModelSettings(**model_flags(args, one_lora=True)),
     )
+    plan.sources, plan.keep = [None], [None]
+    if not seeded:
+        plan.notes.append(
+            f"seed {overrides['seed']} (random; --seed {overrides['seed']} repeats it)"
+        )
+    return plan
+
+
+def check_requests(requests: list[Any], default_size: int) -> None:
+    """Every request's files (readable references, masks, control images) and layout rules that
+    need no model; every error at once."""
+    errors = ErrorList()
+    for i, request in enumerate(requests):
+        with errors.check(*(("requests", i) if len(requests) > 1 else ())):
+            request.check(default_size)
+    errors.raise_if_any()
 
 
 def run(args: argparse.Namespace) -> int:
-    requests = requests_from_args(args)  # validate everything before loading any model
-    from ..inference import generate, write_result
+    from ..presets import PRESETS
+    from .outputs import check_output_folder, new_run_folder
 
-    model = load_model(args)
-    results = generate(model, requests, batch_size=args.batch_size)  # checks them against it
-    for i, result in enumerate(results):
+    plan = plan_from_args(args)
+    out = check_output_folder(args.out)
+    check_requests(plan.requests, PRESETS[plan.model.preset].default_size)
+    from ..inference import generate, write_result
+    from .model import check_device, load_model
+
+    check_device(plan.model)
+    model = load_model(plan.model)
+    for note in plan.notes:  # the model is there: what this run does differently
+        print(f"note: {note}", file=sys.stderr)
+    if plan.threads and model.info.get("threads") not in (None, plan.threads):
+        import torch  # the thread count the replayed images were made with: the same sums
+
+        torch.set_num_threads(plan.threads)
+        model.info["threads"] = plan.threads
+    results = generate(model, plan.requests, batch_size=args.batch_size)
+    run_dir = new_run_folder(out)
+    for i, (result, keep, source) in enumerate(zip(results, plan.keep, plan.sources)):
+        if keep is not None:  # an exact replay: the one image of its call that was asked for
+            result = replace(
+                result,
+                images=[result.images[keep]],
+                seeds=[result.seeds[keep]],
+                call_offset=keep,
+            )
         stem = "image" if len(results) == 1 else f"request{i:03d}"
-        for files in write_result(result, args.out, model.info, stem=stem):
+        extra = {"source": source} if source else None
+        for files in write_result(result, run_dir, model.info, stem=stem, extra=extra):
             print(
                 f"wrote {files['image']}  (overlay {files['overlay']}, sidecar {files['sidecar']})"
             )

@@ -23,9 +23,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "download each result's JSON sidecar. Binds to 127.0.0.1 unless --host says "
         "otherwise; no public link without --share.",
     )
-    from ..commands.generate import add_model_arguments
+    from ..commands.model import add_model_arguments
 
-    add_model_arguments(parser)  # the same model flags as `msdiffusion generate`
+    add_model_arguments(parser, loras="many")  # the same model flags as `msdiffusion generate`
     server = parser.add_argument_group("server")
     server.add_argument(
         "--host",
@@ -71,10 +71,13 @@ def run(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise MSDiffusionError("the web UI needs gradio: pip install gradio==6.31.0") from None
-    from ..commands.generate import load_model
+    from ..commands.model import ModelSettings, load_model, model_flags
+    from ..commands.outputs import check_output_folder
     from .app import launch
 
-    model = load_model(args)
+    settings = ModelSettings(**model_flags(args))
+    check_output_folder(args.out)
+    model = load_model(settings)
     try:
         launch(
             model,

@@ -1,0 +1,271 @@
+"""`msdiffusion generate` as a user runs it — the installed console script, in its own process:
+run folders, file permissions, replays (bit-exact, on the sidecar's model, with overrides), the
+add-on switches, and every early failure (exit 2, one line, nothing written, no model loaded)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+
+import numpy as np
+import pytest
+import torch
+from conftest import EXAMPLES, png_header_only, run_console
+from PIL import Image
+
+DOG, CAT = str(EXAMPLES / "dog.png"), str(EXAMPLES / "cat.png")
+TWO = [
+    "generate",
+    "--prompt",
+    "a dog and a cat on the beach",
+    "--subject",
+    DOG,
+    "--box",
+    "0.05,0.3,0.5,0.9",
+    "--phrase",
+    "dog",
+    "--subject",
+    CAT,
+    "--box",
+    "0.5,0.3,0.95,0.9",
+    "--phrase",
+    "cat",
+    "--height",
+    "64",
+    "--width",
+    "96",
+    "--steps",
+    "2",
+]
+# what no normal run may print: the libraries' notes to developers, tracebacks
+NOISE = re.compile(r"Warning|warn\(|deprecat|Traceback|torchvision", re.IGNORECASE)
+
+
+def ok(result) -> str:
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not NOISE.search(result.stderr), result.stderr[-2000:]
+    return result.stdout
+
+
+def refused(result, *needles: str) -> str:
+    err = result.stderr
+    assert result.returncode == 2, (result.returncode, err[-2000:])
+    assert err.count("\n") == 1 and err.startswith("msdiffusion: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path), dtype=int)
+
+
+def sidecar(path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_runs_go_to_new_numbered_folders_readable_as_the_umask_says(tmp_path):
+    out = tmp_path / "outputs"
+    ok(run_console(*TWO, "--num-images", "2", "--seed", "0", "--out", str(out), umask=0o002))
+    first = ok(run_console(*TWO, "--out", str(out), umask=0o022))  # a random seed: said, kept
+    assert sorted(p.name for p in out.iterdir()) == ["0001", "0002"]  # nothing overwritten
+    assert sorted(p.name for p in (out / "0001").iterdir()) == [
+        "image_0.json",
+        "image_0.png",
+        "image_0_overlay.png",
+        "image_1.json",
+        "image_1.png",
+        "image_1_overlay.png",
+    ]
+    assert f"{out / '0002' / 'image_0.png'}" in first
+    for path, umask in ((out / "0001", 0o002), (out / "0002", 0o022)):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
+        for file in path.iterdir():
+            assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~umask, file
+    made = sidecar(out / "0001" / "image_1.json")
+    assert made["seed"] == 1 and made["request"]["seed"] == 1
+    assert made["batch"] == {"images": 2, "index": 1, "prompts": 1}
+    assert made["request"]["negative_prompt"] is None  # the API's default: no negative prompt
+    assert made["model"]["settings"]["preset"] == "tiny"
+    assert made["model"]["settings"]["dtype"] == "fp32"
+    assert isinstance(sidecar(out / "0002" / "image_0.json")["seed"], int)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """Two images made in one call (seeds 0 and 1), with 2 CPU threads."""
+    out = tmp_path_factory.mktemp("made")
+    ok(
+        run_console(
+            *TWO,
+            "--num-images",
+            "2",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            env={"OMP_NUM_THREADS": "2"},
+        )
+    )
+    return out / "0001"
+
+
+def test_a_sidecar_replays_bit_exactly_even_from_a_batch_and_with_other_threads(made, tmp_path):
+    out = tmp_path / "replay"
+    stdout = ok(
+        run_console(
+            "generate",
+            "--request",
+            str(made / "image_1.json"),
+            "--out",
+            str(out),
+            env={"OMP_NUM_THREADS": "1"},
+        )
+    )
+    assert "image_0.png" in stdout
+    again = out / "0001"
+    assert (again / "image_0.png").read_bytes() == (made / "image_1.png").read_bytes()
+    replayed = sidecar(again / "image_0.json")
+    assert replayed["request"] == sidecar(made / "image_1.json")["request"]
+    assert replayed["batch"] == {"images": 2, "index": 1, "prompts": 1}  # exact again later
+    assert replayed["source"] == {"request": str(made / "image_1.json"), "overrides": {}}
+
+
+def test_flags_given_with_a_request_are_applied_and_recorded(made, tmp_path, tiny_lora):
+    out = tmp_path / "changed"
+    ok(
+        run_console(
+            "generate",
+            "--request",
+            str(made / "image_0.json"),
+            "--seed",
+            "5",
+            "--steps",
+            "1",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--scale",
+            "0.3",
+            "--num-images",
+            "1",
+            "--scheduler",
+            "euler-a",
+            "--prompt-2",
+            "a photo",
+            "--lora",
+            str(tiny_lora),
+            "--lora-scale",
+            "0.5",
+            "--vae-tiling",
+            "--allow-model-change",
+            "--out",
+            str(out),
+        )
+    )
+    record = sidecar(out / "0001" / "image_0.json")
+    request = record["request"]
+    assert (request["seed"], request["num_inference_steps"], request["scale"]) == (5, 1, 0.3)
+    assert (request["height"], request["width"]) == (64, 64)
+    assert (request["scheduler"], request["prompt_2"]) == ("euler-a", "a photo")
+    assert record["source"]["overrides"] == {
+        "seed": 5,
+        "num_inference_steps": 1,
+        "height": 64,
+        "width": 64,
+        "scale": 0.3,
+        "num_images": 1,
+        "scheduler": "euler-a",
+        "prompt_2": "a photo",
+    }
+    settings = record["model"]["settings"]
+    assert settings["lora"] == [str(tiny_lora)] and settings["lora_scale"] == 0.5
+    assert settings["vae_tiling"] is True
+    assert Image.open(out / "0001" / "image_0.png").size == (64, 64)
+    # its replay loads the LoRA, the tiling and the sampler from the sidecar: the same image
+    ok(run_console("generate", "--request", str(out / "0001" / "image_0.json"), "--out", str(out)))
+    assert (out / "0002" / "image_0.png").read_bytes() == (
+        out / "0001" / "image_0.png"
+    ).read_bytes()
+
+
+def test_a_sidecar_replays_on_its_own_model_or_says_why_not(made, tmp_path):
+    # a model flag that contradicts the sidecar: refused before any model loads, both named
+    refused(
+        run_console("generate", "--request", str(made / "image_0.json"), "--dtype", "bf16"),
+        "--dtype",
+        "'fp32'",
+        "--allow-model-change",
+    )
+    # a sidecar of the released model replays on it (offline here: it says what to download)
+    record = sidecar(made / "image_0.json")
+    record["model"]["settings"].update(preset="sdxl", dtype="bf16")
+    (tmp_path / "sdxl.json").write_text(json.dumps(record))
+    refused(
+        run_console("generate", "--request", str(tmp_path / "sdxl.json"), "--out", str(tmp_path)),
+        "h94/IP-Adapter",  # the released model's image encoder: the sidecar's preset
+        "hf download",
+    )
+    # a GPU sidecar on a machine without one
+    if not torch.cuda.is_available():
+        record["model"]["settings"].update(preset="tiny", dtype="fp32", device="cuda")
+        (tmp_path / "gpu.json").write_text(json.dumps(record))
+        refused(
+            run_console("generate", "--request", str(tmp_path / "gpu.json")),
+            "CUDA",
+            "--device cpu --allow-model-change",
+        )
+    assert not any(p.is_dir() for p in tmp_path.iterdir())  # no run folder
+
+
+def _replace(args, flag, value):
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+def test_every_cheap_check_fails_early_with_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "file.txt").write_text("not a folder")
+    (tmp_path / "huge.png").write_bytes(png_header_only(14000, 14000))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "broken.json").write_text("{not json")
+    cases = [
+        (_replace(TWO, "--subject", str(tmp_path / "folder")), ["is a folder, not an image"]),
+        (_replace(TWO, "--subject", str(tmp_path / "huge.png")), ["DecompressionBombError"]),
+        (["generate", "--request", str(tmp_path / "broken.json")], ["--request", "JSON"]),
+        (["generate", "--request", str(tmp_path / "none.json")], ["file does not exist"]),
+        (TWO + ["--request", str(tmp_path / "none.json")], ["replaces --prompt"]),
+        (_replace(TWO, "--box", "0.6,0.2,0.3,0.5"), ["needs x0 < x1 and y0 < y1"]),
+        (TWO + ["--control-image", str(tmp_path / "none.png")], ["control_image"]),
+        (TWO + ["--offload", "model", "--device", "cpu"], ["--offload", "CUDA"]),
+        (TWO + ["--lora", str(tmp_path / "none.safetensors")], ["--lora"]),
+    ]
+    for args, needles in cases:
+        refused(run_console(*args, "--out", str(out)), *needles)
+    assert not out.exists()
+    if os.geteuid() == 0:  # root writes wherever permissions say no; a read-only tree refuses
+        unwritable = "/sys/msdiffusion-out"
+    else:
+        (tmp_path / "locked").mkdir(mode=0o500)
+        unwritable = str(tmp_path / "locked" / "out")
+    for where, needles in (
+        (tmp_path / "file.txt", ["--out", "is a file"]),
+        (tmp_path / "file.txt" / "sub", ["--out", "which is a file"]),
+        (unwritable, ["--out", "cannot write"]),
+    ):
+        refused(run_console(*TWO, "--out", str(where)), *needles)
+    assert not any(p.name.startswith(".msdiffusion-probe") for p in tmp_path.iterdir())
+
+
+def test_help_is_complete_for_generate(tmp_path):
+    text = ok(run_console("generate", "--help"))
+    switches = ("--scheduler", "--lora", "--lora-scale", "--controlnet", "--control-image")
+    switches += ("--offload", "--vae-tiling", "--prompt-2", "--guidance-scale X, --guidance X")
+    for flag in switches:
+        assert flag in text
+    assert "examples:" in text

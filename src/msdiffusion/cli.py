@@ -85,7 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        return int(args.func(args) or 0)
+        from .progress import console
+
+        with console():  # log lines and prints above the progress bars
+            return int(args.func(args) or 0)
     except MSDiffusionError as err:
         return fail(str(err).replace("\n", " "))
     except FileNotFoundError as err:

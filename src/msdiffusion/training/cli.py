@@ -43,13 +43,59 @@ FLAG_KEYS = {
 }
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+# flags only `train` reads (`train cache` runs the encoders only)
+TRAINING_ONLY = (
+    "output_dir",
+    "init_adapter",
+    "max_steps",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "mixed_precision",
+    "gradient_checkpointing",
+    "ema",
+    "resume",
+    "allow_inexact_resume",
+    "checkpoint_every",
+    "validation_every",
+    "report_to",
+)
+
+
+def config_default(key: str) -> Any:
+    """The built-in value of a dotted config key (what a flag not given and not in --config is)."""
+    from .config import TrainConfig
+
+    value: Any = TrainConfig()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every config flag's help ends with its built-in default (read from ``TrainConfig`` when the
+    help is shown, so it never drifts; --help is the only time this imports the config)."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        text = super()._expand_help(action)
+        key = FLAG_KEYS.get(action.dest)
+        if key is None or "(default" in text:
+            return text
+        value = config_default(key)
+        if isinstance(value, bool):
+            shown = "on" if value else "off"
+        else:
+            shown = "none" if value is None else value
+        return f"{text} (default: --config's, else {shown})"
+
+
+def _common(parser: argparse.ArgumentParser, *, training: bool) -> None:
     s = argparse.SUPPRESS  # only flags actually given override the config file
     parser.add_argument(
         "--config",
         default=s,
         metavar="JSON",
-        help="training config (JSON; see configs/train.json, docs/training.md)",
+        help="training config (JSON; see configs/train.json, docs/training.md) (default: none, "
+        "the built-in settings)",
     )
     parser.add_argument(
         "--set",
@@ -58,63 +104,127 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=s,
         metavar="KEY=VALUE",
         help="override any config field, e.g. --set optim.lr_scheduler=cosine "
-        "(value parsed as JSON, else a string); repeatable",
+        "(value parsed as JSON, else a string); repeatable (default: none)",
     )
     parser.add_argument(
         "--print-config",
         action="store_true",
         default=s,
-        help="print the resolved config as JSON and exit",
+        help="print the resolved config as JSON and exit (default: off)",
     )
     g = parser.add_argument_group("common overrides (same as --set)")
-    g.add_argument("--output-dir", default=s, help="run folder (checkpoints, logs, adapter)")
-    g.add_argument("--manifest", default=s, help="training manifest (JSONL)")
-    g.add_argument("--cache-dir", default=s, help="embedding cache folder")
-    g.add_argument(
-        "--preset", choices=["tiny", "toy", "sdxl"], default=s, help="frozen model preset"
+
+    def add(dest: str, *names: str, **kwargs: Any) -> None:
+        if training or dest not in TRAINING_ONLY:
+            g.add_argument(*names, dest=dest, default=s, **kwargs)
+
+    add(
+        "output_dir",
+        "--out",
+        "--output-dir",
+        metavar="DIR",
+        help="run folder: checkpoints, logs, the adapter",
     )
-    g.add_argument("--base", default=s, help="SDXL folder or hub id")
-    g.add_argument("--image-encoder", default=s, help="CLIP vision folder or hub id")
-    g.add_argument("--vae", default=s, help="VAE folder or hub id ('base': the base's own)")
-    g.add_argument(
+    add("manifest", "--manifest", metavar="JSONL", help="training manifest")
+    add(
+        "cache_dir",
+        "--cache-dir",
+        metavar="DIR",
+        help="embedding cache folder (train cache writes it)",
+    )
+    add(
+        "preset",
+        "--preset",
+        choices=["tiny", "toy", "sdxl"],
+        help="the frozen model's component set",
+    )
+    add("base", "--base", metavar="DIR|ID", help="SDXL folder or hub id, instead of the preset's")
+    add("image_encoder", "--image-encoder", metavar="DIR|ID", help="CLIP vision folder or hub id")
+    add(
+        "vae",
+        "--vae",
+        metavar="DIR|ID",
+        help="VAE folder or hub id (e.g. an fp16-fix VAE; 'base': the base's own)",
+    )
+    add(
+        "init_adapter",
         "--init-adapter",
-        default=s,
+        metavar="PATH",
         help="fine-tune from our adapter folder or a released ms_adapter.bin",
     )
-    g.add_argument("--resolution", type=int, default=s, help="square training size")
-    g.add_argument("--batch-size", type=int, default=s, help="per process and micro-step")
-    g.add_argument("--max-steps", type=int, default=s, help="optimizer steps")
-    g.add_argument("--gradient-accumulation-steps", type=int, default=s)
-    g.add_argument("--learning-rate", type=float, default=s)
-    g.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default=s)
-    g.add_argument(
+    add("resolution", "--resolution", type=int, metavar="PX", help="square training size")
+    add(
+        "batch_size",
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="samples per process and micro-step" if training else "records per encoder call",
+    )
+    add("max_steps", "--max-steps", type=int, metavar="N", help="optimizer steps")
+    add(
+        "gradient_accumulation_steps",
+        "--gradient-accumulation-steps",
+        type=int,
+        metavar="N",
+        help="micro-steps per optimizer step",
+    )
+    add("learning_rate", "--learning-rate", type=float, metavar="X", help="AdamW learning rate")
+    add(
+        "mixed_precision",
+        "--mixed-precision",
+        choices=["auto", "no", "fp16", "bf16"],
+        help="autocast dtype of the trained adapter",
+    )
+    add(
+        "weight_dtype",
         "--weight-dtype",
-        choices=["auto", "fp32", "fp16", "bf16"],
-        default=s,
+        choices=["auto", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16"],
         help="dtype of the frozen weights",
     )
-    g.add_argument("--gradient-checkpointing", action="store_true", default=s)
-    g.add_argument("--ema", action="store_true", default=s, help="keep an EMA of the adapter")
-    g.add_argument("--seed", type=int, default=s)
-    g.add_argument(
-        "--resume",
-        default=s,
-        metavar="latest|DIR",
-        help="continue from the latest checkpoint of --output-dir, or a folder; the config's "
-        "hyper-parameters (e.g. --learning-rate) take effect",
+    add(
+        "gradient_checkpointing",
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass (less memory)",
     )
-    g.add_argument(
+    add("ema", "--ema", action="store_true", help="keep an EMA of the adapter")
+    add("seed", "--seed", type=int, metavar="N", help="seed of the data order and the dropouts")
+    add(
+        "resume",
+        "--resume",
+        metavar="latest|DIR",
+        help="continue from the latest checkpoint of --out, or a checkpoint folder; the "
+        "config's hyper-parameters (e.g. --learning-rate) take effect",
+    )
+    add(
+        "allow_inexact_resume",
         "--allow-inexact-resume",
         action="store_true",
-        default=s,
         help="resume even where the run cannot continue bit-exactly (another seed or process "
         "count, missing random states, other shard streams)",
     )
-    g.add_argument("--checkpoint-every", type=int, default=s, metavar="N")
-    g.add_argument("--validation-every", type=int, default=s, metavar="N")
-    g.add_argument("--num-workers", type=int, default=s, help="DataLoader workers per process")
-    g.add_argument("--cpu", action="store_true", default=s, help="train on the CPU")
-    g.add_argument("--report-to", default=s, help="tensorboard (default), wandb or none")
+    add(
+        "checkpoint_every", "--checkpoint-every", type=int, metavar="N", help="steps per checkpoint"
+    )
+    add(
+        "validation_every",
+        "--validation-every",
+        type=int,
+        metavar="N",
+        help="steps per validation grid (0: none)",
+    )
+    add(
+        "num_workers", "--num-workers", type=int, metavar="N", help="DataLoader workers per process"
+    )
+    add("cpu", "--cpu", action="store_true", help="run on the CPU")
+    add("report_to", "--report-to", metavar="NAME", help="tensorboard, wandb or none")
+    if training:
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="start a new run in a --out that holds one: its checkpoints, adapter, logs and "
+            "validation grids are deleted first (default: off, refused)",
+        )
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -124,16 +234,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="train or fine-tune an MS-Diffusion adapter",
         description="Train (or fine-tune) an MS-Diffusion adapter on a JSONL manifest with "
         "accelerate. Run it under `accelerate launch` for several GPUs or nodes. "
-        "See docs/training.md.",
+        "A --out that already holds a run is continued with --resume latest, or started "
+        "over with --overwrite. See docs/training.md.",
         epilog="examples:\n"
         "  msdiffusion train --config configs/train.json\n"
         "  msdiffusion train --config configs/train.json --resume latest\n"
         "  msdiffusion train cache --config configs/train.json\n"
         "  accelerate launch --config_file configs/accelerate/ddp.yaml -m msdiffusion.cli "
         "train --config configs/train.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
-    _common(parser)
+    _common(parser, training=True)
     parser.set_defaults(func=run_train)
     sub = parser.add_subparsers(dest="train_command", metavar="{cache}", parser_class=type(parser))
     cache = sub.add_parser(
@@ -143,8 +254,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "data.cache_dir (safetensors shards); training then runs the UNet only. "
         "Dropouts still apply (the empty caption's and zero image's embeddings are "
         "cached too). Resumable; shards split across `accelerate launch` processes.",
+        epilog="examples:\n"
+        "  msdiffusion train cache --config configs/train.json --cache-dir data/cache\n"
+        "  accelerate launch -m msdiffusion.cli train cache --config configs/train.json",
+        formatter_class=_HelpFormatter,
     )
-    _common(cache)
+    _common(cache, training=False)
     cache.set_defaults(func=run_cache)
     return parser
 
@@ -166,9 +281,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def _log_to_console() -> None:
     import logging
 
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
-    )
+    from ..progress import set_log_level
+
+    set_log_level(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _printed(args: argparse.Namespace, config) -> bool:
@@ -179,10 +294,93 @@ def _printed(args: argparse.Namespace, config) -> bool:
     return False
 
 
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+# what a training run writes in its folder (--overwrite deletes them first)
+RUN_CONTENTS = ("checkpoints", "adapter", "logs", "validation", "config.json")
+
+
+def check_run_folder(config: Any, overwrite: bool) -> None:
+    """A new run (no --resume) into a folder that holds a run is refused, unless --overwrite,
+    which then deletes that run first: checkpoints of two runs in one folder would mix, and
+    ``--resume latest`` would pick either."""
+    import shutil
+
+    from ..atomic import check_writable_folder
+    from ..errors import InputError
+    from .checkpoint import CheckpointManager
+
+    out = check_writable_folder(config.output_dir)
+    if config.resume:
+        if overwrite:
+            raise InputError("--overwrite", "contradicts --resume; give one of them", True)
+        return
+    steps = [step for step, _ in CheckpointManager(out / "checkpoints").complete()]
+    held = [name for name in RUN_CONTENTS if (out / name).exists()]
+    if not held:
+        return
+    if not overwrite:
+        what = f"checkpoints up to step {steps[-1]}" if steps else ", ".join(held)
+        raise InputError(
+            "--out",
+            f"already holds a training run ({what}); continue it with --resume latest, "
+            "start over with --overwrite (deletes it), or choose another folder",
+            str(out),
+        )
+    if _is_main_process():
+        for name in held:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def check_data(config: Any) -> None:
+    """The training data, before any model loads: a built cache (its index), or a manifest."""
+    if config.data.cache_dir is not None:
+        from .cache import read_index
+
+        read_index(config.data.cache_dir)
+    else:
+        check_manifest(config)
+
+
+def check_manifest(config: Any) -> None:
+    """The manifest, before any model loads: a readable JSONL file with a parsable record."""
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..manifest import scan_manifest
+
+    manifest = config.data.manifest
+    if manifest is None:
+        raise InputError("--manifest", "is required (or --cache-dir with a built cache)", None)
+    if not Path(manifest).exists():
+        raise InputError("--manifest", "file does not exist", str(manifest))
+    if Path(manifest).is_dir():
+        raise InputError("--manifest", "is a folder, not a JSONL file", str(manifest))
+    try:
+        scan = scan_manifest(manifest, check_files=False)
+    except UnicodeDecodeError:
+        raise InputError("--manifest", "is not a UTF-8 text file (JSONL)", str(manifest)) from None
+    if not scan.records:
+        first = f": line {scan.problems[0].line}: {scan.problems[0]}" if scan.problems else ""
+        raise InputError(
+            "--manifest",
+            f"holds no parsable record ({scan.total} lines{first})",
+            str(manifest),
+            show_value=False,
+        )
+
+
 def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if _printed(args, config):
         return 0
+    check_data(config)
+    check_run_folder(config, args.overwrite)  # last: --overwrite deletes the old run
     from .trainer import train
 
     _log_to_console()
@@ -210,6 +408,7 @@ def run_cache(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if _printed(args, config):
         return 0
+    check_manifest(config)
     from .cache import build_cache_for_config
 
     _log_to_console()

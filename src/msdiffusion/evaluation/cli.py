@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..flags import add_flag
 
 __all__ = ["register"]
 
@@ -20,9 +21,9 @@ _EPILOG = """examples:
   msdiffusion eval protocols paper                       (what the default protocol fixes)
   msdiffusion eval list msbench --data ../shared/data
   msdiffusion eval generate msbench --data DATA --out runs/tiny --preset tiny --limit 13 \\
-      --images-per-sample 1 --steps 4 --height 256 --width 256
+      --num-images 1 --steps 4 --height 256 --width 256
   accelerate launch --num_processes 8 -m msdiffusion.cli eval generate msbench --data DATA \\
-      --out runs/ms --preset sdxl --images-per-sample 5
+      --out runs/ms --preset sdxl --num-images 5
   msdiffusion eval score runs/ms
   msdiffusion eval score theirs/ --benchmark msbench --data DATA      (bring your own images)
   msdiffusion eval compare runs/ms theirs/ --out runs/compare
@@ -31,8 +32,8 @@ settings not given take the protocol's, and settings that differ from it are rec
 deviations. See docs/evaluation.md."""
 
 _PROTOCOL_HELP = (
-    "evaluation protocol: paper (default) | dreambench | mip-adapter | toy (the toy "
-    "benchmark's, and its default); `eval protocols` lists what each fixes"
+    "evaluation protocol: paper | dreambench | mip-adapter | toy; `eval protocols` lists what "
+    "each fixes (default: paper; toy for the toy benchmark)"
 )
 
 
@@ -50,6 +51,12 @@ def _groups(text: str) -> list[str]:
     return [g.strip() for g in text.split(",") if g.strip()]
 
 
+def _short_dtype(name: str | None) -> str | None:
+    """A dtype flag as the protocols and run records name it (fp32, fp16, bf16; auto → None)."""
+    long = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+    return None if name in (None, "auto") else long.get(name, name)
+
+
 def _add_benchmark_options(
     p: argparse.ArgumentParser, *, positional: bool, scoring: bool = True
 ) -> None:
@@ -60,14 +67,18 @@ def _add_benchmark_options(
             required=True,
             metavar="DIR",
             help="benchmark images: the benchmark folder or a parent holding "
-            "msbench/, dreambench/ or toy/",
+            "msbench/, dreambench/ or toy/ (required)",
         )
-    p.add_argument("--spec", metavar="JSON", help="MS-Bench definition (default: the packaged one)")
+    p.add_argument(
+        "--spec",
+        metavar="JSON",
+        help="MS-Bench definition (default: the packaged one, the published MS-Bench)",
+    )
     p.add_argument(
         "--box",
         type=_box,
         metavar="X0,Y0,X1,Y1",
-        help="DreamBench subject box (default 0.25,0.25,0.75,0.75)",
+        help="DreamBench subject box (default: 0.25,0.25,0.75,0.75)",
     )
     if not scoring:
         return
@@ -75,8 +86,22 @@ def _add_benchmark_options(
         "--references",
         choices=("all", "first"),
         default=None,
-        help="DreamBench references compared with: all of a subject's images "
-        "(default, the DreamBooth protocol) or the first (the conditioning one)",
+        help="DreamBench references compared with: all of a subject's images (the DreamBooth "
+        "protocol) or the first (the conditioning one) (default: the protocol's; paper: all)",
+    )
+
+
+def _example(*lines: str) -> str:
+    return "example:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _sub(sub: Any, name: str, help: str, description: str | None, *examples: str) -> Any:
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help[0].upper() + help[1:] + ".",
+        epilog=_example(*examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
 
@@ -94,117 +119,165 @@ def register(subparsers: Any) -> None:
     sub = ev.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", parser_class=type(ev))
     sub.required = True
 
-    p = sub.add_parser("protocols", help="list the evaluation protocols, or show one's settings")
-    p.add_argument("name", nargs="?", metavar="NAME")
+    p = _sub(
+        sub,
+        "protocols",
+        "list the evaluation protocols, or show one's settings",
+        None,
+        "msdiffusion eval protocols paper",
+    )
+    p.add_argument(
+        "name", nargs="?", metavar="NAME", help="a protocol to show (default: list them all)"
+    )
     p.set_defaults(func=_cmd_protocols)
 
-    p = sub.add_parser("list", help="count a benchmark's samples per group; export its samples")
+    p = _sub(
+        sub,
+        "list",
+        "count a benchmark's samples per group; export its samples",
+        None,
+        "msdiffusion eval list msbench --data DATA --export samples.jsonl",
+    )
     _add_benchmark_options(p, positional=True)
     p.add_argument(
         "--export",
         metavar="FILE",
         help="write every sample (id, prompt, phrases, boxes, references, the image "
-        "paths a bring-your-own run uses) as JSON lines",
+        "paths a bring-your-own run uses) as JSON lines (default: none)",
     )
-    p.add_argument(
-        "--images-per-sample", type=int, metavar="N", default=5, help="for --export (default 5)"
+    add_flag(
+        p,
+        "num_images",
+        default=5,
+        help="images per sample, for --export",
+        aliases=("--images-per-sample",),
     )
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser(
+    p = _sub(
+        sub,
         "standin",
-        help="write placeholder MS-Bench/DreamBench data (the real "
-        "layouts and counts) and the toy benchmark, to try the harness offline",
-        description="Write placeholder MS-Bench/DreamBench data (the real folder "
-        "layouts and sample counts, placeholder pictures) and the toy benchmark "
+        "write placeholder MS-Bench/DreamBench data (the real layouts and counts) and the toy "
+        "benchmark, to try the harness offline",
+        "Write placeholder MS-Bench/DreamBench data (the real folder layouts and sample "
+        "counts, placeholder pictures: scores on them mean nothing) and the toy benchmark "
         "(generated from the toy world, so real) under DIR.",
+        "msdiffusion eval standin outputs/evaldata",
     )
-    p.add_argument("out", metavar="DIR")
+    p.add_argument("out", metavar="DIR", help="folder to write the benchmarks in")
     p.add_argument(
         "--benchmarks",
         type=_groups,
         default=["msbench", "dreambench", "toy"],
         metavar="LIST",
-        help="comma-separated (default msbench,dreambench,toy)",
+        help="comma-separated benchmarks (default: msbench,dreambench,toy)",
     )
     p.set_defaults(func=_cmd_standin)
 
-    p = sub.add_parser(
+    p = _sub(
+        sub,
         "generate",
-        help="generate a benchmark's images into a run folder "
-        "(resumable; shards under accelerate launch)",
+        "generate a benchmark's images into a run folder (resumable; shards under accelerate "
+        "launch)",
+        None,
+        "msdiffusion eval generate msbench --data DATA --out runs/tiny --preset tiny --limit 13 "
+        "--num-images 1 --steps 4 --height 256 --width 256",
     )
     _add_benchmark_options(p, positional=True, scoring=False)
-    p.add_argument("--out", required=True, metavar="RUN", help="run folder (created or resumed)")
+    p.add_argument(
+        "--out", required=True, metavar="RUN", help="run folder, created or resumed (required)"
+    )
     p.add_argument("--protocol", metavar="NAME", help=_PROTOCOL_HELP)
-    p.add_argument(
-        "--images-per-sample", type=int, metavar="N", help="default: the protocol's (paper: 5)"
+    add_flag(
+        p,
+        "num_images",
+        help="images per sample",
+        shown="the protocol's; paper: 5",
+        aliases=("--images-per-sample",),
     )
     p.add_argument(
-        "--limit", type=int, metavar="N", help="at most N samples, round-robin over the groups"
-    )
-    p.add_argument("--groups", type=_groups, help="comma-separated groups (combination types)")
-    m = p.add_argument_group("model")
-    m.add_argument(
-        "--preset",
-        default="tiny",
-        help="tiny (random weights, CPU) | toy (the toy world's model) | sdxl (released)",
-    )
-    m.add_argument("--base", help="SDXL folder or hub id")
-    m.add_argument("--image-encoder", help="CLIP image encoder folder or hub id")
-    m.add_argument("--adapter", help="adapter folder, ms_adapter.bin, or hub id")
-    m.add_argument(
-        "--dtype", choices=("fp32", "fp16", "bf16"), help="default: fp16 on CUDA, fp32 on CPU"
-    )
-    m.add_argument("--device", help="default: this process's accelerate device")
-    g = p.add_argument_group("sampling (default: the protocol's; paper: the released model's)")
-    g.add_argument("--steps", type=int, metavar="N", help="paper: 30")
-    g.add_argument("--guidance-scale", type=float, metavar="X", help="paper: 7.5")
-    g.add_argument("--scale", type=float, metavar="X", help="image-branch scale γ; paper: 0.6")
-    g.add_argument("--height", type=int, metavar="N", help="paper: 1024")
-    g.add_argument("--width", type=int, metavar="N", help="paper: 1024")
-    g.add_argument(
-        "--negative-prompt",
-        metavar="TEXT",
-        help="paper: 'monochrome, lowres, bad anatomy, worst quality, low quality'",
-    )
-    g.add_argument(
-        "--seed",
+        "--limit",
         type=int,
         metavar="N",
-        help="base seed (each image's seed derives from it, the sample id and the "
-        "image index); paper: 0",
+        help="at most N samples, round-robin over the groups (default: all)",
     )
-    g.add_argument(
-        "--batch-size", type=int, metavar="N", default=1, help="prompts per pipeline call"
+    p.add_argument(
+        "--groups",
+        type=_groups,
+        metavar="LIST",
+        help="comma-separated groups (combination types) (default: all)",
     )
+    m = p.add_argument_group("model")
+    add_flag(m, "preset", default="tiny")
+    for key in ("base", "image_encoder", "adapter"):
+        add_flag(m, key, shown="the preset's")
+    add_flag(m, "dtype", shown="auto: fp16 on CUDA, fp32 on the CPU")
+    add_flag(m, "device", shown="this process's accelerate device")
+    g = p.add_argument_group("sampling (default: the protocol's; paper: the released model's)")
+    add_flag(g, "steps", shown="the protocol's; paper: 30")
+    add_flag(g, "guidance_scale", shown="the protocol's; paper: 7.5")
+    add_flag(g, "scale", shown="the protocol's; paper: 0.6")
+    add_flag(g, "height", shown="the protocol's; paper: 1024")
+    add_flag(g, "width", shown="the protocol's; paper: 1024")
+    add_flag(
+        g,
+        "negative_prompt",
+        shown="the protocol's; paper: the released script's "
+        "'monochrome, lowres, bad anatomy, worst quality, low quality'",
+    )
+    add_flag(
+        g,
+        "seed",
+        help="base seed (each image's seed derives from it, the sample id and the image index)",
+        shown="the protocol's; paper: 0",
+    )
+    add_flag(g, "batch_size", default=1)
     g.add_argument(
         "--region",
         choices=("box", "image"),
         default="box",
-        help="attention regions: box (the method, default) or image (every subject "
+        help="attention regions: box (the method) or image (every subject "
         "everywhere, boxes only in the grounding tokens: the ablation for "
-        "adapters trained with model.region=image)",
+        "adapters trained with model.region=image) (default: box)",
     )
-    g.add_argument(
-        "--drop-grounding-tokens",
-        action="store_true",
+    add_flag(
+        g,
+        "drop_grounding_tokens",
         help="resampler from its learned queries, without phrase and box (for "
         "adapters trained with dropout.grounding=1)",
     )
-    p.add_argument("--overlays", action="store_true", help="also write layout overlays")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--overlays", action="store_true", help="also write layout overlays (default: off)"
+    )
+    add_flag(p, "no_progress")
     p.set_defaults(func=_cmd_generate)
 
-    p = sub.add_parser("score", help="score a run folder (ours, or bring-your-own images)")
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("--benchmark", help="for runs without run.json (bring-your-own images)")
+    p = _sub(
+        sub,
+        "score",
+        "score a run folder (ours, or bring-your-own images)",
+        None,
+        "msdiffusion eval score runs/ours",
+        "msdiffusion eval score theirs/ --benchmark msbench --data DATA",
+    )
+    p.add_argument("run", metavar="RUN", help="the run folder")
+    p.add_argument(
+        "--benchmark",
+        metavar="BENCH",
+        help="for runs without run.json (bring-your-own images) (default: the run's)",
+    )
     p.add_argument("--data", metavar="DIR", help="benchmark images (default: the run's)")
-    p.add_argument("--index", metavar="FILE", help="index file listing sample_id and image")
+    p.add_argument(
+        "--index",
+        metavar="FILE",
+        help="index file listing sample_id and image (default: RUN/index.jsonl, else "
+        "RUN/images/<sample_id>/<k>.png)",
+    )
     p.add_argument(
         "--protocol",
         metavar="NAME",
-        help=_PROTOCOL_HELP + "; default: the one the run was generated under",
+        help=_PROTOCOL_HELP.replace(" and its default)", ")")
+        + " (default: the one the run was generated under)",
     )
     _add_benchmark_options(p, positional=False)
     m = p.add_argument_group("models (default: the protocol's)")
@@ -212,89 +285,147 @@ def register(subparsers: Any) -> None:
         "--models",
         choices=("protocol", "tiny"),
         default="protocol",
-        help="tiny: random tiny scorers (offline smoke test; numbers are meaningless)",
+        help="tiny: random tiny scorers (offline smoke test; numbers are meaningless) "
+        "(default: protocol)",
     )
-    m.add_argument("--clip-model", metavar="ID|DIR", help="paper: openai/clip-vit-base-patch32")
-    m.add_argument("--dino-model", metavar="ID|DIR", help="paper: facebook/dino-vits16")
+    m.add_argument(
+        "--clip-model",
+        metavar="ID|DIR",
+        help="CLIP for CLIP-T/CLIP-I "
+        "(default: the protocol's; paper: openai/clip-vit-base-patch32)",
+    )
+    m.add_argument(
+        "--dino-model",
+        metavar="ID|DIR",
+        help="DINO for DINO/M-DINO (default: the protocol's; paper: facebook/dino-vits16)",
+    )
     m.add_argument(
         "--detector-model",
         metavar="ID|DIR",
-        help="paper: google/owlv2-base-patch16-ensemble; 'none' skips detection",
+        help="detector for M-DINO and IoU; 'none' skips detection (default: the protocol's; "
+        "paper: google/owlv2-base-patch16-ensemble)",
     )
     m.add_argument(
         "--dino-preprocessing",
         choices=("resize-crop", "processor"),
-        help="resize-crop: short side 256 bicubic + centre crop 224 (paper); "
-        "processor: the model's own (a 224² squash for ViTs)",
+        help="resize-crop: short side 256 bicubic + centre crop 224; "
+        "processor: the model's own (a 224² squash for ViTs) (default: the protocol's; "
+        "paper: resize-crop)",
     )
     m.add_argument(
-        "--query-template", metavar="TEXT", help="detector query; paper: 'a photo of a {}'"
+        "--query-template",
+        metavar="TEXT",
+        help="detector query (default: the protocol's; paper: 'a photo of a {}')",
     )
     m.add_argument(
         "--detection-threshold",
         type=float,
         metavar="X",
         help="a subject whose best detection scores lower is missing (0 in M-DINO, "
-        "the det metrics and IoU); paper: 0.1; 0 counts every best box",
+        "the det metrics and IoU); 0 counts every best box (default: the protocol's; "
+        "paper: 0.1)",
     )
-    m.add_argument("--device", default="auto")
-    m.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="paper: fp32")
-    m.add_argument("--batch-size", type=int, metavar="N", default=32)
-    m.add_argument("--detector-batch-size", type=int, metavar="N", default=8)
-    m.add_argument("--cache-dir", metavar="DIR", help="reference-feature cache (default RUN/cache)")
+    add_flag(m, "device", default="auto")
+    add_flag(m, "dtype", shown="the protocol's; paper: fp32")
+    add_flag(m, "batch_size", default=32, help="images per scorer call")
+    m.add_argument(
+        "--detector-batch-size",
+        type=int,
+        metavar="N",
+        default=8,
+        help="images per detector call (default: 8)",
+    )
+    m.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="reference-feature cache (default: RUN/cache)",
+    )
     c = p.add_argument_group(
         "report (conventions default to the protocol's: raw cosines, except mip-adapter's CLIP-T)"
     )
-    c.add_argument("--percent", action="store_const", const=True, help="similarities x100")
+    c.add_argument(
+        "--percent",
+        action="store_const",
+        const=True,
+        help="similarities x100 (default: the protocol's; paper: off)",
+    )
     c.add_argument(
         "--clip-t-weight",
         type=float,
         metavar="W",
-        help="CLIP-T as CLIPScore: W*max(cos,0) (W=2.5 in the CLIPScore paper)",
+        help="CLIP-T as CLIPScore: W*max(cos,0), W=2.5 in the CLIPScore paper (default: the "
+        "protocol's; paper: none, the raw cosine)",
     )
     c.add_argument(
         "--resamples",
         type=int,
         metavar="N",
         default=2000,
-        help="bootstrap resamples per interval (default 2000)",
+        help="bootstrap resamples per interval (default: 2000)",
     )
     c.add_argument(
         "--worst",
         type=int,
         metavar="N",
         default=8,
-        help="worst samples shown with their images (default 8)",
+        help="worst samples shown with their images (default: 8)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    add_flag(p, "no_progress")
     p.set_defaults(func=_cmd_score)
 
-    p = sub.add_parser("compare", help="scored runs side by side")
-    p.add_argument("runs", nargs="+", metavar="RUN")
-    p.add_argument("--names", type=_groups, help="comma-separated names (default: folder names)")
-    p.add_argument("--out", metavar="DIR", help="write compare.md/json and charts there")
+    p = _sub(
+        sub,
+        "compare",
+        "scored runs side by side",
+        None,
+        "msdiffusion eval compare runs/ours runs/theirs --out runs/compare",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="scored run folders")
+    p.add_argument(
+        "--names",
+        type=_groups,
+        metavar="LIST",
+        help="comma-separated names (default: the folder names)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write compare.md/json and charts there (default: print only)",
+    )
     p.add_argument(
         "--all-samples",
         action="store_true",
-        help="average each run over all its scored samples (default: only samples "
+        help="average each run over all its scored samples (default: off, only samples "
         "scored in every run)",
     )
     p.add_argument(
         "--allow-different-models",
         action="store_true",
-        help="compare runs whose scorers (weights, preprocessing) or scoring settings differ",
+        help="compare runs whose scorers (weights, preprocessing) or scoring settings differ "
+        "(default: off, refused)",
     )
     p.add_argument(
-        "--no-reference", action="store_true", help="leave out the paper's reported numbers"
+        "--no-reference",
+        action="store_true",
+        help="leave out the paper's reported numbers (default: off, shown)",
     )
-    p.add_argument("--percent", action="store_true")
-    p.add_argument("--clip-t-weight", type=float, metavar="W")
+    p.add_argument(
+        "--percent",
+        action="store_true",
+        help="similarities x100 (default: off, as the runs were scored)",
+    )
+    p.add_argument(
+        "--clip-t-weight",
+        type=float,
+        metavar="W",
+        help="CLIP-T as CLIPScore: W*max(cos,0) (default: as the runs were scored)",
+    )
     p.add_argument(
         "--resamples",
         type=int,
         metavar="N",
         default=2000,
-        help="bootstrap resamples and permutations (default 2000)",
+        help="bootstrap resamples and permutations (default: 2000)",
     )
     p.set_defaults(func=_cmd_compare)
 
@@ -338,17 +469,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
         from ..atomic import atomic_write_text
         from .runs import RunFolder
 
-        if args.images_per_sample < 1:
-            raise InputError("images_per_sample", "must be >= 1", args.images_per_sample)
+        if args.num_images < 1:
+            raise InputError("--num-images", "must be >= 1", args.num_images)
         layout = RunFolder(".")
         lines = [
             json.dumps(
                 {
                     **s.to_dict(),
                     "skipped": s.id in bench.skipped,
-                    "images": [
-                        layout.image_relpath(s.id, k) for k in range(args.images_per_sample)
-                    ],
+                    "images": [layout.image_relpath(s.id, k) for k in range(args.num_images)],
                 }
             )
             for s in bench.samples
@@ -373,13 +502,14 @@ def _cmd_standin(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from ..atomic import check_writable_folder
     from .generate import GenerationConfig, run_generation
     from .protocols import default_protocol, get_protocol
 
+    check_writable_folder(args.out)
     bench = _benchmark(args)
     main = os.environ.get("RANK", "0") == "0"  # say things once, not per process
-    if bench.missing and main:
-        print(f"warning: {bench.missing_report()}", file=sys.stderr)
+    notes = [f"warning: {bench.missing_report()}"] if bench.missing and main else []
     protocol = get_protocol(args.protocol or default_protocol(bench.name)).check(bench.name)
     samples = bench.select(groups=args.groups, limit=args.limit)
     config = GenerationConfig.from_protocol(
@@ -388,7 +518,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         base=args.base,
         image_encoder=args.image_encoder,
         adapter=args.adapter,
-        dtype=args.dtype,
+        dtype=_short_dtype(args.dtype),
         steps=args.steps,
         guidance_scale=args.guidance_scale,
         scale=args.scale,
@@ -396,16 +526,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         width=args.width,
         negative_prompt=args.negative_prompt,
         seed=args.seed,
-        images_per_sample=args.images_per_sample,
+        images_per_sample=args.num_images,
         region=args.region,
         drop_grounding_tokens=args.drop_grounding_tokens,
     )
     devs = config.deviations(protocol)
     if devs and main:
-        print(
+        notes.append(
             f"note: protocol {protocol.name} with deviations: "
-            + ", ".join(f"{k}={v['run']!r} (protocol {v['protocol']!r})" for k, v in devs.items()),
-            file=sys.stderr,
+            + ", ".join(f"{k}={v['run']!r} (protocol {v['protocol']!r})" for k, v in devs.items())
         )
     stats = run_generation(
         bench,
@@ -417,6 +546,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         protocol=protocol.name,
+        on_start=lambda: [print(note, file=sys.stderr) for note in notes],
     )
     if stats["process"] == 0:
         summary = json.loads((Path(args.out) / "generation.json").read_text())
@@ -476,7 +606,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         query_template=args.query_template,
         detection_threshold=args.detection_threshold,
         device=str(resolve_device(args.device)),
-        dtype=args.dtype,
+        dtype=_short_dtype(args.dtype),
         batch_size=args.batch_size,
         detector_batch_size=args.detector_batch_size,
         cache_dir=args.cache_dir,

@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -289,6 +289,7 @@ def run_generation(
     progress: bool = True,
     model: Any = None,
     protocol: str | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Generate (this process's share of) ``samples`` into run folder ``out``.
 
@@ -298,6 +299,8 @@ def run_generation(
     loading ``config``'s (it must be the model ``config`` describes: the run records ``config``).
     ``protocol``: the evaluation protocol the run is measured against (default: the benchmark's,
     ``paper`` or ``toy``); ``run.json`` records it and the settings that deviate from it.
+    ``on_start``: called once the model is loaded, before anything is written (a command's notes:
+    a run that fails to start says only why).
     """
     from accelerate import PartialState
     from tqdm.auto import tqdm
@@ -313,10 +316,31 @@ def run_generation(
     skipped = [s.id for s in samples if s.id in benchmark.skipped]
     if skipped:
         raise InputError("samples", "include samples whose references are missing", skipped[:3])
+    if run.root.exists() and not run.root.is_dir():
+        raise InputError("out", "is a file, not a run folder", str(run.root))
     meta = run.read_meta()
     if meta is not None:
         _check_resume(meta, benchmark, config, run.root, proto)
     plan = plan_images(samples, config, run)
+    mine = shard(plan, state.process_index, state.num_processes)
+    todo = [r for r in mine if not run.is_done(r)]
+    by_id = {s.id: s for s in samples}
+    load_seconds = 0.0
+    if todo and model is None:  # before anything is written: a model that fails leaves no run
+        from ..loading import load_pipeline
+
+        t0 = time.perf_counter()
+        model = load_pipeline(
+            config.preset,
+            base=config.base,
+            image_encoder=config.image_encoder,
+            adapter=config.adapter,
+            device=device or str(state.device),
+            dtype=config.dtype,
+        )
+        load_seconds = time.perf_counter() - t0
+    if on_start is not None:
+        on_start()
     if state.is_main_process:
         run.root.mkdir(parents=True, exist_ok=True)
         run.write_meta(
@@ -338,9 +362,6 @@ def run_generation(
         )
         run.write_index(plan)
 
-    mine = shard(plan, state.process_index, state.num_processes)
-    todo = [r for r in mine if not run.is_done(r)]
-    by_id = {s.id: s for s in samples}
     stats = {
         "process": state.process_index,
         "processes": state.num_processes,
@@ -348,24 +369,12 @@ def run_generation(
         "already_done": len(mine) - len(todo),
         "generated": 0,
         "seconds": 0.0,
-        "load_seconds": 0.0,
+        "load_seconds": load_seconds,
         "images": [],
     }
     if todo:
         from ..inference import generate
-        from ..loading import load_pipeline
 
-        t0 = time.perf_counter()
-        if model is None:
-            model = load_pipeline(
-                config.preset,
-                base=config.base,
-                image_encoder=config.image_encoder,
-                adapter=config.adapter,
-                device=device or str(state.device),
-                dtype=config.dtype,
-            )
-        stats["load_seconds"] = time.perf_counter() - t0
         stats["model"] = model.info
         t0 = time.perf_counter()
         bar = tqdm(

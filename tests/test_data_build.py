@@ -348,3 +348,18 @@ def test_demo_builds_offline_with_random_models(tmp_path, capsys):
     assert found and all(r["meta"]["source"] == "shapes_000.mp4" for r in found)
     assert main(["data", "config"]) == 0
     assert BuildConfig.from_dict(json.loads(capsys.readouterr().out)) == BuildConfig()
+
+
+def test_a_build_shows_one_progress_bar_over_its_inputs(videos, models, tmp_path, capsys):
+    build_dataset(
+        videos,
+        tmp_path / "ds",
+        mode="videos",
+        cfg=CFG,
+        engine="local",
+        models=models,
+        progress=True,
+    )
+    err = capsys.readouterr().err
+    assert "building" in err and "input" in err
+    assert err.replace("\r", "\n").splitlines()[-1].startswith("building: 100%")

@@ -116,3 +116,10 @@ class PoisonedDetector(ColourDetector):
 
 def poisoned_detector(path, device, dtype, **options) -> PoisonedDetector:
     return PoisonedDetector(**options)
+
+
+def unloadable_detector(path, device, dtype, **options):
+    """A detector plug-in whose model cannot load (as a hub id offline and not cached)."""
+    from msdiffusion.errors import ModelNotAvailableError
+
+    raise ModelNotAvailableError("cannot load the detector model from 'nowhere/detector' (test)")

@@ -267,3 +267,18 @@ def test_ray_with_a_pool_per_stage_and_kill_minus_9(local_ray, videos, tmp_path)
     assert resumed.shards_done_before >= 1 and resumed.index is not None
     fresh = build_dataset(videos, tmp_path / "fresh", mode="videos", cfg=cfg, progress=False)
     assert _tars(out) == _tars(fresh.index.parent)
+
+
+def test_a_model_that_fails_to_load_in_a_worker_is_one_error_and_leaves_nothing(
+    local_ray, videos, tmp_path
+):
+    from msdiffusion.errors import MSDiffusionError
+
+    settings = _settings()
+    settings["models"]["detector"] = {"kind": "test_data_helpers:unloadable_detector"}
+    out = tmp_path / "ds"
+    with pytest.raises(MSDiffusionError, match="cannot load the detector model"):
+        build_dataset(
+            videos, out, mode="videos", cfg=BuildConfig.from_dict(settings), progress=False
+        )
+    assert not out.exists()  # build.json and inputs.json are taken back

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from ..errors import InputError
 from ..shards import FORMAT, INDEX_NAME, ShardSample, iter_samples
 from ..version import __version__
 from .config import BuildConfig
-from .engine import ENGINES, ensure_ray, run_local, run_ray
+from .engine import ENGINES, ensure_ray, run_local, run_ray, stage_error
 from .report import RecordSummary, write_report
 
 if TYPE_CHECKING:
@@ -84,15 +85,17 @@ def build_dataset(
     from .models import check_specs  # torch: only the driver and the model actors load it
 
     cfg = cfg or BuildConfig()
-    check_specs(
-        cfg.models,
-        ("captioner", "detector", "segmenter") + (("features",) if mode == "videos" else ()),
-    )
     root, out = Path(inputs), Path(out)
     files = list_inputs(root, mode)
     if not files:
         raise InputError(f"--{mode}", f"no {mode[:-1]} files found in the folder", str(root))
+    check_specs(
+        cfg.models,
+        ("captioner", "detector", "segmenter") + (("features",) if mode == "videos" else ()),
+        loadable=models is None,
+    )
     plan = ShardPlan(len(files), cfg.shards.inputs_per_shard)
+    existed, claimed = out.exists(), (out / "build.json").is_file()
     claim_output(out, cfg, mode, root, files)
     writer = ShardWriter(out, cfg, plan)
     pending = writer.pending()
@@ -107,11 +110,18 @@ def build_dataset(
         try:
             if engine == "ray":
                 started = ensure_ray(cfg)
-                items = run_ray(work, root, mode, cfg, progress=progress)
+                items = run_ray(work, root, mode, cfg)  # one bar, ours, below
             else:
                 items = run_local(work, root, mode, cfg, models=models)
-            for _ in writer.write(items, pending):
+            for _ in writer.write(_counted(items, work, progress), pending):
                 written += 1
+        except Exception as err:
+            if not claimed and before == 0 and written == 0:
+                _unclaim(out, existed)  # a build that never started leaves nothing behind
+            cause = stage_error(err)
+            if cause is err:
+                raise
+            raise cause from None
         finally:
             if started:
                 import ray
@@ -122,6 +132,35 @@ def build_dataset(
         return BuildResult(None, None, written, before, remaining, len(files))
     index, report = finish_dataset(out, cfg, mode, plan)
     return BuildResult(index, report, written, before, 0, len(files))
+
+
+def _counted(items: Iterator[Any], work: list[Any], progress: bool) -> Iterator[Any]:
+    """``items`` passed through, with a progress bar over the inputs they come from (they arrive
+    in input order)."""
+    from tqdm.auto import tqdm
+
+    position = {order: k for k, (order, _, _) in enumerate(work)}
+    with tqdm(total=len(work), desc="building", unit="input", disable=not progress) as bar:
+        for item in items:
+            done = position.get(item.order, bar.n - 1) + 1
+            if done > bar.n:
+                bar.update(done - bar.n)
+            yield item
+        bar.update(len(work) - bar.n)
+
+
+def _unclaim(out: Path, existed: bool) -> None:
+    """Undo ``claim_output`` (and any empty folders) of a build that wrote no shard."""
+    import shutil
+
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for name in ("build.json", "inputs.json"):
+        (out / name).unlink(missing_ok=True)
+    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def claim_output(out: Path, cfg: BuildConfig, mode: str, root: Path, files: list[str]) -> None:

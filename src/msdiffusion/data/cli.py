@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from ..errors import InputError
+from ..flags import add_flag
 
 __all__ = ["register"]
 
@@ -34,19 +35,28 @@ resumes at the first unfinished shard.
 
 
 def _engine_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="JSON", help="settings (see `msdiffusion data config`)")
+    parser.add_argument(
+        "--config",
+        metavar="JSON",
+        help="settings (see `msdiffusion data config`) (default: none, the built-in settings)",
+    )
     parser.add_argument(
         "--engine",
         choices=("ray", "local"),
         default="ray",
-        help="ray (default: a local Ray, or the cluster in RAY_ADDRESS) or local "
-        "(one process, no Ray: for debugging)",
+        help="ray (a local Ray, or the cluster in RAY_ADDRESS) or local "
+        "(one process, no Ray: for debugging) (default: ray)",
     )
     parser.add_argument(
-        "--ray-address", metavar="ADDR", help="a running Ray cluster (auto, or ray://host:10001)"
+        "--ray-address",
+        metavar="ADDR",
+        help="a running Ray cluster: auto, or ray://host:10001 (default: RAY_ADDRESS, else a "
+        "local Ray)",
     )
-    parser.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of a local Ray")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--num-cpus", type=int, metavar="N", help="CPUs of a local Ray (default: all)"
+    )
+    add_flag(parser, "no_progress")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -73,21 +83,35 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = build.add_mutually_exclusive_group(required=True)
-    source.add_argument("--videos", metavar="DIR", help="folder of videos (searched recursively)")
-    source.add_argument("--images", metavar="DIR", help="folder of images (searched recursively)")
-    build.add_argument("--out", metavar="DATASET", required=True, help="output dataset folder")
+    source.add_argument(
+        "--videos",
+        metavar="DIR",
+        help="folder of videos, searched recursively (required: this or --images)",
+    )
+    source.add_argument(
+        "--images",
+        metavar="DIR",
+        help="folder of images, searched recursively (required: this or --videos)",
+    )
+    build.add_argument(
+        "--out", metavar="DATASET", required=True, help="output dataset folder (required)"
+    )
     _engine_args(build)
-    build.add_argument("--seed", type=int, help="override the config's seed")
+    build.add_argument(
+        "--seed", type=int, metavar="N", help="override the config's seed (default: the config's)"
+    )
     build.add_argument(
         "--device",
         help="override the models' device (default: cuda where the worker has a GPU, else cpu)",
     )
-    build.add_argument("--batch-size", type=int, metavar="N", help="items per model call")
+    add_flag(
+        build, "batch_size", help="items per model call", shown="the config's, models.batch_size"
+    )
     build.add_argument(
         "--max-shards",
         type=int,
         metavar="N",
-        help="write at most N shards in this run (time-boxed jobs)",
+        help="write at most N shards in this run, for time-boxed jobs (default: all)",
     )
     build.set_defaults(func=run_build)
 
@@ -98,9 +122,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "(captions, detections with scores, features, masks) and write a new dataset "
         "folder; no model runs. Settings that shaped the raw outputs cannot change "
         "(docs/data.md).",
+        epilog="example:\n  msdiffusion data refilter datasets/clips --config stricter.json "
+        "--out datasets/clips-strict",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     refilter.add_argument("dataset", help="a dataset folder written by `data build`")
-    refilter.add_argument("--out", metavar="DATASET", required=True, help="new dataset folder")
+    refilter.add_argument(
+        "--out", metavar="DATASET", required=True, help="new dataset folder (required)"
+    )
     _engine_args(refilter)
     refilter.set_defaults(func=run_refilter)
 
@@ -109,13 +138,26 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="shards → a JSONL manifest with image files (small scale)",
         description="Write a dataset's samples as a training manifest (docs/training-data.md) "
         "with one file per image.",
+        epilog="example:\n  msdiffusion data export datasets/clips --out small/ --limit 100",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("dataset", help="a dataset folder (or one shard .tar)")
-    export.add_argument("--out", metavar="DIR", required=True, help="folder for manifest.jsonl")
-    export.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
+    export.add_argument(
+        "--out", metavar="DIR", required=True, help="folder for manifest.jsonl (required)"
+    )
+    export.add_argument(
+        "--limit", type=int, metavar="N", help="only the first N samples (default: all)"
+    )
     export.set_defaults(func=run_export)
 
-    config = data_sub.add_parser("config", help="print the default build settings as JSON")
+    config = data_sub.add_parser(
+        "config",
+        help="print the default build settings as JSON",
+        description="Print every build setting with its default, as JSON: a starting point for "
+        "--config.",
+        epilog="example:\n  msdiffusion data config > data.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     config.set_defaults(func=run_config)
 
     demo = data_sub.add_parser(
@@ -125,9 +167,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "from them with the random-tiny models: a smoke test of the whole pipeline "
         "that needs no download. The captions and boxes mean nothing; the shards "
         "are valid (`msdiffusion data check`).",
+        epilog="example:\n  msdiffusion data demo --out outputs/data-demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--out", metavar="DIR", required=True, help="folder for videos/ and dataset/")
-    demo.add_argument("--videos", type=int, default=4, metavar="N", help="videos to write (4)")
+    demo.add_argument(
+        "--out", metavar="DIR", required=True, help="folder for videos/ and dataset/ (required)"
+    )
+    demo.add_argument(
+        "--videos", type=int, default=4, metavar="N", help="videos to write (default: 4)"
+    )
     _engine_args(demo)
     demo.set_defaults(func=run_demo)
 
@@ -266,21 +314,38 @@ def _register_check(data_subparsers: Any) -> argparse.ArgumentParser:
         "or unreadable images, mask sizes. Prints a summary (records, subjects per "
         "record, image sizes) and the first problems. Exit code 0: no problems; 1: "
         "problems found.",
+        epilog="examples:\n  msdiffusion data check datasets/clips\n"
+        "  msdiffusion data check data/manifest.jsonl --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("data", help="dataset folder, shard .tar or manifest .jsonl")
     parser.add_argument(
-        "--no-open", action="store_true", help="only check that files exist (do not open images)"
+        "--no-open",
+        action="store_true",
+        help="only check that files exist, do not open images (default: off)",
     )
     parser.add_argument(
         "--decode",
         action="store_true",
-        help="decode every image fully (finds truncated files; slow)",
+        help="decode every image fully: finds truncated files; slow (default: off)",
     )
     parser.add_argument(
-        "--max-problems", type=int, default=20, metavar="N", help="problems to print (default 20)"
+        "--max-problems",
+        type=int,
+        default=20,
+        metavar="N",
+        help="problems to print (default: 20)",
     )
-    parser.add_argument("--workers", type=int, default=8, help="file-checking threads (manifest)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=8,
+        metavar="N",
+        help="file-checking threads, for a manifest (default: 8)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the summary as JSON (default: off, text)"
+    )
     parser.set_defaults(func=run_check)
     return parser
 

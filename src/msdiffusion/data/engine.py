@@ -72,18 +72,53 @@ def ensure_ray(cfg: BuildConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    quiet_ray()
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    # Ray's own notes (token auth, actor restarts, the executor's progress) are not the user's to
+    # act on, and workers' output would break the progress bar: a failing stage reaches the
+    # driver as its exception (see ``stage_error``); workers' logs stay in Ray's session folder.
+    options = {"logging_level": logging.ERROR, "log_to_driver": False}
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, **options)
         return False
     ray.init(
         num_cpus=cfg.ray.num_cpus,
         include_dashboard=False,
-        logging_level=logging.WARNING,
         object_store_memory=cfg.ray.object_store_mb * 2**20,
+        **options,
     )
     return True
+
+
+def quiet_ray() -> None:
+    """Ray's C++ and Ray Data logs at errors only (their progress notes are not ours)."""
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its errors reach us raised
+
+
+def stage_error(err: BaseException) -> BaseException:
+    """The error a model stage raised, out of Ray's wrapping (an actor that died loading a model
+    reaches the driver as ``ActorDiedError`` carrying only the text of its cause): our own
+    user-facing error when the text names one, else ``err`` itself."""
+    import re
+
+    from ..errors import MSDiffusionError
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, MSDiffusionError):
+            return err
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, BaseException):
+            err = cause
+            continue
+        found = re.findall(r"msdiffusion\.errors\.\w+: ([^\n]+)", str(err))
+        if found:
+            return MSDiffusionError(found[-1].strip())
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def _rows(batch: dict[str, np.ndarray], items: list[Item]) -> dict[str, np.ndarray]:
@@ -150,6 +185,7 @@ def run_ray(
     """The Ray Data program over ``work``; yields finished items in input order."""
     import ray.data
 
+    quiet_ray()  # again: importing ray.data sets up its logging
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = progress

@@ -121,9 +121,12 @@ def load_one(role: str, spec: ModelSpec, device: torch.device, dtype: torch.dtyp
     return _guard(role, spec.path, lambda: factory(spec.path, device, dtype, **spec.options))
 
 
-def check_specs(cfg: ModelsConfig, roles: tuple[str, ...] = ROLES) -> None:
+def check_specs(
+    cfg: ModelsConfig, roles: tuple[str, ...] = ROLES, *, loadable: bool = True
+) -> None:
     """Fail fast, before any input is processed, on a model kind that names nothing: an unknown
-    wrapper, a missing path, or a ``module:attribute`` plug-in that does not import here."""
+    wrapper, a missing path, or a ``module:attribute`` plug-in that does not import here; with
+    ``loadable``, also on a model that is not there (``check_available``)."""
     if cfg.preset is not None:
         return
     for role in roles:
@@ -148,6 +151,24 @@ def check_specs(cfg: ModelsConfig, roles: tuple[str, ...] = ROLES) -> None:
             raise InputError(
                 f"config.models.{role}.path", "a hub id or a folder is needed", spec.path
             )
+        elif loadable:
+            check_available(role, spec.path)
+
+
+def check_available(role: str, path: str) -> None:
+    """A model that cannot load is said before the build starts (no folder there; offline and
+    not in the hub cache) — not by a worker after the dataset folder was claimed."""
+    import os
+
+    if os.path.exists(path):
+        return
+    if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") != 1:
+        raise InputError(f"config.models.{role}.path", "no model folder there", path)
+    if os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False"):
+        return  # online: the load downloads it
+    from huggingface_hub import snapshot_download
+
+    _guard(role, path, lambda: snapshot_download(path, local_files_only=True))
 
 
 def _device(cfg: ModelsConfig) -> torch.device:

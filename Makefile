@@ -83,5 +83,6 @@ bench-data: setup
 ui: setup
 	$(VENV)/bin/msdiffusion ui --preset tiny
 
+# The environment and caches only: outputs/ holds results (the commands' default folder).
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) .pytest_cache

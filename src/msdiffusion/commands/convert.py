@@ -14,9 +14,11 @@ def register(sub: Any) -> None:
         "weights_only=True) into msdiffusion's format. The UNet's layer layout is "
         "needed to map the released layer indices to module names: it is read from "
         "--unet (a UNet folder or an SDXL pipeline folder / hub id).",
+        epilog="example:\n  msdiffusion convert ms_adapter.bin models/ms-adapter",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="path to ms_adapter.bin")
-    p.add_argument("out", help="output folder (written atomically)")
+    p.add_argument("out", help="output folder (written whole, or not at all)")
     p.add_argument(
         "--unet",
         default="stabilityai/stable-diffusion-xl-base-1.0",

@@ -22,6 +22,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "subject, drag its box on a canvas of the output's aspect ratio, generate, and "
         "download each result's JSON sidecar. Binds to 127.0.0.1 unless --host says "
         "otherwise; no public link without --share.",
+        epilog="examples:\n  msdiffusion ui --preset tiny\n"
+        "  msdiffusion ui --preset sdxl --lora style.safetensors --lora other.safetensors",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from ..commands.model import add_model_arguments
 
@@ -39,8 +42,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     server.add_argument(
         "--out",
         default="outputs/ui",
-        help="folder for results, their overlays, sidecars and reference copies "
-        "(default: outputs/ui)",
+        help="folder for results: a numbered run folder per generation with the images, "
+        "overlays, sidecars and reference copies (default: outputs/ui)",
     )
     server.add_argument(
         "--max-queue",

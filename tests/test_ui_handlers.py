@@ -55,7 +55,7 @@ def filled_form(refs: list[str]) -> h.Form:
 def test_widget_values_round_trip(refs):
     form = filled_form(refs)
     values = h.form_to_values(form)
-    assert len(values) == len(h.FORM_FIELDS) == 14 + 5 * h.MAX_SUBJECTS
+    assert len(values) == len(h.FORM_FIELDS) == 17 + 5 * h.MAX_SUBJECTS
     # a gallery hands over (path, caption) pairs; the scale field is text
     values[h.FORM_FIELDS.index("s0.images")] = [(refs[0], None)]
     again = h.form_from_values(values)
@@ -69,6 +69,10 @@ def test_widget_values_round_trip(refs):
 def test_build_request_from_the_form(refs):
     request = h.build_request(filled_form(refs))
     assert (request.prompt, request.negative_prompt) == ("a dog and a cat on the beach", "blurry")
+    # an empty negative prompt is none at all (the pipeline's own unconditional), as in the API
+    assert h.build_request(replace(filled_form(refs), negative_prompt=" ")).negative_prompt is None
+    assert h.build_request(replace(filled_form(refs), scheduler="euler-a")).scheduler == "euler-a"
+    assert "scheduler" in h.validate_form(replace(filled_form(refs), scheduler="fast"))
     assert (request.width, request.height, request.num_inference_steps) == (256, 192, 3)
     assert (request.guidance_scale, request.scale, request.seed, request.num_images) == (
         5.0,
@@ -117,18 +121,23 @@ def test_validation_messages_name_their_field(refs, tmp_path):
         "s3.images",
         "s3.mask",
     }
-    assert "empty" in errors["s3.mask"]
-    assert "non-empty" in errors["prompt"]
-    assert "multiple of 8" in errors["width"]
-    assert "must be a number" in errors["guidance"]
-    assert "four numbers" in errors["s0.box"]
-    assert "add a reference image" in errors["s1.images"]
-    assert ">= 0" in errors["s2.scale"]
-    assert "not a readable image" in errors["s3.images"]
+    # in plain words, for someone who drew a box rather than typed a tuple
+    assert errors["s3.mask"] == "The mask is black everywhere: paint the region white."
+    assert errors["prompt"] == "Describe the picture first."
+    assert errors["width"] == "Use a multiple of 8 pixels (e.g. 1024, 768, 512); this is 100."
+    assert errors["guidance"] == "Type a number here (not 'x')."
+    assert errors["s0.box"].startswith("Four numbers from 0 to 1")
+    assert errors["s1.images"] == "Add a reference image (or clear this subject)."
+    assert errors["s2.scale"] == "A number of 0 or more (empty: the global scale)."
+    assert errors["s3.images"] == "This file is not an image the page can open."
+    assert errors["steps"] == "Use a value from 1 up to 1000."
     with pytest.raises(h.FormErrors) as caught:
         h.build_request(form)
     assert caught.value.errors == errors
-    assert "subject 2 images: add a reference image" in str(caught.value)  # one line, no trace
+    assert "subject 2 images: Add a reference image" in str(caught.value)  # one line, no trace
+    # while the form is being filled in, only wrong values are reported, not missing ones
+    live = h.validate_form(form, live=True)
+    assert set(live) == set(errors) - {"prompt", "s1.images"}
 
 
 def test_a_box_is_needed_without_auto_layout(refs):
@@ -137,7 +146,7 @@ def test_a_box_is_needed_without_auto_layout(refs):
     assert set(h.validate_form(form)) == {"s2.box"}
     assert h.validate_form(replace(form, auto_layout=True)) == {}
     errors = h.validate_form(replace(form, auto_layout=True, mask_threshold=1.0))
-    assert "< 1.0" in errors["mask_threshold"]
+    assert errors["mask_threshold"] == "Use a value from 0 below 1."
 
 
 def test_pipeline_layout_rules_are_checked_up_front(refs, tmp_path):
@@ -148,12 +157,12 @@ def test_pipeline_layout_rules_are_checked_up_front(refs, tmp_path):
     assert h.validate_form(form, tokenizer=tokenizer) == {}
     auto = replace(form, auto_layout=True, prompt="a dog on the beach")  # no "cat" in it
     assert set(h.validate_form(auto, tokenizer=tokenizer)) == {"s2.phrase"}
-    assert "must appear in the prompt" in h.validate_form(auto, tokenizer=tokenizer)["s2.phrase"]
+    assert "Auto layout needs this word" in h.validate_form(auto, tokenizer=tokenizer)["s2.phrase"]
     tall = tmp_path / "tall.png"
     Image.new("L", (50, 200), 255).save(tall)  # 1:4, the output is 4:3
     form.subjects[2] = replace(form.subjects[2], mask=str(tall))
     errors = h.validate_form(form, tokenizer=tokenizer)
-    assert set(errors) == {"s2.mask"} and "aspect ratio" in errors["s2.mask"]
+    assert set(errors) == {"s2.mask"} and "the picture's shape (256 × 192)" in errors["s2.mask"]
 
 
 def test_error_locations_map_to_slots():
@@ -221,7 +230,7 @@ def test_sidecar_restores_every_field(refs, tmp_path):
         assert getattr(back, name) == getattr(expected, name), name
     # the used slots come back in order, first slots first (slot positions are not in a recipe)
     used = [s for s in expected.subjects if not s.is_empty()]
-    assert [s.is_empty() for s in back.subjects] == [False, False, True, True]
+    assert [s.is_empty() for s in back.subjects] == [False, False] + [True] * (h.MAX_SUBJECTS - 2)
     for k, (got, want) in enumerate(zip(back.subjects[:2], used, strict=True)):
         assert got.phrase == want.phrase, k
         assert (
@@ -260,18 +269,31 @@ def test_example_layouts_are_msbench_presets(refs):
     titles = [layout.title for layout in h.EXAMPLE_LAYOUTS]
     assert titles == ["Side by side", "Three in a row", "Subject + scene", "Subject + worn item"]
 
-    form = filled_form(refs)
-    form.subjects[3] = h.SubjectForm(box="0, 0, 1, 1")
-    three = h.apply_layout(replace(form, prompt=""), h.EXAMPLE_LAYOUTS[1])
-    assert [s.box for s in three.subjects] == [
+    # boxes go to the subjects that have an image, in slot order; the others are left alone
+    form = filled_form(refs)  # images in slots 0 and 2
+    form.subjects[3] = h.SubjectForm(images=[refs[0]], box="0, 0, 1, 1")
+    form.subjects[4] = h.SubjectForm(phrase="hat")  # no image: an example never fills it
+    three, note = h.apply_layout(replace(form, prompt=""), h.EXAMPLE_LAYOUTS[1])
+    assert [s.box for s in three.subjects[:5]] == [
         "0, 0.25, 0.35, 0.75",
+        "",
         "0.35, 0.25, 0.65, 0.75",
         "0.65, 0.25, 1, 0.75",
         "",
     ]
-    assert [s.phrase for s in three.subjects] == ["dog", "cat", "cat", ""]  # typed ones kept
-    assert three.prompt == "a dog, a cat, and a cat in a room"
-    assert h.apply_layout(form, h.EXAMPLE_LAYOUTS[0]).prompt == form.prompt
+    assert [s.phrase for s in three.subjects[:5]] == ["dog", "", "cat", "rabbit", "hat"]
+    assert three.prompt == "a dog, a cat, and a rabbit in a room" and note == ""
+    side, note = h.apply_layout(form, h.EXAMPLE_LAYOUTS[0])  # 2 boxes, 3 subjects with images
+    assert side.prompt == form.prompt and note == ""
+    assert [s.box for s in side.subjects[:4]][3] == ""  # the third one's box is cleared
+    # too few subjects with images: the boxes that fit, and a note saying what to add
+    one = h.Form(subjects=[h.SubjectForm(images=[refs[0]])] + [h.SubjectForm()] * 7)
+    partial, note = h.apply_layout(one, h.EXAMPLE_LAYOUTS[1])
+    assert partial.subjects[0].box == "0, 0.25, 0.35, 0.75"
+    assert all(s.is_empty() for s in partial.subjects[1:]) and partial.prompt == ""
+    assert "add reference images to 2 more" in note
+    none, note = h.apply_layout(h.Form(), h.EXAMPLE_LAYOUTS[0])
+    assert none == h.Form() and note.startswith("Add a reference image to a subject first")
 
 
 def test_canvas_value_follows_the_form(refs):
@@ -279,8 +301,12 @@ def test_canvas_value_follows_the_form(refs):
     form.subjects[1] = h.SubjectForm(phrase="hat", box="not a box")
     value = h.canvas_for(form, active=2)
     assert (value["width"], value["height"], value["active"]) == (256, 192, 2)
-    assert [s["label"] for s in value["subjects"]] == ["dog", "hat", "cat", ""]
-    assert [s["box"] for s in value["subjects"]] == [
+    assert value["shown"] == 3 == h.shown_slots(form)  # every used slot, at least two
+    assert h.canvas_for(form, count=5)["shown"] == 5
+    assert h.shown_slots(h.Form()) == h.SHOWN_SUBJECTS == 2
+    assert len(value["subjects"]) == h.MAX_SUBJECTS
+    assert [s["label"] for s in value["subjects"][:4]] == ["dog", "hat", "cat", ""]
+    assert [s["box"] for s in value["subjects"][:4]] == [
         [0.05, 0.3, 0.5, 0.9],
         None,
         [0.5, 0.3, 0.95, 0.9],
@@ -288,6 +314,54 @@ def test_canvas_value_follows_the_form(refs):
     ]
     assert h.format_box((0.0, 0.25, 1 / 3, 1.0)) == "0, 0.25, 0.3333, 1"
     assert h.format_box(None) == ""
+
+
+def test_subjects_are_added_cleared_and_removed(refs):
+    form = filled_form(refs)  # slots 0 and 2 used
+    cleared = h.clear_slot(form, 0)
+    assert cleared.subjects[0].is_empty() and cleared.subjects[2] == form.subjects[2]
+    removed = h.shift_out(form, 0)  # the slots after it move up
+    assert removed.subjects[1] == form.subjects[2] and len(removed.subjects) == h.MAX_SUBJECTS
+    assert removed.subjects[-1].is_empty()
+    many = h.Form(
+        prompt=" ".join(f"thing{k}" for k in range(h.MAX_SUBJECTS)),
+        width=256,
+        height=256,
+        subjects=[
+            h.SubjectForm(images=[refs[0]], phrase=f"thing{k}", box=f"0, 0, {0.1 * (k + 1)}, 1")
+            for k in range(h.MAX_SUBJECTS)
+        ],
+    )
+    assert h.MAX_SUBJECTS > 4 and len(h.build_request(many).subjects) == h.MAX_SUBJECTS
+
+
+def test_the_lora_in_use_is_chosen_recorded_and_restored(refs):
+    from msdiffusion.ui import loras as lo
+
+    paths = ["/models/a/style.safetensors", "/models/b/style.safetensors", "/m/ink.safetensors"]
+    assert lo.lora_labels(paths) == [
+        ("none", ""),
+        ("a/style.safetensors", paths[0]),
+        ("b/style.safetensors", paths[1]),
+        ("ink.safetensors", paths[2]),
+    ]
+    form = replace(filled_form(refs), lora=paths[2], lora_scale=0.5)
+    assert lo.lora_choice(form, paths) == (2, 0.5)
+    assert lo.lora_choice(replace(form, lora=""), paths) == (None, 0.5)
+    with pytest.raises(h.FormErrors) as caught:
+        lo.lora_choice(replace(form, lora="/elsewhere.safetensors", lora_scale=-1), paths)
+    assert set(caught.value.errors) == {"lora", "lora_scale"}
+    assert set(lo.lora_errors(replace(form, lora_scale=-1), paths)) == {"lora_scale"}
+    assert lo.lora_errors(form, paths) == {}
+    info = {"preset": "tiny", "settings": {"preset": "tiny", "lora": paths, "lora_scale": 1.0}}
+    used = lo.info_with_lora(info, paths, 2, 0.5)
+    assert used["settings"]["lora"] == [paths[2]] and used["settings"]["lora_scale"] == 0.5
+    assert info["settings"]["lora"] == paths  # the model's own record is left as it is
+    assert lo.info_with_lora(info, paths, None, 1.0)["settings"]["lora"] == []
+    assert lo.lora_from_sidecar({"model": used}, paths) == (paths[2], 0.5)
+    assert lo.lora_from_sidecar({"model": {"settings": {"lora": []}}}, paths) == ("", 1.0)
+    assert lo.lora_from_sidecar({"model": {"settings": {"lora": ["/x"]}}}, paths) is None
+    assert lo.lora_from_sidecar({"request": {}}, paths) is None
 
 
 def test_ui_command_arguments():

@@ -2,8 +2,11 @@
 
 A thin layer over :mod:`msdiffusion.inference` — the page's fields become a
 ``GenerationRequest`` (:mod:`.handlers`), ``generate`` runs it with a progress bar, ``write_result``
-writes each image with its layout overlay and JSON sidecar (the CLI's format). One generation runs
-at a time; the queue is bounded; uploads are limited in size and type.
+writes each image with its layout overlay and JSON sidecar (the CLI's format) into a new numbered
+run folder. One generation runs at a time; the queue is bounded; uploads are limited in size and
+type. Three columns, so that at 1280×720 the prompt, the canvas, *Generate* and the results are all
+on screen: the subjects (their list scrolls on its own), the layout canvas, then *Generate*, the
+results and the settings.
 """
 
 from __future__ import annotations
@@ -11,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,41 +23,53 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
+from ..commands.model import use_lora  # noqa: E402
+from ..commands.outputs import new_run_folder  # noqa: E402
 from ..errors import MSDiffusionError  # noqa: E402
+from ..pipelines.schedulers import SCHEDULERS  # noqa: E402
 from . import canvas as cv  # noqa: E402
 from .handlers import (  # noqa: E402
     EXAMPLE_LAYOUTS,
     FORM_FIELDS,
     MAX_SUBJECTS,
+    SHOWN_SUBJECTS,
     Form,
     FormErrors,
     apply_layout,
     build_request,
     canvas_for,
+    clear_slot,
     copy_files,
     find_own_sidecar,
     form_from_request,
     form_from_values,
     form_to_values,
+    only_wrong,
     pick_seed,
+    shift_out,
+    shown_slots,
     validate_form,
 )
+from .loras import (  # noqa: E402
+    info_with_lora,
+    lora_choice,
+    lora_errors,
+    lora_from_sidecar,
+    lora_labels,
+)
+from .subjects import subject_slot  # noqa: E402
 
 __all__ = ["build_app", "launch"]
 
 # System fonts only: the page loads nothing from outside the server.
 THEME_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "monospace"]
-PLACEHOLDERS = ("dog", "cat", "hat", "mountain")  # phrase examples, one per subject slot
 CSS = """
 .msd-subject { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px; }
+.msd-subjects { max-height: calc(100vh - 250px); overflow-y: auto; flex-wrap: nowrap; }
+.msd-slot-title { flex-grow: 1; align-self: center; }
+#results { min-height: 160px; }
 """
-
-
-def _new_run_dir(out_root: Path) -> Path:
-    run_dir = out_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    run_dir.mkdir(parents=True, exist_ok=False)
-    return run_dir
 
 
 def _with_copied_files(form: Form, run_dir: Path) -> Form:
@@ -75,46 +88,55 @@ def _with_copied_files(form: Form, run_dir: Path) -> Form:
 
 
 def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
-    """The page for ``model`` (a :class:`msdiffusion.loading.LoadedModel`); results go to
-    ``out_dir/<time>-<id>/``."""
+    """The page for ``model`` (a :class:`msdiffusion.loading.LoadedModel`); results go to a new
+    numbered run folder ``out_dir/0001``, ``0002``, … per generation. The LoRAs the model was
+    loaded with (``--lora``) are offered in a menu."""
     from ..inference import generate, write_result
     from ..request import read_requests
 
     out_root = Path(out_dir).resolve()
     size = int(model.default_size)
     tokenizer = model.pipe.tokenizer  # for the pipeline's layout rules, checked up front
-    start = Form(width=size, height=size)
+    info = model.info or {}
+    loras = list((info.get("settings") or {}).get("lora") or [])
+    start = Form(width=size, height=size, lora=loras[0] if loras else "")
     w: dict[str, Any] = {}  # form field key → widget
 
     # Uploads and served copies older than a day are deleted, checked hourly.
     with gr.Blocks(
         title="MS-Diffusion", analytics_enabled=False, delete_cache=(3600, 86400)
     ) as demo:
-        info = model.info or {}
         gr.Markdown(
-            "## MS-Diffusion — multi-subject, layout-guided generation\n"
-            f"Model: **{info.get('preset', '?')}** · device {info.get('device', '?')} · "
-            f"{info.get('dtype', '?')}. Add a reference image and a phrase per subject, draw each "
-            "subject's box on the canvas (or type it), then Generate."
+            f"**MS-Diffusion** · model **{info.get('preset', '?')}** · {info.get('device', '?')} · "
+            f"{info.get('dtype', '?')} — add a reference image and a phrase per subject, draw "
+            "each subject's box, then Generate."
         )
+        shown = gr.State(SHOWN_SUBJECTS)  # how many subject slots are open
         with gr.Row(equal_height=False):
-            with gr.Column(scale=5):
+            with gr.Column(scale=4, min_width=300):
                 w["prompt"] = gr.Textbox(
                     label="Prompt",
                     lines=2,
                     elem_id="prompt",
-                    placeholder="a dog and a cat on the beach",
+                    placeholder="Describe the picture and name each subject in it",
                 )
                 w["negative_prompt"] = gr.Textbox(
-                    label="Negative prompt", lines=1, elem_id="negative_prompt"
+                    label="Negative prompt (optional)",
+                    lines=1,
+                    elem_id="negative_prompt",
+                    placeholder="What to keep out of the picture",
                 )
-                for row in range(0, MAX_SUBJECTS, 2):
-                    with gr.Row(equal_height=False):
-                        for k in (row, row + 1):
-                            _subject_widgets(w, k)
-            with gr.Column(scale=6):
+                slots, clear_buttons, remove_buttons = [], [], []
+                with gr.Column(elem_classes="msd-subjects", elem_id="subjects"):
+                    for k in range(MAX_SUBJECTS):
+                        slot, clear, remove = subject_slot(w, k, visible=k < SHOWN_SUBJECTS)
+                        slots.append(slot)
+                        clear_buttons.append(clear)
+                        remove_buttons.append(remove)
+                    add_button = gr.Button("+ Add a subject", size="sm", elem_id="add-subject")
+            with gr.Column(scale=5, min_width=320):
                 canvas = cv.layout_canvas(
-                    canvas_for(start), elem_id="layout-canvas", label="Layout"
+                    canvas_for(start, count=SHOWN_SUBJECTS), elem_id="layout-canvas", label="Layout"
                 )
                 with gr.Row():
                     layout_buttons = [
@@ -124,94 +146,53 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
                         for i, layout in enumerate(EXAMPLE_LAYOUTS)
                     ]
                 with gr.Row():
-                    w["width"] = gr.Number(
-                        label="Width",
-                        value=size,
-                        precision=0,
-                        step=8,
-                        minimum=64,
-                        maximum=4096,
-                        elem_id="width",
-                    )
-                    w["height"] = gr.Number(
-                        label="Height",
-                        value=size,
-                        precision=0,
-                        step=8,
-                        minimum=64,
-                        maximum=4096,
-                        elem_id="height",
-                    )
-                    w["num_images"] = gr.Number(
-                        label="Images",
-                        value=1,
-                        precision=0,
-                        minimum=1,
-                        maximum=8,
-                        elem_id="num_images",
-                    )
-                with gr.Row():
-                    w["seed"] = gr.Number(
-                        label="Seed", value=0, precision=0, minimum=0, elem_id="seed"
-                    )
-                    w["random_seed"] = gr.Checkbox(
-                        label="random seed", value=False, elem_id="random_seed"
-                    )
-                with gr.Accordion("Generation settings", open=False, elem_id="settings"):
-                    w["steps"] = gr.Slider(1, 150, value=30, step=1, label="Steps", elem_id="steps")
-                    w["guidance"] = gr.Slider(
-                        0.0, 20.0, value=7.5, step=0.1, label="Guidance scale", elem_id="guidance"
-                    )
-                    w["scale"] = gr.Slider(
-                        0.0,
-                        2.0,
-                        value=0.6,
-                        step=0.05,
-                        label="Subject scale (image attention)",
-                        elem_id="scale",
-                    )
-                    w["auto_layout"] = gr.Checkbox(
-                        label="Auto layout (refine the boxes from attention maps)",
-                        value=False,
-                        elem_id="auto_layout",
-                    )
-                    with gr.Row():
-                        w["mask_threshold"] = gr.Slider(
-                            0.0,
-                            0.95,
-                            value=0.5,
-                            step=0.05,
-                            label="Mask threshold",
-                            elem_id="mask_threshold",
-                        )
-                        w["start_step"] = gr.Number(
-                            label="Start step",
-                            value=5,
+                    for key, label, value in (
+                        ("width", "Width", size),
+                        ("height", "Height", size),
+                        ("num_images", "Images", 1),
+                    ):
+                        w[key] = gr.Number(
+                            label=label,
+                            value=value,
                             precision=0,
-                            minimum=0,
-                            elem_id="start_step",
+                            step=8 if key != "num_images" else 1,
+                            minimum=64 if key != "num_images" else 1,
+                            maximum=4096 if key != "num_images" else 8,
+                            elem_id=key,
                         )
-                    w["drop_grounding"] = gr.Checkbox(
-                        label="Drop grounding tokens (ignore boxes and phrases in the resampler)",
-                        value=False,
-                        elem_id="drop_grounding",
-                    )
+            with gr.Column(scale=4, min_width=300):
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
                 status = gr.Markdown(elem_id="status")
                 results = gr.Gallery(
                     label="Results (image, layout overlay)",
                     columns=2,
-                    height="auto",
+                    height=230,
+                    object_fit="contain",
                     interactive=False,
                     format="png",
                     elem_id="results",
                 )
+                with gr.Row():
+                    w["seed"] = gr.Number(
+                        label="Seed (the one used last)",
+                        value=0,
+                        precision=0,
+                        minimum=0,
+                        elem_id="seed",
+                    )
+                    w["random_seed"] = gr.Checkbox(
+                        label="New random seed each time (untick to reuse the seed shown)",
+                        value=True,
+                        elem_id="random_seed",
+                    )
                 sidecars = gr.File(
                     label="JSON sidecars (one per image: the exact recipe)",
                     file_count="multiple",
                     interactive=False,
+                    height=90,
                     elem_id="sidecars",
                 )
+                _settings_widgets(w, loras, start)
                 with gr.Accordion("Load or save a request", open=False, elem_id="load-save"):
                     load_file = gr.File(
                         label="Load a request JSON or a sidecar",
@@ -232,7 +213,7 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
         phrase_fields = [w[f"s{k}.phrase"] for k in range(MAX_SUBJECTS)]
 
         # Canvas ↔ box fields ↔ phrases, in the browser (no round trip).
-        canvas.input(fn=None, js=cv.JS_CANVAS_TO_BOXES, inputs=canvas, outputs=box_fields)
+        drawn = canvas.input(fn=None, js=cv.JS_CANVAS_TO_BOXES, inputs=canvas, outputs=box_fields)
         for k in range(MAX_SUBJECTS):
             for event in (box_fields[k].blur, box_fields[k].submit):
                 event(
@@ -255,17 +236,57 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
                 outputs=canvas,
             )
 
-        def validator(*values: Any) -> list[dict[str, Any]]:
-            errors = validate_form(form_from_values(values), tokenizer=tokenizer)
+        def field_messages(errors: dict[str, str]) -> list[dict[str, Any]]:
             return [gr.validate(key not in errors, errors.get(key, "")) for key in FORM_FIELDS]
+
+        def validator(*values: Any) -> list[dict[str, Any]]:
+            form = form_from_values(values)
+            errors = validate_form(form, tokenizer=tokenizer) | lora_errors(form, loras)
+            return field_messages(errors)
+
+        # Plain-language messages next to a field as soon as its value is wrong — not for fields
+        # still to be filled in until Generate was pressed once (from then on those too, so a
+        # later check never takes Generate's messages away before they are dealt with).
+        pressed = gr.Checkbox(value=False, visible="hidden", elem_id="generate-pressed")
+
+        def live(*values: Any) -> list[dict[str, Any]]:
+            *fields, after_generate = values
+            form = form_from_values(fields)
+            errors = validate_form(form, tokenizer=tokenizer) | lora_errors(form, loras)
+            if not after_generate:
+                errors = only_wrong(errors)
+            return field_messages(errors) + [gr.validate(True, "")]
+
+        text_keys = [k for k in FORM_FIELDS if k.split(".")[-1] in _TYPED]
+        file_keys = [k for k in FORM_FIELDS if k.split(".")[-1] in ("images", "mask")]
+        # (Gradio shows a validator's messages under the fields; the event itself does nothing.)
+        checks = dict(
+            inputs=inputs + [pressed],
+            outputs=None,
+            validator=live,
+            show_progress="hidden",
+            trigger_mode="always_last",
+            concurrency_limit=None,
+        )
+        gr.on(
+            [w[k].release if isinstance(w[k], gr.Slider) else w[k].change for k in text_keys]
+            + [w[k].change for k in file_keys]
+            + [w[k].change for k in _CHOICES],
+            _nothing,
+            **checks,
+        )
+        drawn.then(_nothing, **checks)
 
         def run(*values: Any, progress: gr.Progress = gr.Progress()):  # noqa: B008 (gradio's API)
             form = form_from_values(values)
             seed = pick_seed(form)
             try:
+                lora, lora_scale = lora_choice(form, loras)
                 build_request(form, seed=seed, tokenizer=tokenizer)  # before copying anything
-                run_dir = _new_run_dir(out_root)
+                run_dir = new_run_folder(out_root)
                 request = build_request(_with_copied_files(form, run_dir), seed=seed)
+                if loras:
+                    use_lora(model.pipe, lora, lora_scale)
                 progress(0.0, desc="encoding subjects")
                 [result] = generate(
                     model,
@@ -273,7 +294,8 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
                     progress=False,
                     on_step=lambda done, total: progress((done, total), desc="denoising"),
                 )
-                records = write_result(result, run_dir, model.info, stem="image")
+                run_info = info_with_lora(info, loras, lora, lora_scale)
+                records = write_result(result, run_dir, run_info, stem="image")
             except MSDiffusionError as err:  # FormErrors and InputError included: one line
                 raise gr.Error(str(err), print_exception=False) from None
             gallery = []
@@ -282,11 +304,12 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
                 gallery.append((record["overlay"], f"seed {image_seed} · layout"))
             where = Path(out_dir) / run_dir.name
             message = (
-                f"{len(records)} image(s), seed {seed}, in `{where}`. "
-                "Each sidecar below restores this page (Load or save a request)."
+                f"{len(records)} image(s) with seed {seed} in `{where}`. Untick *New random "
+                "seed* to make this one again; each sidecar restores this page (Load a request)."
             )
             return gallery, [r["sidecar"] for r in records], seed, message
 
+        generate_button.click(fn=None, js="() => true", outputs=pressed, queue=False)
         generate_button.click(
             run,
             inputs=inputs,
@@ -295,6 +318,7 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
             concurrency_limit=1,
             concurrency_id="generate",
             show_progress="full",
+            show_progress_on=[results],  # one progress bar, over the results
         )
 
         def save(*values: Any) -> str:
@@ -309,75 +333,157 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
 
         save_button.click(save, inputs=inputs, outputs=saved, validator=validator)
 
-        form_outputs = inputs + [canvas]
+        # Whole-form updates (load, clear, remove): every field, the canvas, the open slots.
+        form_outputs = inputs + [canvas, shown, *slots, add_button]
+
+        def whole_form(form: Form, count: int, active: int = 0) -> list[Any]:
+            count = max(1, min(MAX_SUBJECTS, count))
+            return (
+                form_to_values(form)
+                + [canvas_for(form, active=min(active, count - 1), count=count), count]
+                + [gr.Column(visible=k < count) for k in range(MAX_SUBJECTS)]
+                + [gr.Button(visible=count < MAX_SUBJECTS)]
+            )
 
         def load(path: str | None):
             if not path:
                 return [gr.skip()] * len(form_outputs) + [""]
             try:
-                requests = read_requests(find_own_sidecar(path, out_root))
+                found = find_own_sidecar(path, out_root)
+                requests = read_requests(found)
                 if not requests:
                     raise FormErrors({"request": "the file holds no request"})
                 form = form_from_request(requests[0], default_size=size)
-            except MSDiffusionError as err:
+                chosen = lora_from_sidecar(json.loads(Path(found).read_text()), loras)
+            except (MSDiffusionError, ValueError) as err:
                 return [gr.skip()] * len(form_outputs) + [f"**Could not load:** {err}"]
+            if chosen is not None:
+                form = replace(form, lora=chosen[0], lora_scale=chosen[1])
             note = f"Loaded request 1 of {len(requests)}." if len(requests) > 1 else "Loaded."
-            return form_to_values(form) + [canvas_for(form), note]
+            return whole_form(form, shown_slots(form)) + [note]
 
-        load_file.upload(load, inputs=load_file, outputs=form_outputs + [load_status])
+        load_file.upload(
+            load,
+            inputs=load_file,
+            outputs=form_outputs + [load_status],
+            show_progress_on=[load_status],
+        )
 
-        layout_outputs = [w["prompt"], *phrase_fields, *box_fields, canvas]
+        for k in range(MAX_SUBJECTS):
+
+            def clear(*values: Any, k=k):
+                *fields, count = values
+                return whole_form(clear_slot(form_from_values(fields), k), count, active=k)
+
+            def remove(*values: Any, k=k):
+                *fields, count = values
+                return whole_form(shift_out(form_from_values(fields), k), count - 1, active=k)
+
+            clear_buttons[k].click(clear, inputs=inputs + [shown], outputs=form_outputs)
+            remove_buttons[k].click(remove, inputs=inputs + [shown], outputs=form_outputs)
+
+        def add(count: int, value: dict[str, Any]):
+            count = min(MAX_SUBJECTS, count + 1)
+            value = {**value, "shown": count, "active": count - 1}
+            return (
+                [count, value]
+                + [gr.Column(visible=k < count) for k in range(MAX_SUBJECTS)]
+                + [gr.Button(visible=count < MAX_SUBJECTS)]
+            )
+
+        add_button.click(
+            add, inputs=[shown, canvas], outputs=[shown, canvas, *slots, add_button], queue=False
+        )
+
+        layout_outputs = [w["prompt"], *phrase_fields, *box_fields, canvas, status]
         for button, layout in zip(layout_buttons, EXAMPLE_LAYOUTS, strict=True):
 
             def use_layout(*values: Any, layout=layout):
-                form = apply_layout(form_from_values(values), layout)
+                *fields, count = values
+                form, note = apply_layout(form_from_values(fields), layout)
                 return (
                     [form.prompt]
                     + [s.phrase for s in form.subjects]
                     + [s.box for s in form.subjects]
-                    + [canvas_for(form)]
+                    + [canvas_for(form, count=max(count, shown_slots(form))), note]
                 )
 
-            button.click(use_layout, inputs=inputs, outputs=layout_outputs)
+            button.click(use_layout, inputs=inputs + [shown], outputs=layout_outputs)
     return demo
 
 
-def _subject_widgets(w: dict[str, Any], k: int) -> None:
-    """Subject slot ``k``: references, phrase, box, scale, mask."""
-    color = cv.COLORS[k]
-    with gr.Column(min_width=260, elem_classes="msd-subject", elem_id=f"subject-{k}"):
-        gr.HTML(f"<b style='color:{color}'>Subject {k + 1}</b>", js_on_load=None)
-        w[f"s{k}.images"] = gr.Gallery(
-            label="Reference image(s)",
-            type="filepath",
-            file_types=["image"],
-            interactive=True,
-            columns=3,
-            height=150,
-            format="png",
-            object_fit="contain",
-            elem_id=f"s{k}-images",
+def _nothing(*values: Any) -> None:
+    return None
+
+
+# Fields checked as they are typed in (sliders when let go; not on focus loss, which a click on
+# Generate would cause: that check could land after Generate's own), menus when they change.
+_TYPED = (
+    "prompt",
+    "negative_prompt",
+    "phrase",
+    "box",
+    "scale",
+    "width",
+    "height",
+    "num_images",
+    "seed",
+    "steps",
+    "guidance",
+    "mask_threshold",
+    "start_step",
+    "lora_scale",
+)
+_CHOICES = ("scheduler", "lora", "auto_layout")
+
+
+def _settings_widgets(w: dict[str, Any], loras: list[str], start: Form) -> None:
+    """The *Generation settings* accordion: sampling, the subject scale, the scheduler, the LoRA,
+    auto layout."""
+    with gr.Accordion("Generation settings", open=False, elem_id="settings"):
+        w["steps"] = gr.Slider(1, 150, value=30, step=1, label="Steps", elem_id="steps")
+        w["guidance"] = gr.Slider(
+            0.0, 20.0, value=7.5, step=0.1, label="Guidance scale", elem_id="guidance"
         )
-        w[f"s{k}.phrase"] = gr.Textbox(
-            label="Phrase", placeholder=PLACEHOLDERS[k], max_lines=1, elem_id=f"s{k}-phrase"
+        w["scale"] = gr.Slider(
+            0.0, 2.0, value=0.6, step=0.05, label="Subject scale (image attention)", elem_id="scale"
         )
-        w[f"s{k}.box"] = gr.Textbox(
-            label="Box x0, y0, x1, y1 (0–1; or draw it)", max_lines=1, elem_id=f"s{k}-box"
+        w["scheduler"] = gr.Dropdown(
+            [("the model's own", "")]
+            + [(f"{name} — {what}", name) for name, (_, _, what) in SCHEDULERS.items()],
+            value="",
+            label="Scheduler",
+            elem_id="scheduler",
+        )
+        with gr.Row(visible=bool(loras)):
+            w["lora"] = gr.Dropdown(
+                lora_labels(loras), value=start.lora, label="LoRA", elem_id="lora"
+            )
+            w["lora_scale"] = gr.Slider(
+                0.0,
+                2.0,
+                value=start.lora_scale,
+                step=0.05,
+                label="LoRA scale",
+                elem_id="lora_scale",
+            )
+        w["auto_layout"] = gr.Checkbox(
+            label="Auto layout (refine the boxes from attention maps)",
+            value=False,
+            elem_id="auto_layout",
         )
         with gr.Row():
-            w[f"s{k}.scale"] = gr.Textbox(
-                label="Scale (empty: the global one)",
-                max_lines=1,
-                placeholder="0.6",
-                elem_id=f"s{k}-scale",
+            w["mask_threshold"] = gr.Slider(
+                0.0, 0.95, value=0.5, step=0.05, label="Mask threshold", elem_id="mask_threshold"
             )
-            w[f"s{k}.mask"] = gr.Image(
-                label="Mask (optional)",
-                type="filepath",
-                sources=["upload", "clipboard"],
-                height=110,
-                elem_id=f"s{k}-mask",
+            w["start_step"] = gr.Number(
+                label="Start step", value=5, precision=0, minimum=0, elem_id="start_step"
             )
+        w["drop_grounding"] = gr.Checkbox(
+            label="Drop grounding tokens (ignore boxes and phrases in the resampler)",
+            value=False,
+            elem_id="drop_grounding",
+        )
 
 
 def launch(

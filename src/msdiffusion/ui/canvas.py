@@ -3,15 +3,19 @@
 A ``gr.HTML`` component (Gradio's own way to write a small custom component) whose value is the
 plain dict of :func:`canvas_value`::
 
-    {"width": 1024, "height": 1024, "active": 0,
+    {"width": 1024, "height": 1024, "active": 0, "shown": 2,
      "subjects": [{"label": "dog", "box": [x0, y0, x1, y1] | None}, ...]}   # one per subject slot
 
 Boxes are normalised ``(x0, y0, x1, y1)`` of the output image, as everywhere in the package. The
-template renders the value (boxes as percentages of a frame with the output's aspect ratio); the
-script only handles the pointer: dragging on empty canvas draws the active subject's box (the next
-subject without a box becomes active), dragging a box moves it, dragging a corner resizes it. At the
-end of a gesture the script stores the new value and fires the component's ``input`` event, which
-the app turns into the numeric box fields — those fields are the boxes a request is built from.
+template renders the value for the first ``shown`` slots (boxes as percentages of a frame with the
+output's aspect ratio); the script only handles the pointer, and every gesture edits the highlighted
+("active") subject: dragging anywhere draws its box — over another subject's box too (a click on
+a box highlights that subject instead) —, dragging inside its box moves it, dragging one of its
+corners resizes it. Boxes stay normalised while dragging (a corner pulled past the opposite edge
+flips the box) and never get smaller than :data:`MIN_SIZE` of a side. After a drawn box the next
+subject without one is highlighted. At the end of a gesture the script stores the new value and
+fires the component's ``input`` event, which the app turns into the numeric box fields — those
+fields are the boxes a request is built from.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from ..visualize import PALETTE
 
 # One colour per subject slot — the result overlays' colours (``visualize.PALETTE``), so a box on
 # the canvas and the same subject's box on the overlay match.
-COLORS = tuple("#{:02x}{:02x}{:02x}".format(*rgb) for rgb in PALETTE[:4])
+COLORS = tuple("#{:02x}{:02x}{:02x}".format(*rgb) for rgb in PALETTE)
+MIN_SIZE = 0.02  # the smallest box side, as a fraction of the canvas side
 
 # `${...}` is evaluated as a JS template literal by gr.HTML (after Handlebars, which sees no `{{`).
 # Labels are escaped; every other interpolated value is a number.
@@ -36,7 +41,7 @@ _LABEL = (
 HTML_TEMPLATE = f"""
 <div class="msd-layout" data-active="${{value.active}}">
   <div class="msd-chips">
-    ${{value.subjects.map((s, i) => `<button type="button"
+    ${{value.subjects.map((s, i) => i >= value.shown ? '' : `<button type="button"
         class="msd-chip${{i === value.active ? ' on' : ''}}${{s.box ? '' : ' nobox'}}"
         data-k="${{i}}" style="--c: ${{{_COLOR}}}"
         title="draw the box of subject ${{i + 1}}${{s.box ? '' : ' (none yet)'}}"
@@ -44,9 +49,9 @@ HTML_TEMPLATE = f"""
     <button type="button" class="msd-clear"
         title="remove the highlighted subject's box">clear box</button>
   </div>
-  <div class="msd-frame" style="width: min(100%, calc(62vh * ${{value.width}} / ${{value.height}}));
+  <div class="msd-frame" style="width: min(100%, calc(52vh * ${{value.width}} / ${{value.height}}));
        aspect-ratio: ${{value.width}} / ${{value.height}};" tabindex="0">
-    ${{value.subjects.map((s, i) => s.box ? `<div
+    ${{value.subjects.map((s, i) => s.box && i < value.shown ? `<div
         class="msd-box${{i === value.active ? ' on' : ''}}" data-k="${{i}}"
         style="left: ${{s.box[0] * 100}}%; top: ${{s.box[1] * 100}}%;
                width: ${{(s.box[2] - s.box[0]) * 100}}%; height: ${{(s.box[3] - s.box[1]) * 100}}%;
@@ -56,8 +61,8 @@ HTML_TEMPLATE = f"""
         <i class="msd-handle" data-corner="sw"></i><i class="msd-handle" data-corner="se"></i>
       </div>` : '').join('')}}
   </div>
-  <div class="msd-caption">${{value.width}} × ${{value.height}} px · drag on the canvas to draw the
-    highlighted subject's box; drag a box to move it, a corner to resize it</div>
+  <div class="msd-caption">${{value.width}} × ${{value.height}} px · drag to draw the highlighted
+    subject's box; drag inside it to move it, a corner to resize it; click a box to pick it</div>
 </div>
 """
 
@@ -75,11 +80,14 @@ CSS_TEMPLATE = """
   background-size: 12.5% 12.5%; }
 .msd-box { position: absolute; box-sizing: border-box; border: 2px solid var(--c);
   background: color-mix(in srgb, var(--c) 18%, transparent); cursor: move; }
-.msd-box.on { border-width: 3px; background: color-mix(in srgb, var(--c) 28%, transparent); }
+.msd-box.on { border-width: 3px; background: color-mix(in srgb, var(--c) 28%, transparent);
+  z-index: 2; }  /* the highlighted box and its corners above the others */
 .msd-label { position: absolute; left: 0; top: 0; padding: 0 4px; background: var(--c);
   color: white; font-size: 12px; white-space: nowrap; pointer-events: none; }
 .msd-handle { position: absolute; width: 10px; height: 10px; background: var(--c);
   border: 1px solid white; }
+.msd-box:not(.on) { cursor: pointer; }
+.msd-box:not(.on) .msd-handle { display: none; }
 .msd-handle[data-corner="nw"] { left: -6px; top: -6px; cursor: nwse-resize; }
 .msd-handle[data-corner="ne"] { right: -6px; top: -6px; cursor: nesw-resize; }
 .msd-handle[data-corner="sw"] { left: -6px; bottom: -6px; cursor: nesw-resize; }
@@ -89,28 +97,37 @@ CSS_TEMPLATE = """
 
 # Runs once when the component mounts. `element` persists across re-renders of the template, so
 # listeners are delegated to it; the template is re-rendered from `props.value` on every change.
-JS_ON_LOAD = """
+JS_ON_LOAD = (
+    f"""
+const MIN = {MIN_SIZE};
 const MIN_PX = 3;
-let drag = null;  // {mode: 'draw'|'move'|'resize', k, start: [x, y], box0, corner, rect}
+"""
+    + """
+let drag = null;  // {mode: 'draw'|'move'|'resize', k, hit, start: [x, y], box0, anchor, rect, px}
 const clamp = (v) => Math.min(1, Math.max(0, v));
 const copy = () => JSON.parse(JSON.stringify(props.value));
 const point = (ev, rect) => [clamp((ev.clientX - rect.left) / rect.width),
                              clamp((ev.clientY - rect.top) / rect.height)];
 const commit = (value) => { props.value = value; trigger('input'); };
+// One side from the fixed edge `a` to the pointer `p`: ordered, at least MIN long, inside [0, 1].
+function side(a, p) {
+  let dir = p >= a ? 1 : -1;
+  if (Math.abs(p - a) >= MIN) return dir > 0 ? [a, p] : [p, a];
+  if (a + dir * MIN > 1 || a + dir * MIN < 0) dir = -dir;  // no room that way: the other way
+  return dir > 0 ? [a, a + MIN] : [a - MIN, a];
+}
 function boxFrom(d, p) {
-  if (d.mode === 'draw') {
-    return [Math.min(d.start[0], p[0]), Math.min(d.start[1], p[1]),
-            Math.max(d.start[0], p[0]), Math.max(d.start[1], p[1])];
-  }
-  const dx = p[0] - d.start[0], dy = p[1] - d.start[1];
-  let [x0, y0, x1, y1] = d.box0;
   if (d.mode === 'move') {
+    const [x0, y0, x1, y1] = d.box0;
+    const dx = p[0] - d.start[0], dy = p[1] - d.start[1];
     const mx = Math.min(Math.max(dx, -x0), 1 - x1), my = Math.min(Math.max(dy, -y0), 1 - y1);
     return [x0 + mx, y0 + my, x1 + mx, y1 + my];
   }
-  if (d.corner.includes('w')) x0 = clamp(x0 + dx); else x1 = clamp(x1 + dx);
-  if (d.corner.includes('n')) y0 = clamp(y0 + dy); else y1 = clamp(y1 + dy);
-  return [Math.min(x0, x1), Math.min(y0, y1), Math.max(x0, x1), Math.max(y0, y1)];
+  // draw: from the press to the pointer; resize: from the opposite corner to the moved corner
+  const q = d.mode === 'draw' ? p
+    : [clamp(d.corner0[0] + p[0] - d.start[0]), clamp(d.corner0[1] + p[1] - d.start[1])];
+  const [x0, x1] = side(d.anchor[0], q[0]), [y0, y1] = side(d.anchor[1], q[1]);
+  return [x0, y0, x1, y1];
 }
 function preview(d, box) {
   const frame = element.querySelector('.msd-frame');
@@ -138,13 +155,18 @@ element.addEventListener('pointerdown', (ev) => {
   frame.focus();  // for Delete / Backspace
   const rect = frame.getBoundingClientRect();
   const handle = ev.target.closest('.msd-handle'), boxEl = ev.target.closest('.msd-box');
-  const p = point(ev, rect);
-  if (boxEl) {
-    const k = Number(boxEl.dataset.k);
-    drag = {mode: handle ? 'resize' : 'move', k, start: p, box0: props.value.subjects[k].box,
-            corner: handle ? handle.dataset.corner : '', rect, px: [ev.clientX, ev.clientY]};
-  } else {
-    drag = {mode: 'draw', k: props.value.active, start: p, rect, px: [ev.clientX, ev.clientY]};
+  const p = point(ev, rect), k = props.value.active, px = [ev.clientX, ev.clientY];
+  const hit = boxEl ? Number(boxEl.dataset.k) : null;
+  const box0 = props.value.subjects[k] ? props.value.subjects[k].box : null;
+  if (hit === k && box0 && handle) {  // a corner of the highlighted box: resize from the other one
+    const c = handle.dataset.corner;
+    const corner0 = [c.includes('w') ? box0[0] : box0[2], c.includes('n') ? box0[1] : box0[3]];
+    const anchor = [c.includes('w') ? box0[2] : box0[0], c.includes('n') ? box0[3] : box0[1]];
+    drag = {mode: 'resize', k, hit, start: p, box0, corner0, anchor, rect, px};
+  } else if (hit === k && box0) {
+    drag = {mode: 'move', k, hit, start: p, box0, rect, px};
+  } else {  // anywhere else, over another subject's box too: draw the highlighted subject's box
+    drag = {mode: 'draw', k, hit, start: p, anchor: p, rect, px};
   }
   frame.setPointerCapture(ev.pointerId);
 });
@@ -158,17 +180,15 @@ const finish = (ev) => {
   const d = drag; drag = null;
   const moved = Math.hypot(ev.clientX - d.px[0], ev.clientY - d.px[1]) >= MIN_PX;
   const v = copy();
-  if (!moved || !d.box) {  // a click: select the box under the pointer
-    if (d.mode !== 'draw') { v.active = d.k; props.value = v; }
-    else props.value = v;
+  if (!moved || !d.box) {  // a click: highlight the subject whose box is under the pointer
+    if (d.hit !== null) v.active = d.hit;
+    props.value = v;
     return;
   }
-  const box = boxFrom(d, point(ev, d.rect));
-  if (box[2] - box[0] <= 0 || box[3] - box[1] <= 0) { props.value = v; return; }
-  v.subjects[d.k].box = box;
+  v.subjects[d.k].box = boxFrom(d, point(ev, d.rect));
   v.active = d.k;
-  if (d.mode === 'draw') {  // the next subject without a box is drawn next
-    const n = v.subjects.length;
+  if (d.mode === 'draw') {  // the next shown subject without a box is drawn next
+    const n = Math.min(v.shown, v.subjects.length);
     for (let j = 1; j < n; j++) {
       const c = (d.k + j) % n;
       if (!v.subjects[c].box) { v.active = c; break; }
@@ -184,6 +204,7 @@ element.addEventListener('keydown', (ev) => {
   }
 });
 """
+)
 
 # Client-side event functions (no server round trip, so the fields are current when "Generate" is
 # clicked right after a drag). Box text is "x0, y0, x1, y1" with 4 decimals (< 0.1 canvas pixel).
@@ -238,15 +259,24 @@ def canvas_value(
     labels: Sequence[str],
     boxes: Sequence[Sequence[float] | None],
     active: int = 0,
+    shown: int | None = None,
 ) -> dict[str, Any]:
-    """The canvas's value for an output of ``width`` × ``height`` and one box (or None) per slot."""
+    """The canvas's value for an output of ``width`` × ``height`` and one box (or None) per slot;
+    the first ``shown`` slots (default: all) are on the page."""
     if len(labels) != len(boxes):
         raise ValueError(f"{len(labels)} labels for {len(boxes)} boxes")
+    shown = len(boxes) if shown is None else shown
     subjects = [
         {"label": str(label or ""), "box": None if box is None else [float(v) for v in box]}
         for label, box in zip(labels, boxes, strict=True)
     ]
-    return {"width": int(width), "height": int(height), "active": int(active), "subjects": subjects}
+    return {
+        "width": int(width),
+        "height": int(height),
+        "active": int(active),
+        "shown": int(shown),
+        "subjects": subjects,
+    }
 
 
 def layout_canvas(value: dict[str, Any], **kwargs: Any):

@@ -23,16 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 from ..atomic import atomic_path
 from ..errors import ErrorList, InputError, Location, MSDiffusionError
+from .messages import is_incomplete, plain
 
 if TYPE_CHECKING:
     from ..request import GenerationRequest
 
-MAX_SUBJECTS = 4
+MAX_SUBJECTS = 8  # subject slots on the page; the first SHOWN_SUBJECTS are open at the start
+SHOWN_SUBJECTS = 2
 MAX_SEED = 2**31 - 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 __all__ = [
     "MAX_SUBJECTS",
+    "SHOWN_SUBJECTS",
     "SubjectForm",
     "Form",
     "FormErrors",
@@ -50,6 +53,11 @@ __all__ = [
     "find_own_sidecar",
     "field_label",
     "pick_seed",
+    "shown_slots",
+    "shift_out",
+    "clear_slot",
+    "only_wrong",
+    "to_number",
 ]
 
 
@@ -83,12 +91,15 @@ class Form:
     guidance: float = 7.5
     scale: float = 0.6
     seed: int = 0
-    random_seed: bool = False
+    random_seed: bool = True  # a new image each time; the seed used is shown and can be kept
     num_images: int = 1
     auto_layout: bool = False
     mask_threshold: float = 0.5
     start_step: int = 5
     drop_grounding: bool = False
+    scheduler: str = ""  # "": the model's own
+    lora: str = ""  # "": none; else the name of one of the LoRAs the page was started with
+    lora_scale: float = 1.0
 
 
 # Field keys, in the order the app passes its widgets: the top-level fields, then per subject slot
@@ -164,7 +175,7 @@ def form_from_values(values: Sequence[Any]) -> Form:
         for k in range(MAX_SUBJECTS)
     ]
     top = {name: by_key[name] for name in _TOP_FIELDS}
-    for name in ("prompt", "negative_prompt"):
+    for name in ("prompt", "negative_prompt", "scheduler", "lora"):
         top[name] = str(top[name] or "")
     for name in ("random_seed", "auto_layout", "drop_grounding"):
         top[name] = bool(top[name])
@@ -214,6 +225,7 @@ _REQUEST_FIELDS = {
     "mask_threshold": "mask_threshold",
     "start_step": "start_step",
     "drop_grounding_tokens": "drop_grounding",
+    "scheduler": "scheduler",
 }
 _SUBJECT_KEYS = {
     "images": "images",
@@ -243,12 +255,12 @@ def _field_of(location: Location, slots: Sequence[int]) -> str:
     return "prompt"  # no better place: shown under the prompt
 
 
-def _to_number(errors: dict[str, str], key: str, value: Any, *, integer: bool) -> Any:
+def to_number(errors: dict[str, str], key: str, value: Any, *, integer: bool) -> Any:
     """A widget's number as the request wants it (whole floats → int); None + an error if not."""
     try:
         number = float(value)
     except (TypeError, ValueError):
-        errors[key] = f"must be a number (got {value!r})"
+        errors[key] = plain(key, "must be a number", value)
         return None
     if integer and math.isfinite(number) and number == int(number):
         return int(number)
@@ -277,8 +289,10 @@ def build_request(
     errors: dict[str, str] = {}
     kwargs: dict[str, Any] = {
         "prompt": form.prompt,
-        "negative_prompt": form.negative_prompt,
+        # an empty field: no negative prompt (the pipeline's own unconditional), as everywhere
+        "negative_prompt": form.negative_prompt if form.negative_prompt.strip() else None,
         "drop_grounding_tokens": form.drop_grounding,
+        "scheduler": form.scheduler or None,
     }
     for key, name, integer in (
         ("width", "width", True),
@@ -292,7 +306,7 @@ def build_request(
         ("start_step", "start_step", True),
     ):
         value = seed if key == "seed" and seed is not None else getattr(form, key)
-        number = _to_number(errors, key, value, integer=integer)
+        number = to_number(errors, key, value, integer=integer)
         if number is not None:
             kwargs[name] = number
     if not form.auto_layout:
@@ -301,7 +315,7 @@ def build_request(
     for k in _subject_slots(form):
         s = form.subjects[k]
         if not s.images:
-            errors[f"s{k}.images"] = "add a reference image (or clear this subject's fields)"
+            errors[f"s{k}.images"] = plain(f"s{k}.images", "add a reference image")
             continue
         scale = None
         if s.scale is not None and str(s.scale).strip() != "":
@@ -327,24 +341,51 @@ def build_request(
         with found.check():  # the form sets both sides: no default size is used
             request.prepare(tokenizer, default_size=request.width)
     for err in found.errors:
-        errors.setdefault(_field_of(err.location, slots), err.reason)
+        key = _field_of(err.location, slots)
+        errors.setdefault(key, plain(key, err.rule, err.value))
     if errors or request is None:
-        raise FormErrors(errors or {"prompt": "the request could not be built"})
+        raise FormErrors(errors or {"prompt": "The request could not be built."})
     return request
 
 
-def validate_form(form: Form, tokenizer: Any = None) -> dict[str, str]:
-    """``{field: message}`` for every problem :func:`build_request` finds; empty when valid."""
+def validate_form(form: Form, tokenizer: Any = None, *, live: bool = False) -> dict[str, str]:
+    """``{field: message}`` for every problem :func:`build_request` finds; empty when valid.
+    ``live``: only values that are wrong — not fields still to be filled in (an empty prompt, a
+    subject without its image yet), which Generate reports."""
     try:
         build_request(form, seed=0 if form.random_seed else None, tokenizer=tokenizer)
     except FormErrors as err:
-        return err.errors
+        return only_wrong(err.errors) if live else err.errors
     return {}
+
+
+def only_wrong(errors: dict[str, str]) -> dict[str, str]:
+    """The messages about wrong values, without those about fields still to be filled in."""
+    return {k: m for k, m in errors.items() if not is_incomplete(m)}
 
 
 def pick_seed(form: Form) -> int:
     """The seed to generate with: the form's, or a fresh random one when "random" is ticked."""
     return secrets.randbelow(MAX_SEED) if form.random_seed else int(form.seed)
+
+
+def shown_slots(form: Form) -> int:
+    """How many subject slots the page opens for ``form``: every used one, at least
+    :data:`SHOWN_SUBJECTS`."""
+    used = [k for k, s in enumerate(form.subjects) if not s.is_empty()]
+    return max(SHOWN_SUBJECTS, used[-1] + 1 if used else 0)
+
+
+def shift_out(form: Form, k: int) -> Form:
+    """The form without subject slot ``k``: the slots after it move up one, the last is empty."""
+    subjects = [s for j, s in enumerate(form.subjects) if j != k] + [SubjectForm()]
+    return replace(form, subjects=subjects)
+
+
+def clear_slot(form: Form, k: int) -> Form:
+    """The form with subject slot ``k`` emptied (the other slots stay where they are)."""
+    subjects = [SubjectForm() if j == k else s for j, s in enumerate(form.subjects)]
+    return replace(form, subjects=subjects)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,6 +494,7 @@ def form_from_request(
         mask_threshold=0.5 if request.mask_threshold is None else request.mask_threshold,
         start_step=request.start_step,
         drop_grounding=request.drop_grounding_tokens,
+        scheduler=request.scheduler or "",
     )
 
 
@@ -486,20 +528,38 @@ def layout_boxes(layout: ExampleLayout) -> tuple[list[list[float]], str]:
     return [list(map(float, box)) for box in ctype["boxes"]], ctype["prompts"][0]
 
 
-def apply_layout(form: Form, layout: ExampleLayout) -> Form:
-    """The form with ``layout``'s boxes (other slots' boxes cleared); empty phrases and an empty
-    prompt are filled with the layout's examples, anything typed is kept."""
+def apply_layout(form: Form, layout: ExampleLayout) -> tuple[Form, str]:
+    """The form with ``layout``'s boxes on the subjects that have a reference image, in slot order
+    (subjects without one are left as they are: an example never adds a subject that would stop
+    Generate); their empty phrases get the layout's examples, an empty prompt its template when
+    every box found a subject. Returns the form and a note for the page ("" when all fit)."""
     boxes, template = layout_boxes(layout)
+    with_images = [k for k, s in enumerate(form.subjects) if s.images]
+    placed = dict(zip(with_images, range(len(boxes))))
     subjects = []
     for k, subject in enumerate(form.subjects):
-        if k < len(boxes):
-            phrase = subject.phrase if subject.phrase.strip() else layout.phrases[k]
-            subjects.append(replace(subject, box=format_box(boxes[k]), phrase=phrase))
-        else:
+        if k in placed:
+            j = placed[k]
+            phrase = subject.phrase if subject.phrase.strip() else layout.phrases[j]
+            subjects.append(replace(subject, box=format_box(boxes[j]), phrase=phrase))
+        elif subject.images:  # more subjects than the layout has boxes: theirs are cleared
             subjects.append(replace(subject, box=""))
-    phrases = [s.phrase.strip() for s in subjects[: len(boxes)]]
-    prompt = form.prompt if form.prompt.strip() else template.format(*phrases)
-    return replace(form, subjects=subjects, prompt=prompt)
+        else:
+            subjects.append(subject)
+    prompt = form.prompt
+    if not prompt.strip() and len(placed) == len(boxes):
+        phrases = [subjects[k].phrase.strip() for k in sorted(placed, key=placed.get)]
+        prompt = template.format(*phrases)
+    missing = len(boxes) - len(placed)
+    note = ""
+    if missing == len(boxes):
+        note = f"Add a reference image to a subject first: *{layout.title}* places {len(boxes)}."
+    elif missing:
+        note = (
+            f"*{layout.title}* has {len(boxes)} boxes: add reference images to {missing} more "
+            "subject(s) for the rest."
+        )
+    return replace(form, subjects=subjects, prompt=prompt), note
 
 
 def _parse_box_or_none(text: str) -> list[float] | None:
@@ -511,8 +571,9 @@ def _parse_box_or_none(text: str) -> list[float] | None:
         return None
 
 
-def canvas_for(form: Form, active: int = 0) -> dict[str, Any]:
-    """The layout canvas's value showing the form's boxes (unparsable boxes are not drawn)."""
+def canvas_for(form: Form, active: int = 0, count: int | None = None) -> dict[str, Any]:
+    """The layout canvas's value showing the form's boxes (unparsable boxes are not drawn) for
+    its first ``count`` subject slots (default: :func:`shown_slots`)."""
     from .canvas import canvas_value
 
     width = form.width if isinstance(form.width, (int, float)) and form.width > 0 else 1024
@@ -523,4 +584,5 @@ def canvas_for(form: Form, active: int = 0) -> dict[str, Any]:
         [s.phrase for s in form.subjects],
         [_parse_box_or_none(s.box) for s in form.subjects],
         active,
+        shown_slots(form) if count is None else count,
     )

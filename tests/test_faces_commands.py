@@ -141,7 +141,7 @@ def test_eval_generate_that_fails_writes_no_run(data_root, tmp_path):
         "--guidance",
         "5",
     )  # old spellings and long dtype names are still understood
-    refused(result, "cannot load", "hf download")
+    refused(result, "missing", "hf download")
     assert not out.exists()  # no run.json, no index.jsonl
     (tmp_path / "file").write_text("x")
     refused(

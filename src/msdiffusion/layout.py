@@ -220,7 +220,8 @@ def check_mask_aspect(mask: np.ndarray, size: tuple[int, int], argument: Locatio
     if not mask_fits((mh, mw), size):
         raise InputError(
             argument,
-            f"must have the output's aspect ratio (width x height {width}x{height}), up to rounding",
+            f"must have the output's aspect ratio (width x height {width}x{height}), "
+            "up to rounding",
             f"{mw}x{mh}",
         )
 

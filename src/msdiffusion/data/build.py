@@ -89,16 +89,16 @@ def build_dataset(
     files = list_inputs(root, mode)
     if not files:
         raise InputError(f"--{mode}", f"no {mode[:-1]} files found in the folder", str(root))
-    check_specs(
-        cfg.models,
-        ("captioner", "detector", "segmenter") + (("features",) if mode == "videos" else ()),
-        loadable=models is None,
-    )
+    stages = ("captioner", "detector", "segmenter") + (("features",) if mode == "videos" else ())
     plan = ShardPlan(len(files), cfg.shards.inputs_per_shard)
     existed, claimed = out.exists(), (out / "build.json").is_file()
+    if not claimed:  # a new build: its models are checked before the folder is claimed
+        check_specs(cfg.models, stages, loadable=models is None)
     claim_output(out, cfg, mode, root, files)
     writer = ShardWriter(out, cfg, plan)
     pending = writer.pending()
+    if claimed and pending:  # a started build needs its models only for what is left
+        check_specs(cfg.models, stages, loadable=models is None)
     before = plan.count - len(pending)
     if max_shards is not None:
         pending = pending[:max_shards]

@@ -348,7 +348,8 @@ def check_data(config: Any) -> None:
 
 
 def check_manifest(config: Any) -> None:
-    """The manifest, before any model loads: a readable JSONL file with a parsable record."""
+    """The manifest, before any model loads: a readable JSONL file with a parsable record, or a
+    shard dataset (its folder, ``index.json`` or one ``.tar``) with shards."""
     from pathlib import Path
 
     from ..errors import InputError
@@ -359,8 +360,19 @@ def check_manifest(config: Any) -> None:
         raise InputError("--manifest", "is required (or --cache-dir with a built cache)", None)
     if not Path(manifest).exists():
         raise InputError("--manifest", "file does not exist", str(manifest))
-    if Path(manifest).is_dir():
-        raise InputError("--manifest", "is a folder, not a JSONL file", str(manifest))
+    path = Path(manifest)
+    if path.is_dir() or path.suffix == ".tar" or path.name == "index.json":  # a shard dataset
+        from ..shards import shard_files
+
+        try:
+            _, shards = shard_files(path)
+        except InputError as err:
+            raise InputError(
+                "--manifest", f"is not a JSONL file or a shard dataset ({err.rule})", str(path)
+            ) from None
+        if not shards:
+            raise InputError("--manifest", "a shard dataset without shards", str(path))
+        return
     try:
         scan = scan_manifest(manifest, check_files=False)
     except UnicodeDecodeError:

@@ -362,12 +362,22 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
             note = f"Loaded request 1 of {len(requests)}." if len(requests) > 1 else "Loaded."
             return whole_form(form, shown_slots(form)) + [note]
 
+        # After a whole-form update the canvas is drawn again from the fields: the fields' own
+        # change events (phrase → label, size → frame) run in the browser meanwhile, each with
+        # the canvas as it was when it fired, and the last of them would otherwise win.
+        def redraw(*values: Any) -> dict[str, Any]:
+            *fields, count = values
+            return canvas_for(form_from_values(fields), count=count)
+
+        after = dict(
+            fn=redraw, inputs=inputs + [shown], outputs=canvas, show_progress="hidden", queue=False
+        )
         load_file.upload(
             load,
             inputs=load_file,
             outputs=form_outputs + [load_status],
             show_progress_on=[load_status],
-        )
+        ).then(**after)
 
         for k in range(MAX_SUBJECTS):
 
@@ -379,8 +389,12 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
                 *fields, count = values
                 return whole_form(shift_out(form_from_values(fields), k), count - 1, active=k)
 
-            clear_buttons[k].click(clear, inputs=inputs + [shown], outputs=form_outputs)
-            remove_buttons[k].click(remove, inputs=inputs + [shown], outputs=form_outputs)
+            clear_buttons[k].click(clear, inputs=inputs + [shown], outputs=form_outputs).then(
+                **after
+            )
+            remove_buttons[k].click(remove, inputs=inputs + [shown], outputs=form_outputs).then(
+                **after
+            )
 
         def add(count: int, value: dict[str, Any]):
             count = min(MAX_SUBJECTS, count + 1)
@@ -408,7 +422,7 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
                     + [canvas_for(form, count=max(count, shown_slots(form))), note]
                 )
 
-            button.click(use_layout, inputs=inputs + [shown], outputs=layout_outputs)
+            button.click(use_layout, inputs=inputs + [shown], outputs=layout_outputs).then(**after)
     return demo
 
 

@@ -319,7 +319,7 @@ def build_request(
             continue
         scale = None
         if s.scale is not None and str(s.scale).strip() != "":
-            scale = _to_number(errors, f"s{k}.scale", s.scale, integer=False)
+            scale = to_number(errors, f"s{k}.scale", s.scale, integer=False)
         specs.append(
             SubjectSpec(
                 images=list(s.images),

@@ -78,10 +78,11 @@ def plain(key: str, rule: str, value: Any = None) -> str:
         return f"Use a multiple of {step} pixels (e.g. 1024, 768, 512); this is {_number(value)}."
     if attribute == "scale" and (">= 0" in rule or "must be a number" in rule):
         return "A number of 0 or more (empty: the global scale)."
-    if rule == "must be a number":
+    if rule in ("must be a number", "must be a finite number"):
         return f"Type a number here (not {value!r})."
     bounds = re.search(
-        r"must be (?:an integer|a number) >= ([\d.]+)(?: and (<=?) ([\d.e+]+))?", rule
+        r"must be (?:an integer|a number|a finite number) >= ([\d.]+)(?: and (<=?) ([\d.e+]+))?",
+        rule,
     )
     if bounds:
         low, op, high = bounds.groups()

@@ -367,8 +367,9 @@ def check_manifest(config: Any) -> None:
         try:
             _, shards = shard_files(path)
         except InputError as err:
+            what = "is a folder, not" if path.is_dir() else "is not"
             raise InputError(
-                "--manifest", f"is not a JSONL file or a shard dataset ({err.rule})", str(path)
+                "--manifest", f"{what} a JSONL file or a shard dataset ({err.rule})", str(path)
             ) from None
         if not shards:
             raise InputError("--manifest", "a shard dataset without shards", str(path))

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")  # [text](target) and ![alt](target)
-OUTSIDE = re.compile(r"(?<![\w.])(\.\./shared|/work/|\.\./\.library)")
+OUTSIDE = re.compile(r"(?<![\w.])(\.\./shared|/work/|\.\./\.library)|\bDESIGN(\.md| §)")
 
 
 def test_every_relative_link_resolves_inside_the_repository():

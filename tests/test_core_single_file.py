@@ -122,5 +122,42 @@ def test_load_pipeline_with_a_single_file_base_records_its_hash(saved, tmp_path)
     [written] = write_result(result, tmp_path / "out", model.info)
     sidecar = json.loads(open(written["sidecar"]).read())
     assert sidecar["model"]["base_sha256"] == digest
-    with pytest.raises(InputError, match="base_config: is needed with a single-file base"):
+    with pytest.raises(InputError, match="--base-config: is needed with a single-file base"):
         load_pipeline("tiny", base=str(file))
+
+
+def test_the_command_line_takes_a_checkpoint_file_and_replays_only_on_its_bytes(saved, tmp_path):
+    from conftest import run_console
+    from test_faces_generate import ok, refused
+
+    root, _ = saved
+    file = tmp_path / "fine-tune.safetensors"
+    file.write_bytes((root / "fine-tune.safetensors").read_bytes())
+    model = ["--preset", "sdxl", "--base", str(file), "--base-config", str(root / "base")]
+    model += ["--image-encoder", str(root / "encoder"), "--adapter", str(root / "adapter")]
+    model += ["--vae", "base", "--device", "cpu", "--dtype", "fp32"]
+    out = tmp_path / "out"
+    args = ["generate", "--prompt", "a dog", "--height", "64", "--width", "64", "--steps", "2"]
+    ok(run_console(*args, *model, "--seed", "0", "--out", str(out)))
+    sidecar = out / "0001" / "image_0.json"
+    data = json.loads(sidecar.read_text())
+    assert data["model"]["base_sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+    assert data["model"]["settings"]["base_config"] == str(root / "base")
+    ok(run_console("generate", "--request", str(sidecar), "--out", str(out)))
+    same = [np.asarray(Image.open(out / run / "image_0.png")) for run in ("0001", "0002")]
+    assert np.array_equal(*same)
+    # other weights under the same name: not the model the sidecar was made with
+    other = random_components(replace(ARCHITECTURES["tiny"], text_hidden=(32, 48)), seed=1)
+    other.pop("image_encoder")
+    other.pop("feature_extractor")
+    write_sdxl_single_file(other, file)
+    refused(
+        run_console("generate", "--request", str(sidecar), "--out", str(out)),
+        "--base",
+        "not the checkpoint file the sidecar was made with",
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["0001", "0002"]
+    changed = run_console(
+        "generate", "--request", str(sidecar), "--allow-model-change", "--out", str(out)
+    )
+    assert changed.returncode == 0 and "the image will differ" in changed.stderr

@@ -28,8 +28,15 @@ FLAGS: dict[str, dict[str, Any]] = {
     },
     "base": {
         "names": ("--base",),
+        "metavar": "DIR|ID|FILE",
+        "help": "SDXL pipeline folder, hub id, or one checkpoint file (.safetensors / .ckpt, e.g. "
+        "a fine-tune), instead of the preset's",
+    },
+    "base_config": {
+        "names": ("--base-config",),
         "metavar": "DIR|ID",
-        "help": "SDXL pipeline folder or hub id, instead of the preset's",
+        "help": "with a checkpoint file as --base: the diffusers SDXL folder or hub id whose "
+        "configs and tokenizers it uses",
     },
     "image_encoder": {
         "names": ("--image-encoder",),
@@ -54,6 +61,25 @@ FLAGS: dict[str, dict[str, Any]] = {
     },
     "dtype": {"names": ("--dtype",), "metavar": "DTYPE", "help": DTYPE_HELP},
     # -- sampling
+    "init_image": {
+        "names": ("--init-image",),
+        "metavar": "IMAGE",
+        "help": "a picture to start from (image-to-image; with --inpaint-mask, inpainting); the "
+        "output takes its size, rounded down to a multiple of 8, unless --height/--width say "
+        "otherwise",
+    },
+    "strength": {
+        "names": ("--strength",),
+        "type": float,
+        "metavar": "X",
+        "help": "how much of --init-image is re-noised, 0 (kept as it is) to 1 (all new)",
+    },
+    "inpaint_mask": {
+        "names": ("--inpaint-mask",),
+        "metavar": "PNG",
+        "help": "repaint only the white part of --init-image (the output's aspect ratio); every "
+        "subject's box must lie inside it; outside it the picture comes back pixel for pixel",
+    },
     "negative_prompt": {
         "names": ("--negative-prompt",),
         "metavar": "TEXT",

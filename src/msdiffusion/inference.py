@@ -40,11 +40,14 @@ class GenerationResult:
     call_prompts: int = 1
 
 
+def _identity(value: Any) -> Any:
+    """A request's picture as a batch key entry: in-memory ones by object, paths by value."""
+    return id(value) if isinstance(value, (Image.Image, np.ndarray)) else value
+
+
 def _batch_key(request: GenerationRequest, size: int) -> tuple:
-    control = request.control_image
     return (
-        request.height or size,
-        request.width or size,
+        *request.size(size),
         request.num_inference_steps,
         request.guidance_scale,
         request.scale,
@@ -56,8 +59,12 @@ def _batch_key(request: GenerationRequest, size: int) -> tuple:
         request.negative_prompt is None,
         request.prompt_2 is None,
         request.negative_prompt_2 is None,
-        id(control) if isinstance(control, Image.Image) else control,
+        _identity(request.control_image),
         request.controlnet_conditioning_scale,
+        # one picture to start from per call (diffusers repeats it for every image of the call)
+        _identity(request.init_image),
+        request.strength,
+        _identity(request.inpaint_mask),
     )
 
 
@@ -76,6 +83,29 @@ def _use_scheduler(pipe: Any, name: str | None, own: Any) -> None:
     pipe.scheduler = wanted
 
 
+def _source_arguments(request: GenerationRequest, size: tuple[int, int]) -> dict[str, Any]:
+    """The image-to-image / inpainting arguments of a call: the picture at the output ``size``
+    (height, width), the strength, the mask."""
+    picture = request.load_init_image()
+    if picture is None:
+        return {}
+    height, width = size
+    if picture.size != (width, height):  # as diffusers' own resizing: Lanczos
+        picture = picture.resize((width, height), Image.Resampling.LANCZOS)
+    arguments: dict[str, Any] = {"image": picture, "strength": request.strength}
+    if request.inpaint_mask is not None:
+        arguments.update(mask_image=request.inpaint_mask_image(), height=height, width=width)
+    return arguments
+
+
+def _keep_outside(image: Image.Image, picture: Image.Image, mask: Image.Image) -> Image.Image:
+    """An inpainted ``image`` with the ``picture``'s own pixels wherever ``mask`` is black: the
+    VAE's round trip would otherwise change them slightly."""
+    inside = np.asarray(mask.convert("L").resize(image.size, Image.Resampling.BILINEAR)) >= 128
+    kept = np.where(inside[..., None], np.asarray(image), np.asarray(picture.convert("RGB")))
+    return Image.fromarray(kept)  # (H, W, 3) uint8
+
+
 def generate(
     model: LoadedModel,
     requests: Sequence[GenerationRequest],
@@ -86,7 +116,8 @@ def generate(
 ) -> list[GenerationResult]:
     """Run requests, ``batch_size`` prompts per pipeline call (consecutive requests with the same
     settings share a call). Image k of a request is seeded ``seed + k`` on a CPU generator, so
-    outputs don't depend on batching or on the device's RNG."""
+    outputs don't depend on batching or on the device's RNG. Requests with an ``init_image`` run
+    on the model's image-to-image or inpainting pipeline (``LoadedModel.pipeline``)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
@@ -101,6 +132,12 @@ def generate(
             subjects.append(
                 request.prepare(pipe.tokenizer, model.default_size, pipe.vae_scale_factor)
             )
+            if has_controlnet and request.init_image is not None:
+                raise InputError(
+                    "init_image",
+                    "needs a model without a ControlNet (ControlNet works with text-to-image only)",
+                    str(request.init_image),
+                )
             if has_controlnet and request.control_image is None:
                 raise InputError("control_image", "is required: the model has a ControlNet", None)
             if not has_controlnet and request.control_image is not None:
@@ -132,8 +169,8 @@ def generate(
         return {}
 
     results: list[GenerationResult] = []
-    pipe.set_progress_bar_config(disable=True)
     own_scheduler = pipe.scheduler
+    used = []
     try:
         for batch in batches:
             first = requests[batch[0]]
@@ -144,12 +181,18 @@ def generate(
                 for i in batch
                 for k in range(n)
             ]
-            _use_scheduler(pipe, first.scheduler, own_scheduler)
-            extra: dict[str, Any] = {}
+            call = model.pipeline(first.kind)
+            call.set_progress_bar_config(disable=True)
+            used.append(call)
+            _use_scheduler(call, first.scheduler, own_scheduler)
+            size = first.size(model.default_size)
+            extra = _source_arguments(first, size)
             if first.control_image is not None:
                 extra["control_image"] = first.load_control_image()
                 extra["controlnet_conditioning_scale"] = first.controlnet_conditioning_scale
-            out = pipe(
+            if first.init_image is None:
+                extra.update(height=size[0], width=size[1])
+            out = call(
                 prompt=[r.prompt for r in members],
                 subjects=[subjects[i] for i in batch],
                 negative_prompt=_texts(members, "negative_prompt"),
@@ -159,8 +202,6 @@ def generate(
                 drop_grounding_tokens=first.drop_grounding_tokens,
                 mask_threshold=first.mask_threshold,
                 start_step=first.start_step,
-                height=first.height or model.default_size,
-                width=first.width or model.default_size,
                 num_inference_steps=first.num_inference_steps,
                 guidance_scale=first.guidance_scale,
                 num_images_per_prompt=n,
@@ -168,11 +209,14 @@ def generate(
                 callback_on_step_end=step_end,
                 **extra,
             )
+            images = out.images
+            if first.kind == "inpainting":
+                images = [_keep_outside(im, extra["image"], extra["mask_image"]) for im in images]
             for j, i in enumerate(batch):
                 results.append(
                     GenerationResult(
                         requests[i],
-                        out.images[j * n : (j + 1) * n],
+                        images[j * n : (j + 1) * n],
                         [requests[i].seed + k for k in range(n)],
                         call_images=len(batch) * n,
                         call_offset=j * n,
@@ -180,7 +224,8 @@ def generate(
                     )
                 )
     finally:
-        pipe.scheduler = own_scheduler
+        for call in used:
+            call.scheduler = own_scheduler
         bar.close()
     return results
 
@@ -210,8 +255,9 @@ def _as_picture(value: Any) -> Image.Image | None:
 
 
 def _persist_images(request: GenerationRequest, out_dir: Path) -> GenerationRequest:
-    """In-memory reference images, masks (images, arrays, tensors) and control images → PNGs
-    under ``out_dir/references`` (named by content), so the sidecar can name them."""
+    """In-memory reference images, masks (images, arrays, tensors), control images, pictures to
+    start from and inpainting masks → PNGs under ``out_dir/references`` (named by content), so
+    the sidecar can name them."""
     refs = out_dir / "references"
 
     def keep(value: Any) -> Any:
@@ -233,7 +279,13 @@ def _persist_images(request: GenerationRequest, out_dir: Path) -> GenerationRequ
         )
         for s in request.subjects
     ]
-    return replace(request, subjects=subjects, control_image=keep(request.control_image))
+    return replace(
+        request,
+        subjects=subjects,
+        control_image=keep(request.control_image),
+        init_image=keep(request.init_image),
+        inpaint_mask=keep(request.inpaint_mask),
+    )
 
 
 def _names(stem: str, k: int) -> tuple[str, str, str]:

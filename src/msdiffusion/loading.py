@@ -20,8 +20,9 @@ One set of rules for all of them:
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,19 @@ def is_single_file(source: str | None) -> bool:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file, read in 16 MiB chunks."""
+    """The SHA-256 of a file, read in 16 MiB chunks; remembered while the file's size and
+    modification time stay the same (a checkpoint is hashed once per process)."""
+    full = os.path.abspath(os.path.expanduser(path))
+    stat = os.stat(full)
+    return _sha256(full, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    with open(os.path.expanduser(path), "rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(16 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -81,6 +90,26 @@ class LoadedModel:
     pipe: Any
     info: dict[str, Any]
     default_size: int
+    _editing: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def pipeline(self, kind: str = "text-to-image") -> Any:
+        """The pipeline for a request of ``kind`` (``GenerationRequest.kind``): ``pipe`` itself
+        for text-to-image, else its image-to-image or inpainting pipeline, made once with
+        ``from_pipe`` (the same components and adapter, no more memory)."""
+        if kind == "text-to-image":
+            return self.pipe
+        if kind not in self._editing:
+            from .pipelines.pipeline_msdiffusion_xl_img2img import MSDiffusionXLImg2ImgPipeline
+            from .pipelines.pipeline_msdiffusion_xl_inpaint import MSDiffusionXLInpaintPipeline
+
+            kinds = {
+                "image-to-image": MSDiffusionXLImg2ImgPipeline,
+                "inpainting": MSDiffusionXLInpaintPipeline,
+            }
+            if kind not in kinds:
+                raise InputError("kind", f"must be text-to-image or one of {sorted(kinds)}", kind)
+            self._editing[kind] = kinds[kind].from_pipe(self.pipe)
+        return self._editing[kind]
 
 
 @dataclass(frozen=True)
@@ -162,6 +191,12 @@ def model_parts(
         "base_config": "--base-config",
         **(option_names or {}),
     }
+    if base_config is not None and not is_single_file(base):
+        raise InputError(
+            names["base_config"],
+            f"only applies with a checkpoint file (.safetensors / .ckpt) as {names['base']}",
+            base_config,
+        )
     if preset == "tiny" and base is None:
         parts = []
     else:
@@ -186,7 +221,7 @@ def model_parts(
             configs = base_config or spec.base
             if configs is None:
                 raise InputError(
-                    "base_config",
+                    names["base_config"],
                     f"is needed with a single-file base: a diffusers SDXL folder or hub id whose "
                     f"configs and tokenizers fit it (the {preset} preset has none)",
                     None,

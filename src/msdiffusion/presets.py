@@ -29,6 +29,7 @@ class Preset:
     vae: str | None = None
     default_size: int = 1024
     architecture: str | None = None  # ARCHITECTURES entry whose adapter sizes new adapters get
+    vae_scale_factor: int = 8  # output pixels per latent cell, per side (its VAE's)
 
 
 # The toy world's trained base and adapter (`make learn` writes them; a few MB, shipped).
@@ -45,6 +46,7 @@ PRESETS: dict[str, Preset] = {
         adapter_filename=None,
         default_size=64,
         architecture="toy",
+        vae_scale_factor=4,
     ),
     "sdxl": Preset(
         "sdxl",

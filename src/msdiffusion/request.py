@@ -31,6 +31,7 @@ from .layout import (
     Subject,
     check_mask_aspect,
     find_phrase,
+    mask_fits,
     mask_to_array,
     validate_layout,
     validate_scale,
@@ -41,10 +42,32 @@ from .pipelines.schedulers import scheduler_names
 __all__ = ["SubjectSpec", "GenerationRequest", "read_requests"]
 
 SUBJECT_FIELDS = ("images", "box", "phrase", "scale", "mask")
+PICTURE_FIELDS = ("control_image", "init_image", "inpaint_mask")  # a request's own images
+# the strength of a request with an init_image, by its kind (diffusers' img2img default, 0.3,
+# keeps too much of the picture for new subjects to appear)
+DEFAULT_STRENGTH = {"image-to-image": 0.8, "inpainting": 0.9999}
 
 
 def _load_image(image: Any, argument: Any) -> Image.Image:
     return load_image(image, argument)
+
+
+def _shown(value: Any) -> Any:
+    """A value as an error message shows it (an image by its type)."""
+    return value if isinstance(value, (str, os.PathLike)) else type(value).__name__
+
+
+def _picture_size(image: Any) -> tuple[int, int]:
+    """(height, width) of a picture; a path is read only as far as its header."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    try:
+        with Image.open(image) as opened:
+            return opened.height, opened.width
+    except Exception as err:  # any decoder failure on these bytes
+        raise InputError(
+            "init_image", f"is not a readable image ({err.__class__.__name__})", os.fspath(image)
+        ) from None
 
 
 def _check_file(argument: Any, path: Any) -> None:
@@ -144,6 +167,14 @@ class GenerationRequest:
     second text encoder (None: the same text as the first). ``scheduler`` None keeps the model's
     (see ``pipelines.schedulers``). ``control_image`` is the ControlNet's condition (a model
     with a ControlNet needs one).
+
+    ``init_image`` (a picture to start from) makes the request image-to-image: the picture is
+    noised by ``strength`` (in [0, 1]; default 0.8 — enough for new subjects to appear) and
+    denoised with the prompt and subjects; the output has the picture's size (rounded down to a
+    multiple of 8) unless ``height``/``width`` say otherwise. With ``inpaint_mask`` (white =
+    repainted, of the output's aspect ratio) it is inpainting: only the white part is repainted
+    (``strength`` default 0.9999, diffusers' own), and every subject's box or mask must lie inside
+    it; ``inference.generate`` gives the picture's own pixels back outside it.
     """
 
     prompt: str
@@ -164,6 +195,9 @@ class GenerationRequest:
     scheduler: str | None = None
     control_image: Any = None
     controlnet_conditioning_scale: float = 1.0
+    init_image: Any = None
+    strength: float | None = None
+    inpaint_mask: Any = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -201,6 +235,8 @@ class GenerationRequest:
             self.controlnet_conditioning_scale = _check_float(
                 "controlnet_conditioning_scale", self.controlnet_conditioning_scale, 0.0
             )
+        with errors.check():
+            self._validate_source()
         for name in ("height", "width"):
             value = getattr(self, name)
             with errors.check():
@@ -249,17 +285,73 @@ class GenerationRequest:
         errors.raise_if_any()
         return self
 
+    @property
+    def kind(self) -> str:
+        """``text-to-image``, ``image-to-image`` (an ``init_image``) or ``inpainting`` (and an
+        ``inpaint_mask``)."""
+        if self.init_image is None:
+            return "text-to-image"
+        return "image-to-image" if self.inpaint_mask is None else "inpainting"
+
+    def _validate_source(self) -> None:
+        """``init_image``, ``strength`` and ``inpaint_mask``: their types, their range, what they
+        need and what they cannot go with; the default strength of the request's kind."""
+        errors = ErrorList()
+        for name, value, kinds in (
+            ("init_image", self.init_image, (str, os.PathLike, Image.Image)),
+            ("inpaint_mask", self.inpaint_mask, (str, os.PathLike, Image.Image, np.ndarray)),
+        ):
+            if value is None:
+                continue
+            if not isinstance(value, kinds):
+                errors.add(InputError(name, "must be a path or an image", type(value).__name__))
+            elif isinstance(value, (str, os.PathLike)):
+                with errors.check():
+                    _check_file(name, value)
+        if self.init_image is None:
+            for name in ("strength", "inpaint_mask"):
+                if getattr(self, name) is not None:
+                    errors.add(
+                        InputError(name, "needs init_image: the picture to start from", None)
+                    )
+        elif self.control_image is not None:
+            errors.add(
+                InputError(
+                    "control_image",
+                    "works with text-to-image only, not with init_image",
+                    _shown(self.control_image),
+                )
+            )
+        if self.strength is None and self.init_image is not None:
+            self.strength = DEFAULT_STRENGTH[self.kind]
+        if self.strength is not None:
+            with errors.check():
+                self.strength = _check_float("strength", self.strength, 0.0, 1.0)
+        errors.raise_if_any()
+
     def size(self, default_size: int) -> tuple[int, int]:
-        """(height, width) of the output; ``default_size`` where the request leaves it open."""
+        """(height, width) of the output: as given; else the ``init_image``'s size rounded down
+        to a multiple of 8; else ``default_size``."""
+        if self.init_image is not None and (self.height is None or self.width is None):
+            height, width = _picture_size(self.init_image)
+            return (self.height or height - height % 8, self.width or width - width % 8)
         return (self.height or default_size, self.width or default_size)
 
-    def check(self, default_size: int) -> list[Subject]:
-        """What needs the files but no model: every reference, mask and control image readable,
-        masks of the output's aspect ratio (``height``/``width``, else ``default_size``),
-        phrases in the prompt under auto layout (by their characters; ``prepare`` checks the
-        tokens). Returns the subjects as the pipeline takes them; every error at once."""
+    def check(self, default_size: int, vae_scale_factor: int | None = None) -> list[Subject]:
+        """What needs the files but no model: every reference, mask, control image, picture to
+        start from and inpainting mask readable, masks of the output's aspect ratio
+        (``height``/``width``, else the picture's, else ``default_size``), phrases in the prompt
+        under auto layout (by their characters; ``prepare`` checks the tokens); with the model's
+        ``vae_scale_factor`` known, subjects inside the inpainting mask. Returns the subjects as
+        the pipeline takes them; every error at once."""
         errors = ErrorList()
+        if self.init_image is not None:
+            self.load_init_image()  # the output's size is the picture's: first of all readable
         height, width = self.size(default_size)
+        if height < 8 or width < 8:
+            raise InputError(
+                "init_image", "must be at least 8 pixels on each side", (height, width)
+            )
         subjects = []
         for j, spec in enumerate(self.subjects):
             with errors.check("subjects", j):
@@ -279,8 +371,59 @@ class GenerationRequest:
         if self.control_image is not None:
             with errors.check():
                 self.load_control_image()
+        if self.inpaint_mask is not None:
+            with errors.check():
+                repaint = self.load_inpaint_mask()  # (h, w) bool
+                picture = _picture_size(self.init_image)
+                if not (
+                    mask_fits(repaint.shape, picture) or mask_fits(repaint.shape, (height, width))
+                ):
+                    raise InputError(
+                        "inpaint_mask",
+                        "must have the aspect ratio of init_image (width x height "
+                        f"{picture[1]}x{picture[0]}), up to rounding",
+                        f"{repaint.shape[1]}x{repaint.shape[0]}",
+                    )
+                if vae_scale_factor is not None and len(subjects) == len(self.subjects):
+                    self._check_inside_repaint(subjects, repaint, (height, width), vae_scale_factor)
         errors.raise_if_any()
         return subjects
+
+    def _check_inside_repaint(
+        self, subjects: list[Subject], repaint: np.ndarray, size: tuple[int, int], factor: int
+    ) -> None:
+        """Every subject's box or mask inside the repaint area (the pipeline's own rule)."""
+        from .pipelines.repaint import regions_outside, repaint_cells
+
+        mask = Image.fromarray(repaint.astype(np.uint8) * 255, mode="L")
+        inside = repaint_cells(mask, size, factor)[0]  # (h, w)
+        regions = [(("subjects", j), s.box, s.mask) for j, s in enumerate(subjects)]
+        errors = ErrorList()
+        for error in regions_outside(regions, inside, factor, mask_name="inpaint_mask"):
+            errors.add(error)
+        errors.raise_if_any()
+
+    def load_init_image(self) -> Image.Image | None:
+        """The picture to start from, as an RGB image (None without one)."""
+        if self.init_image is None:
+            return None
+        return _load_image(self.init_image, "init_image")
+
+    def load_inpaint_mask(self) -> np.ndarray | None:
+        """The inpainting mask as bool (h, w), True = repainted (None without one)."""
+        if self.inpaint_mask is None:
+            return None
+        source = self.inpaint_mask
+        if isinstance(source, (str, os.PathLike)):
+            source = open_image(source, "inpaint_mask")  # its own mode: alpha, 16 bits
+        return mask_to_array(source, "inpaint_mask")
+
+    def inpaint_mask_image(self) -> Image.Image | None:
+        """The inpainting mask as the pipeline takes it: a black-and-white picture."""
+        repaint = self.load_inpaint_mask()
+        if repaint is None:
+            return None
+        return Image.fromarray(repaint.astype(np.uint8) * 255, mode="L")
 
     def load_control_image(self) -> Image.Image | None:
         """The ControlNet condition as an RGB image (None without one)."""
@@ -300,7 +443,7 @@ class GenerationRequest:
                 errors.add(InputError(name, f"must be a multiple of {size_multiple}", value))
         subjects = []
         with errors.check():
-            subjects = self.check(default_size)
+            subjects = self.check(default_size, size_multiple)
         if not errors:
             with errors.check():
                 validate_layout(
@@ -329,8 +472,9 @@ class GenerationRequest:
                 "mask": _path_out(subject.mask, base_dir) if subject.mask is not None else None,
             }
             data["subjects"].append(entry)
-        if self.control_image is not None:
-            data["control_image"] = _path_out(self.control_image, base_dir)
+        for name in PICTURE_FIELDS:
+            if getattr(self, name) is not None:
+                data[name] = _path_out(getattr(self, name), base_dir)
         return data
 
     @classmethod
@@ -357,8 +501,9 @@ class GenerationRequest:
         for j, raw in enumerate(raw_subjects):
             with errors.check("subjects", j):
                 subjects.append(_subject_from_dict(raw, base_dir))
-        if values.get("control_image") is not None:
-            values["control_image"] = _path_in(values["control_image"], base_dir)
+        for name in PICTURE_FIELDS:
+            if values.get(name) is not None:
+                values[name] = _path_in(values[name], base_dir)
         errors.raise_if_any()
         return cls(subjects=subjects, **values)
 

@@ -9,6 +9,7 @@ nothing is overwritten.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 from dataclasses import fields, replace
@@ -22,6 +23,10 @@ EPILOG = """\
 subjects: each --subject starts a subject; the --box/--phrase/--subject-scale/--mask after it
 belong to it. Boxes are x0,y0,x1,y1 in [0, 1] of the output (x = column, y = row).
 
+editing: --init-image PHOTO starts from a picture (image-to-image, --strength 0.8 by default);
+with --inpaint-mask PNG only its white part is repainted (--strength 0.9999), every subject's box
+inside it, and the rest of the picture comes back pixel for pixel.
+
 Each call writes a new numbered run folder under --out (outputs/0001, outputs/0002, ...): the
 images, their layout overlays and JSON sidecars (the exact recipe). --request SIDECAR replays
 one on the model it records; request flags given with --request (--seed, --steps, --height,
@@ -31,6 +36,9 @@ examples:
   msdiffusion generate --preset tiny --prompt "a dog and a cat on the beach" \\
     --subject dog.png --box 0,0.3,0.5,0.9 --phrase dog \\
     --subject cat.png --box 0.5,0.3,1,0.9 --phrase cat --seed 0 --out outputs
+  msdiffusion generate --preset toy --prompt "a ball in a field" --init-image field.png \
+    --inpaint-mask right-half.png --subject ball.png --box 0.55,0.2,0.95,0.8 --phrase ball
+  msdiffusion generate --preset sdxl --base fine-tune.safetensors ...   # a single-file SDXL
   msdiffusion generate --request outputs/0001/image_0.json            # replay it exactly
   msdiffusion generate --request outputs/0001/image_0.json --seed 7 --num-images 4
 """
@@ -55,6 +63,9 @@ REQUEST_FLAGS = {
     "drop_grounding_tokens": "drop_grounding_tokens",
     "control_image": "control_image",
     "controlnet_scale": "controlnet_conditioning_scale",
+    "init_image": "init_image",
+    "strength": "strength",
+    "inpaint_mask": "inpaint_mask",
 }
 MODEL_FLAGS = tuple(f.name for f in fields(ModelSettings))
 
@@ -211,6 +222,10 @@ def register(sub: Any) -> None:
         metavar="X",
         help=with_default("strength of the ControlNet", 1.0),
     )
+    e = p.add_argument_group("editing an existing picture")
+    add_flag(e, "init_image", default=S, shown="none: text-to-image")
+    add_flag(e, "strength", default=S, shown="0.8; with --inpaint-mask 0.9999")
+    add_flag(e, "inpaint_mask", default=S, shown="none: image-to-image over the whole picture")
     add_flag(g, "batch_size", default=1)
     add_model_arguments(p, default=S)
     p.add_argument(
@@ -284,14 +299,42 @@ def plan_from_args(args: argparse.Namespace):
     return plan
 
 
-def check_requests(requests: list[Any], default_size: int) -> None:
-    """Every request's files (readable references, masks, control images) and layout rules that
-    need no model; every error at once."""
+def check_requests(
+    requests: list[Any], default_size: int, vae_scale_factor: int | None = None
+) -> None:
+    """Every request's files (readable references, masks, control images, pictures to start from)
+    and layout rules that need no model (subjects inside an inpainting mask where the model's
+    ``vae_scale_factor`` is known); every error at once."""
     errors = ErrorList()
     for i, request in enumerate(requests):
         with errors.check(*(("requests", i) if len(requests) > 1 else ())):
-            request.check(default_size)
+            request.check(default_size, vae_scale_factor)
     errors.raise_if_any()
+
+
+def check_base_file(plan: Any) -> None:
+    """A replayed sidecar made on a checkpoint file: the file to load must be the same bytes
+    (hashed once: loading remembers the digest)."""
+    from ..loading import file_sha256, is_single_file
+
+    base = plan.model.base
+    if plan.base_sha256 is None or not is_single_file(base) or not os.path.isfile(base):
+        return
+    now = file_sha256(base)
+    if now == plan.base_sha256:
+        return
+    message = (
+        f"is not the checkpoint file the sidecar was made with (SHA-256 {plan.base_sha256[:12]}…, "
+        f"this file {now[:12]}…)"
+    )
+    if not plan.allow_model_change:
+        raise InputError(
+            "--base",
+            message + "; add --allow-model-change to make its recipe with this one "
+            "(the image will differ)",
+            base,
+        )
+    plan.notes.append(f"--base {base} {message}: not a replay, the image will differ")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -300,11 +343,17 @@ def run(args: argparse.Namespace) -> int:
 
     plan = plan_from_args(args)
     out = check_output_folder(args.out)
-    check_requests(plan.requests, PRESETS[plan.model.preset].default_size)
+    preset = PRESETS[plan.model.preset]
+    check_requests(
+        plan.requests,
+        preset.default_size,
+        preset.vae_scale_factor if plan.model.base is None else None,
+    )
     from ..inference import generate, write_result
     from .model import check_device, load_model
 
     check_device(plan.model)
+    check_base_file(plan)
     model = load_model(plan.model)
     for note in plan.notes:  # the model is there: what this run does differently
         print(f"note: {note}", file=sys.stderr)

@@ -39,6 +39,7 @@ class ModelSettings:
 
     preset: str = "tiny"
     base: str | None = None
+    base_config: str | None = None
     image_encoder: str | None = None
     adapter: str | None = None
     vae: str | None = None
@@ -54,7 +55,7 @@ class ModelSettings:
         """The settings as a sidecar keeps them: paths absolute, the device type and dtype the
         model resolved to (``auto`` never stays ``auto``), the LoRA in use."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in ("base", "image_encoder", "adapter", "vae", "controlnet"):
+        for key in PATH_SETTINGS:
             data[key] = absolute_path(data[key])
         data["lora"] = [absolute_path(p) for p in self.lora]
         data["device"] = device.split(":")[0]
@@ -62,6 +63,8 @@ class ModelSettings:
         return data
 
 
+# the settings that name a component by path or hub id
+PATH_SETTINGS = ("base", "base_config", "image_encoder", "adapter", "vae", "controlnet")
 # the settings that change an image's pixels (offload only moves weights between devices)
 PIXEL_SETTINGS = tuple(f.name for f in fields(ModelSettings) if f.name != "offload")
 
@@ -89,6 +92,7 @@ def add_model_arguments(
     add_flag(group, "preset", default=value("preset"), shown=own.preset)
     for key in ("base", "image_encoder", "adapter"):
         add_flag(group, key, default=value(key), shown="the preset's")
+    add_flag(group, "base_config", default=value("base_config"), shown="the preset's base")
     add_flag(group, "vae", default=value("vae"), shown="the base's")
     add_flag(group, "device", default=value("device"), shown=own.device)
     add_flag(group, "dtype", default=value("dtype"), shown=own.dtype)
@@ -211,6 +215,7 @@ def load_model(settings: ModelSettings) -> Any:
     model = load_pipeline(
         settings.preset,
         base=settings.base,
+        base_config=settings.base_config,
         image_encoder=settings.image_encoder,
         adapter=settings.adapter,
         vae=settings.vae,

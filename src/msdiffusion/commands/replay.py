@@ -25,6 +25,7 @@ from typing import Any
 from ..configs import read_json
 from ..errors import InputError
 from .model import (
+    PATH_SETTINGS,
     PIXEL_SETTINGS,
     SHORT_DTYPES,
     ModelSettings,
@@ -57,6 +58,8 @@ class Plan:
     sources: list[dict[str, Any] | None] = field(default_factory=list)
     keep: list[int | None] = field(default_factory=list)
     threads: int | None = None  # CPU threads the replayed images were made with
+    base_sha256: str | None = None  # the checkpoint file the replayed sidecars were made with
+    allow_model_change: bool = False
 
 
 def read_sources(paths: list[str]) -> list[Source]:
@@ -92,7 +95,7 @@ def _normal(key: str, value: Any) -> Any:
         return tuple(absolute_path(p) for p in value or ())
     if key == "lora_scale":
         return float(value)
-    if key in ("base", "image_encoder", "adapter", "vae", "controlnet"):
+    if key in PATH_SETTINGS:
         return absolute_path(value)
     return value
 
@@ -187,9 +190,13 @@ def plan_replay(
     replays arranged."""
     model, notes = resolve_model(model_flags, sources, allow_change)
     threads = {s.model.get("threads") for s in sources if s.model and s.model.get("threads")}
-    plan = Plan(requests=[], model=model, notes=notes)
+    plan = Plan(requests=[], model=model, notes=notes, allow_model_change=allow_change)
     if len(threads) == 1:
         plan.threads = int(threads.pop())
+    digests = {s.model.get("base_sha256") for s in sources if s.model}
+    digests.discard(None)
+    if len(digests) == 1:
+        plan.base_sha256 = digests.pop()
     replaying = not overrides and not any(n.endswith("the image will differ") for n in notes)
     for source in sources:
         note = _version_note(source)

@@ -15,18 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import StableDiffusionXLInpaintPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 from ..errors import ErrorList, InputError
-from ..geometry import rasterize_boxes
 from ..layout import Subject, SubjectLayout
 from .adapter_mixin import AdapterMixin
 from .editing import EditingMixin
 from .pipeline_msdiffusion_xl import MSDiffusionXLPipelineOutput
+from .repaint import regions_outside, repaint_cells
 from .subject_call import SubjectsMixin
-from .subjects import mask_to_grid
 
 __all__ = ["MSDiffusionXLInpaintPipeline"]
 
@@ -137,33 +135,22 @@ class MSDiffusionXLInpaintPipeline(
                 "the crop would cut",
                 a["padding_mask_crop"],
             )
-        grid = (size[0] // self.vae_scale_factor, size[1] // self.vae_scale_factor)
-        mask = self.mask_processor.preprocess(a["mask_image"], height=size[0], width=size[1])
-        repaint = F.adaptive_max_pool2d(mask.float(), grid)[:, 0] > 0.5  # (n, h, w)
+        factor = self.vae_scale_factor
+        repaint = repaint_cells(a["mask_image"], size, factor)  # (n, h, w)
         per_prompt = a["num_images_per_prompt"]
         errors = ErrorList()
         for i, row in enumerate(layouts):
             # image row r gets mask r % n (diffusers repeats the masks over the batch)
             masks = [(i * per_prompt + k) % repaint.shape[0] for k in range(per_prompt)]
             inside = repaint[masks].all(dim=0)  # (h, w)
-            for j, layout in enumerate(row):
-                where = ("subjects", i, j) if len(layouts) > 1 else ("subjects", j)
-                if layout.mask is not None:
-                    cells, what, value = mask_to_grid(layout.mask, grid), "mask", "its mask"
-                elif layout.subject.box is not None:
-                    box = torch.tensor(layout.region_box)
-                    cells, what, value = rasterize_boxes(box, *grid), "box", layout.region_box
-                else:
-                    continue  # auto layout only: its regions come from the attention maps
-                outside = int((cells & ~inside).sum())
-                if outside:
-                    errors.add(
-                        InputError(
-                            (*where, what),
-                            f"must lie inside the repaint area of mask_image (white): {outside}"
-                            f" of its {int(cells.sum())} latent cells "
-                            f"({self.vae_scale_factor}×{self.vae_scale_factor} pixels) are outside",
-                            value,
-                        )
-                    )
+            regions = [
+                (
+                    ("subjects", i, j) if len(layouts) > 1 else ("subjects", j),
+                    layout.region_box if layout.subject.box is not None else None,
+                    layout.mask,
+                )
+                for j, layout in enumerate(row)
+            ]
+            for error in regions_outside(regions, inside, factor):
+                errors.add(error)
         errors.raise_if_any()

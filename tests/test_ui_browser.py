@@ -15,6 +15,7 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -548,3 +549,91 @@ def test_subjects_are_added_cleared_and_removed(page, tmp_path):
         assert labels == ["2. hat"]
 
     eventually(cleared)
+
+
+def whole_in_view(page, selector: str) -> list[str]:
+    """For each image under ``selector``: where it is cut off by a box around it that clips
+    (``overflow`` not visible), as text; an empty list when every image is shown whole."""
+    return page.evaluate(
+        """(selector) => {
+        const cut = [];
+        for (const img of document.querySelectorAll(selector)) {
+          const r = img.getBoundingClientRect();
+          if (r.width < 8 || r.height < 8) { cut.push(`${img.src}: ${r.width}×${r.height}`); }
+          for (let el = img.parentElement; el; el = el.parentElement) {
+            const cs = getComputedStyle(el);
+            if (cs.overflow === 'visible' && cs.overflowY === 'visible') continue;
+            const b = el.getBoundingClientRect();
+            if (r.top < b.top - 1 || r.bottom > b.bottom + 1 || r.left < b.left - 1
+                || r.right > b.right + 1) {
+              cut.push(`${el.className}: image ${Math.round(r.top)}–${Math.round(r.bottom)}, `
+                       + `box ${Math.round(b.top)}–${Math.round(b.bottom)}`);
+              break;
+            }
+          }
+        }
+        return cut;
+    }""",
+        selector,
+    )
+
+
+def test_a_picture_is_the_canvas_background_and_its_boxes_are_repainted(page, server, tmp_path):
+    _, out_dir, _, _ = server
+    dog, _ = reference_images(tmp_path)
+    # a single reference is shown whole, as a thumbnail (not widened and cut at the slot's height)
+    page.locator("#s0-images input[type=file]").set_input_files(str(dog))
+    page.locator("#s0-images img").first.wait_for(timeout=10_000)
+    eventually(lambda: _equal(whole_in_view(page, "#s0-images img"), []))
+    rng = np.random.default_rng(0)
+    garden = tmp_path / "garden.png"
+    Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(garden)
+    page.get_by_text("Start from a picture (optional)").click()
+    page.locator("#init_image input[type=file]").set_input_files(str(garden))
+    # the output takes the picture's aspect ratio at the model's size; the canvas shows it
+    eventually(
+        lambda: _equal(
+            (field(page, "width").input_value(), field(page, "height").input_value()),
+            ("312", "208"),
+        )
+    )
+    frame = page.locator("#layout-canvas .msd-frame")
+
+    def shown_under_the_boxes():
+        style = frame.get_attribute("style") or ""
+        assert "/gradio_api/file=" in style, style
+        rect = frame.bounding_box()
+        assert abs(rect["width"] / rect["height"] - 312 / 208) < 0.02, rect
+
+    eventually(shown_under_the_boxes)
+    url = re.search(r"url\('([^']+)'\)", frame.get_attribute("style")).group(1)
+    served = page.request.get(server[0].rstrip("/") + url)
+    assert served.ok and served.body()[:8] == b"\x89PNG\r\n\x1a\n"  # the browser may fetch it
+    field(page, "prompt").fill("a dog in the garden")
+    field(page, "s0-phrase").fill("dog")
+    set_steps(page, 2)
+    page.locator("#repaint input[value=boxes]").check()
+    checked = "() => document.querySelector('#repaint input:checked').value"
+    eventually(lambda: _equal(page.evaluate(checked), "boxes"))
+    eventually(lambda: _equal(page.locator("#strength input[type=number]").input_value(), "1"))
+    canvas_drag(page, (0.55, 0.2), (0.95, 0.9))
+    eventually(lambda: _equal(box_of(page, 0) is not None, True))
+    runs = len(list(out_dir.glob("*/image_0.json"))) if out_dir.exists() else 0
+    page.locator("#generate").click()
+    done = lambda: _equal(len(list(out_dir.glob("*/image_0.json"))), runs + 1)  # noqa: E731
+    eventually(done, timeout=120)
+    sidecar = sorted(out_dir.glob("*/image_0.json"))[-1]
+    recipe = json.loads(sidecar.read_text())["request"]
+    assert (recipe["width"], recipe["height"], recipe["strength"]) == (312, 208, 1.0)
+    for name in ("init_image", "inpaint_mask"):
+        assert (sidecar.parent / recipe[name]).is_file(), recipe[name]  # kept with the result
+    mask = np.asarray(Image.open(sidecar.parent / recipe["inpaint_mask"])) > 0
+    x0, y0, x1, y1 = recipe["subjects"][0]["box"]
+    assert mask.shape == (208, 312) and mask[int(y0 * 208) + 1, int(x0 * 312) + 1]
+    assert not mask[:, : int(x0 * 312) - 1].any()  # only the box is repainted
+    # outside the box the result is the picture itself, pixel for pixel
+    result = np.asarray(Image.open(sidecar.parent / "image_0.png"), dtype=int)
+    source = np.asarray(Image.open(garden).resize((312, 208), Image.Resampling.LANCZOS), dtype=int)
+    assert np.array_equal(result[~mask], source[~mask])
+    page.locator("#results img").first.wait_for(timeout=10_000)
+    eventually(lambda: _equal(whole_in_view(page, "#results img"), []))

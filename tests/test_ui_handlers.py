@@ -16,6 +16,7 @@ from PIL import Image
 from msdiffusion.inference import GenerationResult, write_result
 from msdiffusion.request import read_requests
 from msdiffusion.ui import handlers as h
+from msdiffusion.ui import layouts
 
 REPO = Path(__file__).resolve().parents[1]
 MSBENCH_SPEC = REPO.parent / "shared" / "data" / "msbench" / "spec.json"
@@ -55,7 +56,7 @@ def filled_form(refs: list[str]) -> h.Form:
 def test_widget_values_round_trip(refs):
     form = filled_form(refs)
     values = h.form_to_values(form)
-    assert len(values) == len(h.FORM_FIELDS) == 17 + 5 * h.MAX_SUBJECTS
+    assert len(values) == len(h.FORM_FIELDS) == 21 + 5 * h.MAX_SUBJECTS
     # a gallery hands over (path, caption) pairs; the scale field is text
     values[h.FORM_FIELDS.index("s0.images")] = [(refs[0], None)]
     again = h.form_from_values(values)
@@ -260,20 +261,20 @@ def test_copies_are_named_by_content(tmp_path, refs):
 
 def test_example_layouts_are_msbench_presets(refs):
     spec = json.loads(MSBENCH_SPEC.read_text()) if MSBENCH_SPEC.is_file() else None
-    for layout in h.EXAMPLE_LAYOUTS:
-        boxes, template = h.layout_boxes(layout)
+    for layout in layouts.EXAMPLE_LAYOUTS:
+        boxes, template = layouts.layout_boxes(layout)
         assert len(boxes) == len(layout.phrases)
         if spec is not None:  # the shared benchmark definition, when this checkout has it
             assert boxes == spec["combination_types"][layout.combination_type]["boxes"]
             assert template == spec["combination_types"][layout.combination_type]["prompts"][0]
-    titles = [layout.title for layout in h.EXAMPLE_LAYOUTS]
+    titles = [layout.title for layout in layouts.EXAMPLE_LAYOUTS]
     assert titles == ["Side by side", "Three in a row", "Subject + scene", "Subject + worn item"]
 
     # boxes go to the subjects that have an image, in slot order; the others are left alone
     form = filled_form(refs)  # images in slots 0 and 2
     form.subjects[3] = h.SubjectForm(images=[refs[0]], box="0, 0, 1, 1")
     form.subjects[4] = h.SubjectForm(phrase="hat")  # no image: an example never fills it
-    three, note = h.apply_layout(replace(form, prompt=""), h.EXAMPLE_LAYOUTS[1])
+    three, note = layouts.apply_layout(replace(form, prompt=""), layouts.EXAMPLE_LAYOUTS[1])
     assert [s.box for s in three.subjects[:5]] == [
         "0, 0.25, 0.35, 0.75",
         "",
@@ -283,16 +284,17 @@ def test_example_layouts_are_msbench_presets(refs):
     ]
     assert [s.phrase for s in three.subjects[:5]] == ["dog", "", "cat", "rabbit", "hat"]
     assert three.prompt == "a dog, a cat, and a rabbit in a room" and note == ""
-    side, note = h.apply_layout(form, h.EXAMPLE_LAYOUTS[0])  # 2 boxes, 3 subjects with images
+    # 2 boxes, 3 subjects with images
+    side, note = layouts.apply_layout(form, layouts.EXAMPLE_LAYOUTS[0])
     assert side.prompt == form.prompt and note == ""
     assert [s.box for s in side.subjects[:4]][3] == ""  # the third one's box is cleared
     # too few subjects with images: the boxes that fit, and a note saying what to add
     one = h.Form(subjects=[h.SubjectForm(images=[refs[0]])] + [h.SubjectForm()] * 7)
-    partial, note = h.apply_layout(one, h.EXAMPLE_LAYOUTS[1])
+    partial, note = layouts.apply_layout(one, layouts.EXAMPLE_LAYOUTS[1])
     assert partial.subjects[0].box == "0, 0.25, 0.35, 0.75"
     assert all(s.is_empty() for s in partial.subjects[1:]) and partial.prompt == ""
     assert "add reference images to 2 more" in note
-    none, note = h.apply_layout(h.Form(), h.EXAMPLE_LAYOUTS[0])
+    none, note = layouts.apply_layout(h.Form(), layouts.EXAMPLE_LAYOUTS[0])
     assert none == h.Form() and note.startswith("Add a reference image to a subject first")
 
 

@@ -23,7 +23,7 @@ from .request import GenerationRequest
 from .version import __version__
 from .visualize import draw_overlay
 
-__all__ = ["GenerationResult", "generate", "write_result"]
+__all__ = ["GenerationResult", "generate", "write_result", "persist_images"]
 
 
 @dataclass
@@ -254,7 +254,7 @@ def _as_picture(value: Any) -> Image.Image | None:
     return Image.fromarray(inside.astype(np.uint8) * 255, mode="L")
 
 
-def _persist_images(request: GenerationRequest, out_dir: Path) -> GenerationRequest:
+def persist_images(request: GenerationRequest, out_dir: Path) -> GenerationRequest:
     """In-memory reference images, masks (images, arrays, tensors), control images, pictures to
     start from and inpainting masks → PNGs under ``out_dir/references`` (named by content), so
     the sidecar can name them."""
@@ -311,7 +311,7 @@ def write_result(
     if taken:
         raise InputError("out", f"already holds {taken[0]}; results are never replaced", str(out))
     out.mkdir(parents=True, exist_ok=True)
-    request = _persist_images(result.request, out)
+    request = persist_images(result.request, out)
     versions = _versions()
     records = []
     for k, (image, seed) in enumerate(zip(result.images, result.seeds)):

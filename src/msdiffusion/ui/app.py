@@ -29,13 +29,11 @@ from ..errors import MSDiffusionError  # noqa: E402
 from ..pipelines.schedulers import SCHEDULERS  # noqa: E402
 from . import canvas as cv  # noqa: E402
 from .handlers import (  # noqa: E402
-    EXAMPLE_LAYOUTS,
     FORM_FIELDS,
     MAX_SUBJECTS,
     SHOWN_SUBJECTS,
     Form,
     FormErrors,
-    apply_layout,
     build_request,
     canvas_for,
     clear_slot,
@@ -50,6 +48,7 @@ from .handlers import (  # noqa: E402
     shown_slots,
     validate_form,
 )
+from .layouts import EXAMPLE_LAYOUTS, apply_layout  # noqa: E402
 from .loras import (  # noqa: E402
     info_with_lora,
     lora_choice,
@@ -57,6 +56,7 @@ from .loras import (  # noqa: E402
     lora_from_sidecar,
     lora_labels,
 )
+from .picture_panel import picture_panel, wire_picture  # noqa: E402
 from .subjects import subject_slot  # noqa: E402
 
 __all__ = ["build_app", "launch"]
@@ -68,6 +68,11 @@ CSS = """
 .msd-subject { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px; }
 .msd-subjects { max-height: calc(100vh - 250px); overflow-y: auto; flex-wrap: nowrap; }
 .msd-slot-title { flex-grow: 1; align-self: center; }
+/* references as thumbnails, four to a row and whole, however few there are (the gallery would
+   widen a single one to its full width, cut off at the gallery's height) */
+.msd-refs .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important;
+  grid-auto-rows: auto !important; }
+.msd-refs .thumbnail-item { aspect-ratio: 1 / 1; height: auto; }
 #results { min-height: 160px; }
 """
 
@@ -84,14 +89,18 @@ def _with_copied_files(form: Form, run_dir: Path) -> Form:
         images = copy_files(subject.images, refs / f"s{k}")
         mask = copy_files([subject.mask], refs / f"s{k}_mask")[0] if subject.mask else None
         subjects.append(replace(subject, images=images, mask=mask))
-    return replace(form, subjects=subjects)
+    pictures = {
+        name: copy_files([path], run_dir / "references" / name)[0] if path else None
+        for name, path in (("init_image", form.init_image), ("inpaint_mask", form.inpaint_mask))
+    }
+    return replace(form, subjects=subjects, **pictures)
 
 
 def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
     """The page for ``model`` (a :class:`msdiffusion.loading.LoadedModel`); results go to a new
     numbered run folder ``out_dir/0001``, ``0002``, … per generation. The LoRAs the model was
     loaded with (``--lora``) are offered in a menu."""
-    from ..inference import generate, write_result
+    from ..inference import generate, persist_images, write_result
     from ..request import read_requests
 
     out_root = Path(out_dir).resolve()
@@ -160,6 +169,7 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
                             maximum=4096 if key != "num_images" else 8,
                             elem_id=key,
                         )
+                picture_panel(w)
             with gr.Column(scale=4, min_width=300):
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
                 status = gr.Markdown(elem_id="status")
@@ -258,7 +268,9 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
             return field_messages(errors) + [gr.validate(True, "")]
 
         text_keys = [k for k in FORM_FIELDS if k.split(".")[-1] in _TYPED]
-        file_keys = [k for k in FORM_FIELDS if k.split(".")[-1] in ("images", "mask")]
+        file_keys = [
+            k for k in FORM_FIELDS if k.split(".")[-1] in ("images", "mask", "init_image")
+        ] + ["inpaint_mask"]
         # (Gradio shows a validator's messages under the fields; the event itself does nothing.)
         checks = dict(
             inputs=inputs + [pressed],
@@ -328,6 +340,7 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
             except MSDiffusionError as err:
                 raise gr.Error(str(err), print_exception=False) from None
             path = Path(tempfile.mkdtemp(prefix="msdiffusion-ui-")) / "request.json"
+            request = persist_images(request, path.parent)  # a mask drawn from the boxes
             path.write_text(json.dumps(request.to_dict(), indent=2))
             return str(path)
 
@@ -372,6 +385,7 @@ def build_app(model: Any, *, out_dir: str | Path = "outputs/ui") -> gr.Blocks:
         after = dict(
             fn=redraw, inputs=inputs + [shown], outputs=canvas, show_progress="hidden", queue=False
         )
+        wire_picture(w, size, after)
         load_file.upload(
             load,
             inputs=load_file,
@@ -447,8 +461,9 @@ _TYPED = (
     "mask_threshold",
     "start_step",
     "lora_scale",
+    "strength",
 )
-_CHOICES = ("scheduler", "lora", "auto_layout")
+_CHOICES = ("scheduler", "lora", "auto_layout", "repaint")
 
 
 def _settings_widgets(w: dict[str, Any], loras: list[str], start: Form) -> None:

@@ -4,7 +4,8 @@ A ``gr.HTML`` component (Gradio's own way to write a small custom component) who
 plain dict of :func:`canvas_value`::
 
     {"width": 1024, "height": 1024, "active": 0, "shown": 2,
-     "subjects": [{"label": "dog", "box": [x0, y0, x1, y1] | None}, ...]}   # one per subject slot
+     "subjects": [{"label": "dog", "box": [x0, y0, x1, y1] | None}, ...],   # one per subject slot
+     "background": "/gradio_api/file=..." | None}   # the picture to start from, under the boxes
 
 Boxes are normalised ``(x0, y0, x1, y1)`` of the output image, as everywhere in the package. The
 template renders the value for the first ``shown`` slots (boxes as percentages of a frame with the
@@ -50,7 +51,9 @@ HTML_TEMPLATE = f"""
         title="remove the highlighted subject's box">clear box</button>
   </div>
   <div class="msd-frame" style="width: min(100%, calc(52vh * ${{value.width}} / ${{value.height}}));
-       aspect-ratio: ${{value.width}} / ${{value.height}};" tabindex="0">
+       aspect-ratio: ${{value.width}} / ${{value.height}};${{value.background ? ` background:
+       url('${{encodeURI(value.background).replace(/'/g, '%27')}}') center / 100% 100% no-repeat;`
+       : ''}}" tabindex="0">
     ${{value.subjects.map((s, i) => s.box && i < value.shown ? `<div
         class="msd-box${{i === value.active ? ' on' : ''}}" data-k="${{i}}"
         style="left: ${{s.box[0] * 100}}%; top: ${{s.box[1] * 100}}%;
@@ -260,9 +263,11 @@ def canvas_value(
     boxes: Sequence[Sequence[float] | None],
     active: int = 0,
     shown: int | None = None,
+    background: str | None = None,
 ) -> dict[str, Any]:
     """The canvas's value for an output of ``width`` × ``height`` and one box (or None) per slot;
-    the first ``shown`` slots (default: all) are on the page."""
+    the first ``shown`` slots (default: all) are on the page; ``background``: the URL of a
+    picture to draw the boxes on (the picture to start from)."""
     if len(labels) != len(boxes):
         raise ValueError(f"{len(labels)} labels for {len(boxes)} boxes")
     shown = len(boxes) if shown is None else shown
@@ -276,6 +281,7 @@ def canvas_value(
         "active": int(active),
         "shown": int(shown),
         "subjects": subjects,
+        "background": background,
     }
 
 

@@ -40,14 +40,12 @@ __all__ = [
     "Form",
     "FormErrors",
     "FORM_FIELDS",
-    "EXAMPLE_LAYOUTS",
     "build_request",
     "validate_form",
     "form_from_request",
     "form_from_values",
     "form_to_values",
     "format_box",
-    "apply_layout",
     "canvas_for",
     "copy_files",
     "find_own_sidecar",
@@ -98,6 +96,10 @@ class Form:
     start_step: int = 5
     drop_grounding: bool = False
     scheduler: str = ""  # "": the model's own
+    init_image: str | None = None  # a picture to start from (see .picture)
+    repaint: str = "whole"  # with a picture: "whole", "boxes" or "mask"
+    strength: float = 0.8
+    inpaint_mask: str | None = None
     lora: str = ""  # "": none; else the name of one of the LoRAs the page was started with
     lora_scale: float = 1.0
 
@@ -122,6 +124,9 @@ _LABELS = {
     "num_images": "number of images",
     "mask_threshold": "mask threshold",
     "start_step": "start step",
+    "init_image": "picture",
+    "inpaint_mask": "repaint mask",
+    "strength": "strength",
 }
 
 
@@ -177,6 +182,9 @@ def form_from_values(values: Sequence[Any]) -> Form:
     top = {name: by_key[name] for name in _TOP_FIELDS}
     for name in ("prompt", "negative_prompt", "scheduler", "lora"):
         top[name] = str(top[name] or "")
+    for name in ("init_image", "inpaint_mask"):
+        top[name] = top[name] or None
+    top["repaint"] = str(top["repaint"] or "whole")
     for name in ("random_seed", "auto_layout", "drop_grounding"):
         top[name] = bool(top[name])
     return Form(subjects=subjects, **top)
@@ -226,6 +234,9 @@ _REQUEST_FIELDS = {
     "start_step": "start_step",
     "drop_grounding_tokens": "drop_grounding",
     "scheduler": "scheduler",
+    "init_image": "init_image",
+    "strength": "strength",
+    "inpaint_mask": "inpaint_mask",
 }
 _SUBJECT_KEYS = {
     "images": "images",
@@ -330,6 +341,23 @@ def build_request(
             )
         )
         slots.append(k)
+    if form.init_image:
+        from .picture import picture_arguments
+
+        boxes = [_parse_box_or_none(form.subjects[k].box) for k in slots]
+        strength = to_number(errors, "strength", form.strength, integer=False)
+        size = (kwargs.get("width", 0), kwargs.get("height", 0))
+        kwargs.update(
+            picture_arguments(
+                form.init_image,
+                form.repaint,
+                strength,
+                form.inpaint_mask,
+                [b for b in boxes if b is not None],
+                size,
+                errors,
+            )
+        )
     found = ErrorList()
     request = None
     with found.check():
@@ -337,6 +365,10 @@ def build_request(
     for j, spec in enumerate(specs):  # files readable as images, masks not empty
         with found.check("subjects", j):
             spec.load()
+    if request is not None:  # the picture to start from and its mask readable
+        for load in (request.load_init_image, request.load_inpaint_mask):
+            with found.check():
+                load()
     if request is not None and not found and not errors and tokenizer is not None:
         with found.check():  # the form sets both sides: no default size is used
             request.prepare(tokenizer, default_size=request.width)
@@ -478,7 +510,19 @@ def form_from_request(
             )
         )
     subjects += [SubjectForm() for _ in range(MAX_SUBJECTS - len(subjects))]
+    pictures = {}
+    for name in ("init_image", "inpaint_mask"):
+        value = getattr(request, name)
+        if value is not None and not isinstance(value, (str, Path)):
+            raise InputError(
+                name, "must be a file path to be shown on the page", type(value).__name__
+            )
+        pictures[name] = copy_files([str(value)], copy_to / name)[0] if value else None
     return Form(
+        init_image=pictures["init_image"],
+        inpaint_mask=pictures["inpaint_mask"],
+        repaint="mask" if pictures["inpaint_mask"] else "whole",
+        strength=request.strength if request.strength is not None else 0.8,
         prompt=request.prompt,
         negative_prompt=request.negative_prompt or "",
         subjects=subjects,
@@ -499,67 +543,7 @@ def form_from_request(
 
 
 # ----------------------------------------------------------------------------------------------
-# Example layouts (MS-Bench's preset boxes) and the canvas
-
-
-@dataclass(frozen=True)
-class ExampleLayout:
-    """A button on the page: an MS-Bench combination type's boxes, with example phrases."""
-
-    title: str
-    combination_type: str
-    phrases: tuple[str, ...]
-
-
-EXAMPLE_LAYOUTS = (
-    ExampleLayout("Side by side", "living_living", ("dog", "cat")),
-    ExampleLayout("Three in a row", "living_living_living", ("dog", "cat", "rabbit")),
-    ExampleLayout("Subject + scene", "living_scene", ("dog", "mountain")),
-    ExampleLayout("Subject + worn item", "living_upwearing", ("dog", "hat")),
-)
-
-
-def layout_boxes(layout: ExampleLayout) -> tuple[list[list[float]], str]:
-    """The layout's boxes and its first prompt template, from the packaged MS-Bench definition."""
-    from ..benchmarks import load_msbench_spec
-
-    spec, _ = load_msbench_spec()
-    ctype = spec["combination_types"][layout.combination_type]
-    return [list(map(float, box)) for box in ctype["boxes"]], ctype["prompts"][0]
-
-
-def apply_layout(form: Form, layout: ExampleLayout) -> tuple[Form, str]:
-    """The form with ``layout``'s boxes on the subjects that have a reference image, in slot order
-    (subjects without one are left as they are: an example never adds a subject that would stop
-    Generate); their empty phrases get the layout's examples, an empty prompt its template when
-    every box found a subject. Returns the form and a note for the page ("" when all fit)."""
-    boxes, template = layout_boxes(layout)
-    with_images = [k for k, s in enumerate(form.subjects) if s.images]
-    placed = dict(zip(with_images, range(len(boxes))))
-    subjects = []
-    for k, subject in enumerate(form.subjects):
-        if k in placed:
-            j = placed[k]
-            phrase = subject.phrase if subject.phrase.strip() else layout.phrases[j]
-            subjects.append(replace(subject, box=format_box(boxes[j]), phrase=phrase))
-        elif subject.images:  # more subjects than the layout has boxes: theirs are cleared
-            subjects.append(replace(subject, box=""))
-        else:
-            subjects.append(subject)
-    prompt = form.prompt
-    if not prompt.strip() and len(placed) == len(boxes):
-        phrases = [subjects[k].phrase.strip() for k in sorted(placed, key=placed.get)]
-        prompt = template.format(*phrases)
-    missing = len(boxes) - len(placed)
-    note = ""
-    if missing == len(boxes):
-        note = f"Add a reference image to a subject first: *{layout.title}* places {len(boxes)}."
-    elif missing:
-        note = (
-            f"*{layout.title}* has {len(boxes)} boxes: add reference images to {missing} more "
-            "subject(s) for the rest."
-        )
-    return replace(form, subjects=subjects, prompt=prompt), note
+# The canvas
 
 
 def _parse_box_or_none(text: str) -> list[float] | None:
@@ -578,6 +562,8 @@ def canvas_for(form: Form, active: int = 0, count: int | None = None) -> dict[st
 
     width = form.width if isinstance(form.width, (int, float)) and form.width > 0 else 1024
     height = form.height if isinstance(form.height, (int, float)) and form.height > 0 else 1024
+    from .picture import background_url
+
     return canvas_value(
         width,
         height,
@@ -585,4 +571,5 @@ def canvas_for(form: Form, active: int = 0, count: int | None = None) -> dict[st
         [_parse_box_or_none(s.box) for s in form.subjects],
         active,
         shown_slots(form) if count is None else count,
+        background=background_url(form.init_image),
     )

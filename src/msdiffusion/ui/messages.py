@@ -24,7 +24,14 @@ INCOMPLETE = (
 
 def is_incomplete(message: str) -> bool:
     return any(rule in message for rule in INCOMPLETE) or message.startswith(
-        ("Describe the picture", "Name the subject", "Draw this subject", "Add a reference")
+        (
+            "Describe the picture",
+            "Name the subject",
+            "Draw this subject",
+            "Add a reference",
+            "Draw a subject's box first",
+            "Add a mask",
+        )
     )
 
 
@@ -48,12 +55,17 @@ def plain(key: str, rule: str, value: Any = None) -> str:
             return "The left edge must be left of the right edge, and the top above the bottom."
         if "needs a box or a mask" in rule:
             return "Draw this subject's box on the canvas (or give a mask, or use auto layout)."
+        if "inside the repaint area" in rule:
+            return (
+                "Keep this box inside the part that is repainted (the mask's white), or repaint "
+                "only inside the boxes."
+            )
     if attribute == "phrase":
         if "non-empty" in rule:
             return "Name the subject as the prompt does, e.g. “dog”."
         if "must appear in the prompt" in rule:
             return "Auto layout needs this word in the prompt, written the same way."
-    if attribute in ("images", "mask"):
+    if attribute in ("images", "mask", "init_image", "inpaint_mask"):
         if "add a reference image" in rule:
             return "Add a reference image (or clear this subject)."
         if "DecompressionBombError" in rule:

@@ -54,6 +54,7 @@ def subject_slot(w: dict[str, Any], k: int, *, visible: bool) -> tuple[Any, Any,
             format="png",
             object_fit="contain",  # the whole reference, never cropped
             allow_preview=False,
+            elem_classes="msd-refs",
             elem_id=f"s{k}-images",
         )
         with gr.Row():

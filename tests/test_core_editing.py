@@ -246,3 +246,43 @@ def test_refiner_hand_off(pipes, images, tiny_factory):
         output_type="np",
     ).images
     assert second.shape == (1, 64, 128, 3) and np.isfinite(second).all()
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        ("MSDiffusionXLPipeline", "StableDiffusionXLPipeline"),
+        ("MSDiffusionXLImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline"),
+        ("MSDiffusionXLInpaintPipeline", "StableDiffusionXLInpaintPipeline"),
+    ],
+)
+def test_each_call_takes_every_argument_of_the_diffusers_call(ours, theirs):
+    """The typed signatures list diffusers' arguments again (for readers and type checkers): a
+    diffusers upgrade that adds, drops or re-defaults one fails here, naming it."""
+    import inspect
+
+    import diffusers
+
+    import msdiffusion
+    from msdiffusion.pipelines.editing import SUBJECT_ARGUMENTS
+
+    def arguments(cls):
+        return {
+            name: p.default
+            for name, p in inspect.signature(cls.__call__).parameters.items()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD  # diffusers' deprecated callbacks
+        }
+
+    mine = arguments(getattr(msdiffusion, ours))
+    base = arguments(getattr(diffusers, theirs))
+    extra = set(SUBJECT_ARGUMENTS) | ({"control_image", "controlnet_conditioning_scale"})
+    assert set(base) - set(mine) == set()
+    assert set(mine) - set(base) <= extra
+    # the released model's defaults (30 steps, guidance 7.5) and an immutable tensor-input default
+    released = {"num_inference_steps": 30, "guidance_scale": 7.5}
+    differ = {k: (mine[k], base[k]) for k in base if mine[k] != base[k]}
+    for name, (value, theirs_value) in differ.items():
+        if name == "callback_on_step_end_tensor_inputs":
+            assert list(value) == list(theirs_value)
+        else:
+            assert released.get(name) == value, (name, value, theirs_value)

@@ -18,20 +18,17 @@ def picture_panel(w: dict[str, Any]) -> None:
     ``inpaint_mask``."""
     with gr.Accordion("Start from a picture (optional)", open=False, elem_id="picture"):
         with gr.Row():
-            w["init_image"] = gr.Image(
-                label="Picture (the boxes are drawn on it)",
-                type="filepath",
-                sources=["upload", "clipboard"],
-                height=140,
-                elem_id="init_image",
-            )
-            w["inpaint_mask"] = gr.Image(
-                label="Repaint mask (white = repaint)",
-                type="filepath",
-                sources=["upload", "clipboard"],
-                height=140,
-                elem_id="inpaint_mask",
-            )
+            for key, label in (
+                ("init_image", "Picture (the boxes are drawn on it)"),
+                ("inpaint_mask", "Repaint mask (white = repaint)"),
+            ):
+                w[key] = gr.Image(
+                    label=label,
+                    type="filepath",
+                    sources=["upload", "clipboard"],
+                    height=140,
+                    elem_id=key,
+                )
         w["repaint"] = gr.Radio(
             [(label, value) for label, value in REPAINT_CHOICES],
             value="whole",

@@ -191,7 +191,7 @@ def count_progress_bars(page) -> None:
     )
 
 
-def eventually(check, timeout: float = 15.0):
+def eventually(check, timeout: float = 30.0):
     """``check()`` until it stops raising AssertionError: the page updates asynchronously (its
     events run in the browser's queue, later on a loaded machine)."""
     deadline = time.monotonic() + timeout

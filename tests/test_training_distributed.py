@@ -156,6 +156,9 @@ if rank == 0:
     info["fsdp"]["state_equal"] = sorted(state) == sorted(ref_state) and all(
         torch.equal(state[k], model().adapter.state_dict()[k]) for k in state)
 (out / f"rank{rank}.json").write_text(json.dumps(info))
+# the group is this script's to close: a gloo group left to the interpreter's exit can abort it
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 """
 
 

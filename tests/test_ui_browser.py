@@ -637,3 +637,17 @@ def test_a_picture_is_the_canvas_background_and_its_boxes_are_repainted(page, se
     assert np.array_equal(result[~mask], source[~mask])
     page.locator("#results img").first.wait_for(timeout=10_000)
     eventually(lambda: _equal(whole_in_view(page, "#results img"), []))
+    # its sidecar restores the picture, the mask (now an uploaded one) and the strength
+    page.get_by_text("Load or save a request", exact=True).click()
+    page.locator("#load_request input[type=file]").set_input_files(str(sidecar))
+    page.locator("#load_status").get_by_text("Loaded").wait_for(timeout=60_000)
+
+    def restored():
+        assert page.evaluate(checked) == "mask"
+        assert page.locator("#strength input[type=number]").input_value() == "1"
+        assert page.locator("#inpaint_mask img").count() == 1
+        style = frame.get_attribute("style") or ""
+        url = re.search(r"url\('([^']+)'\)", style).group(1)
+        assert page.request.get(server[0].rstrip("/") + url).ok, url
+
+    eventually(restored)

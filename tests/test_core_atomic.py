@@ -1,11 +1,17 @@
-"""Atomic writes: complete files and folders or none, no temporaries left behind."""
+"""Atomic writes: complete files and folders or none, no temporaries left behind, with the
+permissions the umask gives."""
+
+import os
+import stat
 
 import pytest
+import torch
 from PIL import Image
 
 from msdiffusion.atomic import (
     atomic_dir,
     atomic_open,
+    atomic_path,
     atomic_save_image,
     atomic_write_json,
     atomic_write_text,
@@ -32,6 +38,35 @@ def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path):
     atomic_write_text(target, "two")
     assert target.read_text() == "two"
     assert [p.name for p in target.parent.iterdir()] == ["file.json"]
+
+
+def test_files_and_folders_get_the_umasks_permissions_whatever_the_writer_does(tmp_path):
+    """mkstemp/mkdtemp make their temporaries owner-only, and some writers (safetensors'
+    ``save_file``) put an owner-only file of their own in place: neither may reach the result."""
+    from safetensors.torch import save_file
+
+    previous = os.umask(0o002)
+    try:
+        atomic_write_text(tmp_path / "plain.txt", "x")
+        with atomic_path(tmp_path / "weights.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+        with atomic_dir(tmp_path / "adapter") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "adapter.safetensors"))
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "config.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    modes = {
+        str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")
+    }
+    assert modes == {
+        "plain.txt": 0o664,
+        "weights.safetensors": 0o664,
+        "adapter": 0o775,
+        "adapter/adapter.safetensors": 0o664,
+        "adapter/sub": 0o775,
+        "adapter/sub/config.json": 0o664,
+    }
 
 
 def test_a_folder_is_swapped_in_whole_or_not_at_all(tmp_path):

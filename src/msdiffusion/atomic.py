@@ -13,8 +13,9 @@ renames leaves the name empty and the old folder aside, and the next write of th
 ``recover_dir``) puts it back first. Leftovers of earlier runs never block a write.
 
 Files and folders get the permissions a plain ``open`` / ``mkdir`` would give them (0666 / 0777
-less the process's umask), not the owner-only ones of their temporary names: results on a shared
-server are as readable as the user's umask says.
+less the process's umask), not the owner-only ones of their temporary names — nor those of a
+writer that puts a file of its own in place (safetensors' ``save_file`` writes owner-only): results
+on a shared server are as readable as the user's umask says.
 """
 
 from __future__ import annotations
@@ -63,6 +64,19 @@ def _as_created(path: str | os.PathLike[str], mode: int) -> None:
     os.chmod(path, mode & ~_umask())
 
 
+def _tree_as_created(folder: Path) -> None:
+    """Every folder and file in ``folder`` (itself included; links left alone) as ``mkdir`` and
+    ``open`` would make them."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for names, mode in ((dirs, 0o777), (files, 0o666)):
+            for name in names:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    os.chmod(path, mode & ~mask)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; it replaces ``path`` when the block succeeds.
@@ -77,6 +91,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     _as_created(tmp, 0o666)  # mkstemp makes it owner-only
     try:
         yield tmp
+        _as_created(tmp, 0o666)  # again: the writer may have put an owner-only file there
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -189,8 +204,10 @@ def recover_dir(path: str | os.PathLike[str]) -> bool:
 
 
 def replace_dir(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
-    """Put the complete folder ``tmp`` at ``path``, replacing a folder already there."""
+    """Put the complete folder ``tmp`` at ``path``, replacing a folder already there; its
+    contents get the permissions the umask gives."""
     tmp, path = Path(tmp), Path(path)
+    _tree_as_created(tmp)
     fsync_tree(tmp)
     recover_dir(path)
     if not path.exists():
@@ -214,7 +231,6 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    _as_created(tmp, 0o777)  # mkdtemp makes it owner-only
     try:
         yield tmp
         replace_dir(tmp, path)

@@ -120,6 +120,62 @@ def run_console(
     )
 
 
+@pytest.fixture()
+def started_build(tmp_path):
+    """Starts ``msdiffusion data build`` in a process (and session) of its own, the tests' model
+    plug-ins importable, and returns once it has written its first shard (or ended, or
+    ``timeout`` passed): ``start(videos, out, config, *flags, timeout=120) -> Popen``, its
+    stderr in ``build.log`` under ``tmp_path``. A process still running at the end is killed."""
+    import signal
+    import subprocess
+    import time
+
+    started: list[subprocess.Popen] = []
+
+    def start(videos: Path, out: Path, config: Path, *flags: str, timeout: float = 120):
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+        }
+        with open(tmp_path / "build.log", "wb") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "msdiffusion.cli",
+                    "data",
+                    "build",
+                    "--videos",
+                    str(videos),
+                    "--out",
+                    str(out),
+                    "--config",
+                    str(config),
+                    *flags,
+                    "--no-progress",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
+        started.append(proc)
+        marker = out / "shards" / "shard-000000.json"
+        deadline = time.monotonic() + timeout
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims ``width`` × ``height`` pixels (a decompression bomb for
     Pillow beyond twice ``Image.MAX_IMAGE_PIXELS``); its pixel data is never reached."""

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,8 +27,6 @@ from msdiffusion.errors import InputError
 from msdiffusion.shards import iter_samples, read_index
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
@@ -175,45 +170,17 @@ def _slow_settings() -> dict:
     )
 
 
-def test_kill_minus_9_then_resume_gives_the_same_shards(videos, tmp_path):
+def test_kill_minus_9_then_resume_gives_the_same_shards(videos, tmp_path, started_build):
     """A build process killed with SIGKILL after its first shard, then resumed, writes the same
     bytes as one uninterrupted build (local engine here; test_data_ray does it on Ray)."""
     cfg_file = tmp_path / "data.json"
     cfg_file.write_text(json.dumps(_slow_settings()))
     out = tmp_path / "ds"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "msdiffusion.cli",
-            "data",
-            "build",
-            "--videos",
-            str(videos),
-            "--out",
-            str(out),
-            "--config",
-            str(cfg_file),
-            "--engine",
-            "local",
-            "--no-progress",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = started_build(videos, out, cfg_file, "--engine", "local")
     marker = out / "shards" / "shard-000000.json"
-    deadline = time.monotonic() + 120
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert marker.exists(), proc.stderr.read().decode()[-2000:]
+    assert marker.exists(), (tmp_path / "build.log").read_text()[-2000:]
     assert not (out / "index.json").exists()  # nothing half-written looks complete
     done = sorted(p.name for p in (out / "shards").glob("shard-*.json"))
     assert len(done) < 4, "the kill came too late to interrupt anything"

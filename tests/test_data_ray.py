@@ -204,14 +204,11 @@ def test_refilter_reapplies_thresholds_without_models(built, cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_with_a_pool_per_stage_and_kill_minus_9(local_ray, videos, tmp_path):
+def test_ray_with_a_pool_per_stage_and_kill_minus_9(local_ray, videos, tmp_path, started_build):
     """The default layout (an actor pool per model stage) in a build process of its own, with
     its own local Ray, killed with SIGKILL after its first shard; the resumed build's shards
     are those of the uninterrupted one."""
     import signal
-    import subprocess
-    import sys
-    import time
 
     psutil = pytest.importorskip("psutil")
 
@@ -225,35 +222,8 @@ def test_ray_with_a_pool_per_stage_and_kill_minus_9(local_ray, videos, tmp_path)
     config = tmp_path / "data.json"
     config.write_text(json.dumps(settings))
     out = tmp_path / "ds"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "msdiffusion.cli",
-            "data",
-            "build",
-            "--videos",
-            str(videos),
-            "--out",
-            str(out),
-            "--config",
-            str(config),
-            "--num-cpus",
-            "2",
-            "--no-progress",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = started_build(videos, out, config, "--num-cpus", "2", timeout=300)
     marker = out / "shards" / "shard-000000.json"
-    deadline = time.monotonic() + 300
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
     family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     for pid in family:  # the driver and the Ray it started: a machine dying, in effect
         try:

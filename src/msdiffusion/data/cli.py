@@ -190,17 +190,29 @@ def run_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# flags that count something: at least 1 when given
+COUNTS = ("num_cpus", "batch_size")
+
+
+def _given(args: argparse.Namespace, keys: dict[str, str]) -> dict[str, Any]:
+    """The flags given (not None), by the config keys they set (``keys``: flag dest → key);
+    a count below 1 is refused."""
+    values = {}
+    for dest, key in keys.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if dest in COUNTS and value < 1:
+            raise InputError("--" + dest.replace("_", "-"), ">= 1", value)
+        values[key] = value
+    return values
+
+
 def _config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:
     from .config import load_build_config
 
     overrides = dict(overrides or {})
-    ray: dict[str, Any] = {}
-    if args.ray_address is not None:
-        ray["address"] = args.ray_address
-    if args.num_cpus is not None:
-        if args.num_cpus < 1:
-            raise InputError("--num-cpus", ">= 1", args.num_cpus)
-        ray["num_cpus"] = args.num_cpus
+    ray = _given(args, {"ray_address": "address", "num_cpus": "num_cpus"})
     if ray:
         overrides["ray"] = ray
     return load_build_config(args.config, overrides)
@@ -256,16 +268,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_build(args: argparse.Namespace) -> int:
     from .build import build_dataset
 
-    overrides: dict[str, Any] = {}
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    models: dict[str, Any] = {}
-    if args.device is not None:
-        models["device"] = args.device
-    if args.batch_size is not None:
-        if args.batch_size < 1:
-            raise InputError("--batch-size", ">= 1", args.batch_size)
-        models["batch_size"] = args.batch_size
+    overrides = _given(args, {"seed": "seed"})
+    models = _given(args, {"device": "device", "batch_size": "batch_size"})
     if models:
         overrides["models"] = models
     cfg = _config(args, overrides)

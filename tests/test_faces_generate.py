@@ -135,7 +135,9 @@ def test_a_sidecar_replays_bit_exactly_even_from_a_batch_and_with_other_threads(
     assert replayed["source"] == {"request": str(made / "image_1.json"), "overrides": {}}
 
 
-def test_flags_given_with_a_request_are_applied_and_recorded(made, tmp_path, tiny_lora):
+def test_flags_given_with_a_request_are_applied_and_recorded(
+    made, tmp_path, tiny_lora, tiny_controlnet
+):
     out = tmp_path / "changed"
     ok(
         run_console(
@@ -163,6 +165,10 @@ def test_flags_given_with_a_request_are_applied_and_recorded(made, tmp_path, tin
             "--lora-scale",
             "0.5",
             "--vae-tiling",
+            "--controlnet",
+            str(tiny_controlnet),
+            "--control-image",
+            CAT,
             "--allow-model-change",
             "--out",
             str(out),
@@ -182,12 +188,15 @@ def test_flags_given_with_a_request_are_applied_and_recorded(made, tmp_path, tin
         "num_images": 1,
         "scheduler": "euler-a",
         "prompt_2": "a photo",
+        "control_image": CAT,
     }
     settings = record["model"]["settings"]
     assert settings["lora"] == [str(tiny_lora)] and settings["lora_scale"] == 0.5
-    assert settings["vae_tiling"] is True
+    assert settings["vae_tiling"] is True and settings["controlnet"] == str(tiny_controlnet)
+    assert request["control_image"] == CAT
     assert Image.open(out / "0001" / "image_0.png").size == (64, 64)
-    # its replay loads the LoRA, the tiling and the sampler from the sidecar: the same image
+    # its replay loads the LoRA, the ControlNet, the tiling and the sampler from the sidecar:
+    # the same image
     ok(run_console("generate", "--request", str(out / "0001" / "image_0.json"), "--out", str(out)))
     assert (out / "0002" / "image_0.png").read_bytes() == (
         out / "0001" / "image_0.png"

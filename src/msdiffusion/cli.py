@@ -32,7 +32,8 @@ class UsageError(MSDiffusionError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 — as argparse, without the usage dump
-        raise UsageError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("msdiffusion").strip()  # "generate", "train cache"
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +73,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    if not sys.stderr.isatty():  # a log file: the libraries' loading bars are noise in it
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if sys.warnoptions:
         return
     for category in (FutureWarning, DeprecationWarning, UserWarning):

@@ -289,9 +289,16 @@ def load_sdxl_components(
     ``with_unet``), scheduler, image_encoder, feature_extractor, and the base pipeline's
     ``force_zeros_for_empty_prompt`` — from the SDXL base, image
     encoder and VAE parts (``model_parts``), in ``dtype`` (a separate VAE in ``vae_dtype``, by
-    default ``dtype``); ``download`` False: local files only."""
+    default ``dtype``); ``download`` False: local files only. ``HF_HUB_DISABLE_PROGRESS_BARS``
+    (the command line sets it when stderr is no terminal) also silences diffusers' loading bars,
+    as it does the hub's and transformers'."""
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import are_progress_bars_disabled
     from transformers import CLIPVisionModelWithProjection
+
+    if are_progress_bars_disabled():
+        diffusers_logging.disable_progress_bar()
 
     by_what = {p.what: p for p in parts}
     local_only = {"local_files_only": not download}

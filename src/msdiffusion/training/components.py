@@ -73,12 +73,7 @@ def _load_sdxl(
         image_encoder=config.image_encoder,
         image_encoder_subfolder=config.image_encoder_subfolder,
         vae=config.vae,
-        with_adapter=False,
-        option_names={
-            "base": "model.base",
-            "image_encoder": "model.image_encoder",
-            "vae": "model.vae",
-        },
+        with_adapter=False,  # the parts named by train's flags (model.* in a config file)
     )
     download = require_parts(parts, hint=HINT)
     vae_dtype = to_dtype(config.vae_dtype) if config.vae_dtype else None

@@ -55,3 +55,23 @@ def test_toy_model_keeps_held_out_identities_in_their_boxes(toy):
     assert toy.info["preset"] == "toy"
     for boxes in ((LEFT, RIGHT), (RIGHT, LEFT)):  # the swap: identities follow their boxes
         assert _identity(toy, boxes, scale=1.0) >= 0.75, boxes
+
+
+def test_a_trained_base_is_written_whole_and_as_the_umask_says(tmp_path):
+    import os
+    import stat
+
+    from diffusers import StableDiffusionXLPipeline
+
+    from msdiffusion.testing.sdxl import random_components
+    from msdiffusion.toyworld.base import save_base
+
+    old = os.umask(0o002)
+    try:
+        save_base(random_components("tiny", seed=0), tmp_path)
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "image_encoder"]  # no leftovers
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o664}
+    StableDiffusionXLPipeline.from_pretrained(tmp_path / "base")

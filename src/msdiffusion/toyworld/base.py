@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_path
+from ..atomic import atomic_dir, atomic_path
 from ..encoding import prepare_reference
 from ..testing.sdxl import random_components
 from .world import IMAGE_SIZE, render, sample_reference, sample_scene
@@ -368,12 +368,14 @@ def save_base(components: dict[str, Any], out: Path, dtype: torch.dtype = torch.
     # dropped captions were trained as "" (not zeros): the unconditional branch encodes ""
     pipe = StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=False)
     pipe.to(dtype=dtype)
-    pipe.save_pretrained(out / "base", safe_serialization=True)
+    with atomic_dir(out / "base") as tmp:  # whole or not there; the umask's permissions
+        pipe.save_pretrained(tmp, safe_serialization=True)
     pipe.to(dtype=torch.float32)
     encoder = components["image_encoder"]
-    encoder.to(dtype).save_pretrained(out / "image_encoder", safe_serialization=True)
+    with atomic_dir(out / "image_encoder") as tmp:
+        encoder.to(dtype).save_pretrained(tmp, safe_serialization=True)
+        components["feature_extractor"].save_pretrained(tmp)
     encoder.to(torch.float32)
-    components["feature_extractor"].save_pretrained(out / "image_encoder")
 
 
 def train_base(

@@ -164,7 +164,9 @@ def _slow_settings() -> dict:
             "features": tiny_models_config()["features"],
             "detector": {
                 "kind": "test_data_helpers:slow_colour_detector",
-                "options": {"delay": 0.15},
+                "options": {
+                    "delay": 0.5
+                },  # 1.5 s after the first shard: room for a kill on a busy machine
             },
         },
     )

@@ -124,7 +124,8 @@ def run_console(
 def started_build(tmp_path):
     """Starts ``msdiffusion data build`` in a process (and session) of its own, the tests' model
     plug-ins importable, and returns once it has written its first shard (or ended, or
-    ``timeout`` passed): ``start(videos, out, config, *flags, timeout=120) -> Popen``, its
+    ``timeout`` passed): ``start(videos, out, config, *flags, timeout=120, env=None) -> Popen``
+    (``env``: more environment variables), its
     stderr in ``build.log`` under ``tmp_path``. A process still running at the end is killed."""
     import signal
     import subprocess
@@ -132,10 +133,18 @@ def started_build(tmp_path):
 
     started: list[subprocess.Popen] = []
 
-    def start(videos: Path, out: Path, config: Path, *flags: str, timeout: float = 120):
+    def start(
+        videos: Path,
+        out: Path,
+        config: Path,
+        *flags: str,
+        timeout: float = 120,
+        env: dict[str, str] | None = None,
+    ):
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+            **(env or {}),
         }
         with open(tmp_path / "build.log", "wb") as log:
             proc = subprocess.Popen(

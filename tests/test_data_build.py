@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from test_data_helpers import (
+    STALL_WHEN,
     STANDARD_CAPTION,
     ColourDetector,
     Shape,
@@ -164,11 +165,10 @@ def _slow_settings() -> dict:
             "features": tiny_models_config()["features"],
             "detector": {
                 "kind": "test_data_helpers:slow_colour_detector",
-                "options": {
-                    "delay": 0.5
-                },  # 1.5 s after the first shard: room for a kill on a busy machine
+                "options": {"delay": 0.15},
             },
         },
+        ray={"inputs_per_block": 1},  # a block goes through every stage at once: one at a time
     )
 
 
@@ -178,8 +178,10 @@ def test_kill_minus_9_then_resume_gives_the_same_shards(videos, tmp_path, starte
     cfg_file = tmp_path / "data.json"
     cfg_file.write_text(json.dumps(_slow_settings()))
     out = tmp_path / "ds"
-    proc = started_build(videos, out, cfg_file, "--engine", "local")
     marker = out / "shards" / "shard-000000.json"
+    # the killed build stops for good after its first shard: the kill finds it mid-build however
+    # busy the machine is (the resumed and the fresh build run here, at full speed)
+    proc = started_build(videos, out, cfg_file, "--engine", "local", env={STALL_WHEN: str(marker)})
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert marker.exists(), (tmp_path / "build.log").read_text()[-2000:]

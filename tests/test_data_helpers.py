@@ -81,8 +81,13 @@ def settings_for_tests(**sections) -> dict:
     return base
 
 
+STALL_WHEN = "MSD_TEST_STALL_WHEN"  # a path: once it exists, the slow detector stops for good
+
+
 class SlowColourDetector(ColourDetector):
-    """``ColourDetector`` that waits ``delay`` seconds per call: a build slow enough to kill."""
+    """``ColourDetector`` that waits ``delay`` seconds per call: a build slow enough to kill. In a
+    process whose environment names a path under :data:`STALL_WHEN`, every call after that path
+    appears waits for an hour — a build that is certainly still running when it is killed."""
 
     def __init__(self, delay: float = 0.5, **options):
         super().__init__(**options)
@@ -92,6 +97,9 @@ class SlowColourDetector(ColourDetector):
         import time
 
         time.sleep(self.delay)
+        stall = os.environ.get(STALL_WHEN)
+        if stall and os.path.exists(stall):
+            time.sleep(3600)
         return super().detect(images, phrases)
 
 

@@ -17,12 +17,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_page import (
+    VIEWPORT,
+    assert_equal,
+    box_of,
+    canvas_drag,
+    choose,
+    count_progress_bars,
+    eventually,
+    field,
+    on_screen,
+    set_steps,
+    type_into,
+    whole_in_view,
+)
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "ui.png"
 CHROMIUM = os.environ.get("MSD_CHROMIUM", "/usr/bin/chromium")
-VIEWPORT = {"width": 1280, "height": 720}  # a laptop screen: everything needed must fit
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -118,92 +131,6 @@ def reference_images(tmp_path: Path) -> list[Path]:
     return [examples / "dog.png", examples / "cat.png"]
 
 
-def field(page, elem_id: str):
-    return page.locator(f"#{elem_id} textarea, #{elem_id} input:not([type=file])").first
-
-
-def type_into(page, elem_id: str, text: str) -> None:
-    """Types into a field (the page checks it as it is typed in) and leaves it."""
-    field(page, elem_id).fill(text)
-    field(page, elem_id).press("Tab")
-
-
-def choose(page, elem_id: str, option: str) -> None:
-    """Picks the dropdown option whose label starts with ``option``."""
-    field(page, elem_id).click()
-    page.get_by_role("option", name=re.compile("^" + re.escape(option))).first.click()
-
-
-def set_steps(page, steps: int) -> None:
-    if not page.locator("#steps input[type=number]").is_visible():
-        page.get_by_text("Generation settings", exact=True).click()
-    box = page.locator("#steps input[type=number]")
-
-    def applied():
-        if box.input_value() != str(steps):
-            box.fill(str(steps))
-            box.press("Enter")
-        assert page.locator("#steps input[type=range]").input_value() == str(steps)
-
-    eventually(applied)
-
-
-def canvas_drag(page, start, end, steps: int = 5) -> None:
-    """A mouse drag on the layout canvas, in fractions of its width and height."""
-    frame = page.locator("#layout-canvas .msd-frame")
-    frame.scroll_into_view_if_needed()
-    rect = frame.bounding_box()
-    page.mouse.move(rect["x"] + start[0] * rect["width"], rect["y"] + start[1] * rect["height"])
-    page.mouse.down()
-    page.mouse.move(
-        rect["x"] + end[0] * rect["width"], rect["y"] + end[1] * rect["height"], steps=steps
-    )
-    page.mouse.up()
-
-
-def box_of(page, k: int) -> list[float] | None:
-    text = field(page, f"s{k}-box").input_value()
-    return [float(v) for v in text.split(",")] if text else None
-
-
-def on_screen(page, elem_id: str, *, whole: bool = True) -> bool:
-    """Whether the element is inside the window without scrolling (``whole``: all of it; else its
-    top 100 px)."""
-    rect = page.locator(f"#{elem_id}").bounding_box()
-    bottom = rect["y"] + (rect["height"] if whole else min(100, rect["height"]))
-    return (
-        rect["x"] >= 0
-        and rect["y"] >= 0
-        and rect["x"] + rect["width"] <= VIEWPORT["width"]
-        and (bottom <= VIEWPORT["height"])
-    )
-
-
-def count_progress_bars(page) -> None:
-    """From now on, the page records the most progress bars it ever showed at once."""
-    page.evaluate(
-        """() => {
-        window.msdMostBars = 0;
-        const count = () => { window.msdMostBars = Math.max(window.msdMostBars,
-            document.querySelectorAll('.progress-level').length); };
-        new MutationObserver(count).observe(document.body, {subtree: true, childList: true});
-    }"""
-    )
-
-
-def eventually(check, timeout: float = 30.0):
-    """``check()`` until it stops raising AssertionError: the page updates asynchronously (its
-    events run in the browser's queue, later on a loaded machine)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def test_draw_boxes_generate_and_keep_the_recipe(page, server, tmp_path):
     _, out_dir, demo, lora = server
     # the server's guard rails: localhost only, no share link, one generation, a bounded queue
@@ -287,7 +214,7 @@ def test_draw_boxes_generate_and_keep_the_recipe(page, server, tmp_path):
     seed = recipe["seed"]
     assert f"seed {seed}" in page.locator("#status").inner_text()
     assert "outputs/ui/0001" in page.locator("#status").inner_text()
-    eventually(lambda: _equal(field(page, "seed").input_value(), str(seed)))
+    eventually(lambda: assert_equal(field(page, "seed").input_value(), str(seed)))
     # whole previews: references and results are shown uncropped
     fits = page.evaluate(
         """() => [...document.querySelectorAll('#s0-images img, #results img')]
@@ -313,15 +240,11 @@ def test_draw_boxes_generate_and_keep_the_recipe(page, server, tmp_path):
     field(page, "random_seed").uncheck()
     page.locator("#generate").click()
     again = out_dir / "0002" / "image_0.json"
-    eventually(lambda: _equal(again.is_file(), True), timeout=120)
+    eventually(lambda: assert_equal(again.is_file(), True), timeout=120)
     page.locator("#status").get_by_text("outputs/ui/0002").wait_for(timeout=15_000)
     assert json.loads(again.read_text())["request"]["seed"] == seed
     first, second = (Image.open(p.parent / "image_0.png") for p in (sidecars[0], again))
     assert first.tobytes() == second.tobytes()
-
-
-def _equal(got, want):
-    assert got == want, (got, want)
 
 
 def test_errors_show_next_to_their_field(page, server, tmp_path):
@@ -367,7 +290,7 @@ def test_example_layouts_and_loading_a_sidecar(page, server, tmp_path):
     page.locator("#s0-images img").first.wait_for(timeout=15_000)
     page.locator("#layout-2").click()  # subject + scene: one box fits, the scene waits
     page.locator("#status").get_by_text("add reference images to 1 more").wait_for(timeout=15_000)
-    eventually(lambda: _equal(field(page, "s0-box").input_value(), "0.25, 0.25, 0.75, 0.75"))
+    eventually(lambda: assert_equal(field(page, "s0-box").input_value(), "0.25, 0.25, 0.75, 0.75"))
     assert field(page, "s1-box").input_value() == "" and field(page, "prompt").input_value() == ""
     page.locator("#s1-images input[type=file]").set_input_files(str(cat))
     page.locator("#s1-images img").first.wait_for(timeout=15_000)
@@ -429,7 +352,7 @@ def test_example_layouts_and_loading_a_sidecar(page, server, tmp_path):
 
     eventually(restored)
     page.get_by_text("Generation settings", exact=True).click()
-    eventually(lambda: _equal(field(page, "lora").input_value(), "none"))  # it used no LoRA
+    eventually(lambda: assert_equal(field(page, "lora").input_value(), "none"))  # it used no LoRA
 
 
 def test_drawing_always_edits_the_highlighted_subject(page):
@@ -460,7 +383,7 @@ def test_drawing_always_edits_the_highlighted_subject(page):
     frame = page.locator("#layout-canvas .msd-frame")
     rect = frame.bounding_box()
     page.mouse.click(rect["x"] + 0.2 * rect["width"], rect["y"] + 0.5 * rect["height"])
-    eventually(lambda: _equal("on" in chips.nth(0).get_attribute("class"), True))
+    eventually(lambda: assert_equal("on" in chips.nth(0).get_attribute("class"), True))
     drag((0.2, 0.5), (0.25, 0.45))
     box_is(0, [0.1, 0.05, 0.5, 0.85])
     box_is(1, [0.45, 0.3, 0.6, 0.9])
@@ -497,7 +420,7 @@ def test_drawing_always_edits_the_highlighted_subject(page):
     page.locator('#layout-canvas .msd-box[data-k="0"]').click()
     page.keyboard.press("Delete")
     page.locator('#layout-canvas .msd-box[data-k="0"]').wait_for(state="detached", timeout=15_000)
-    eventually(lambda: _equal(field(page, "s0-box").input_value(), ""))
+    eventually(lambda: assert_equal(field(page, "s0-box").input_value(), ""))
     box_is(1, [0.45, 0.3, 0.6, 0.9])
 
 
@@ -506,9 +429,9 @@ def test_subjects_are_added_cleared_and_removed(page, tmp_path):
     assert [page.locator(f"#subject-{k}").is_visible() for k in range(3)] == [True, True, False]
     for _ in range(2):
         page.locator("#add-subject").click()
-    eventually(lambda: _equal(page.locator("#subject-3").is_visible(), True))
+    eventually(lambda: assert_equal(page.locator("#subject-3").is_visible(), True))
     chips = page.locator("#layout-canvas .msd-chip")
-    eventually(lambda: _equal(chips.count(), 4))
+    eventually(lambda: assert_equal(chips.count(), 4))
     # four subjects open at 1280×720: Generate, the start of the results and the canvas in view
     page.evaluate("window.scrollTo(0, 0)")
     assert on_screen(page, "generate") and on_screen(page, "results", whole=False)
@@ -518,13 +441,13 @@ def test_subjects_are_added_cleared_and_removed(page, tmp_path):
         page.locator(f"#s{k}-images input[type=file]").set_input_files(str(image))
         field(page, f"s{k}-phrase").fill(phrase)
         type_into(page, f"s{k}-box", f"{0.3 * k}, 0, {0.3 * k + 0.3}, 1")
-    eventually(lambda: _equal(page.locator("#layout-canvas .msd-box").count(), 3))
+    eventually(lambda: assert_equal(page.locator("#layout-canvas .msd-box").count(), 3))
     # more than four: up to eight slots
     for _ in range(4):
         page.locator("#add-subject").click()
-    eventually(lambda: _equal(page.locator("#subject-7").is_visible(), True))
+    eventually(lambda: assert_equal(page.locator("#subject-7").is_visible(), True))
     assert not page.locator("#add-subject").is_visible()
-    eventually(lambda: _equal(chips.count(), 8))
+    eventually(lambda: assert_equal(chips.count(), 8))
     # Remove takes a subject out: the ones after it move up
     page.locator("#s0-remove").click()
 
@@ -551,40 +474,13 @@ def test_subjects_are_added_cleared_and_removed(page, tmp_path):
     eventually(cleared)
 
 
-def whole_in_view(page, selector: str) -> list[str]:
-    """For each image under ``selector``: where it is cut off by a box around it that clips
-    (``overflow`` not visible), as text; an empty list when every image is shown whole."""
-    return page.evaluate(
-        """(selector) => {
-        const cut = [];
-        for (const img of document.querySelectorAll(selector)) {
-          const r = img.getBoundingClientRect();
-          if (r.width < 8 || r.height < 8) { cut.push(`${img.src}: ${r.width}×${r.height}`); }
-          for (let el = img.parentElement; el; el = el.parentElement) {
-            const cs = getComputedStyle(el);
-            if (cs.overflow === 'visible' && cs.overflowY === 'visible') continue;
-            const b = el.getBoundingClientRect();
-            if (r.top < b.top - 1 || r.bottom > b.bottom + 1 || r.left < b.left - 1
-                || r.right > b.right + 1) {
-              cut.push(`${el.className}: image ${Math.round(r.top)}–${Math.round(r.bottom)}, `
-                       + `box ${Math.round(b.top)}–${Math.round(b.bottom)}`);
-              break;
-            }
-          }
-        }
-        return cut;
-    }""",
-        selector,
-    )
-
-
 def test_a_picture_is_the_canvas_background_and_its_boxes_are_repainted(page, server, tmp_path):
     _, out_dir, _, _ = server
     dog, _ = reference_images(tmp_path)
     # a single reference is shown whole, as a thumbnail (not widened and cut at the slot's height)
     page.locator("#s0-images input[type=file]").set_input_files(str(dog))
     page.locator("#s0-images img").first.wait_for(timeout=10_000)
-    eventually(lambda: _equal(whole_in_view(page, "#s0-images img"), []))
+    eventually(lambda: assert_equal(whole_in_view(page, "#s0-images img"), []))
     rng = np.random.default_rng(0)
     garden = tmp_path / "garden.png"
     Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(garden)
@@ -592,7 +488,7 @@ def test_a_picture_is_the_canvas_background_and_its_boxes_are_repainted(page, se
     page.locator("#init_image input[type=file]").set_input_files(str(garden))
     # the output takes the picture's aspect ratio at the model's size; the canvas shows it
     eventually(
-        lambda: _equal(
+        lambda: assert_equal(
             (field(page, "width").input_value(), field(page, "height").input_value()),
             ("312", "208"),
         )
@@ -614,13 +510,15 @@ def test_a_picture_is_the_canvas_background_and_its_boxes_are_repainted(page, se
     set_steps(page, 2)
     page.locator("#repaint input[value=boxes]").check()
     checked = "() => document.querySelector('#repaint input:checked').value"
-    eventually(lambda: _equal(page.evaluate(checked), "boxes"))
-    eventually(lambda: _equal(page.locator("#strength input[type=number]").input_value(), "1"))
+    eventually(lambda: assert_equal(page.evaluate(checked), "boxes"))
+    eventually(
+        lambda: assert_equal(page.locator("#strength input[type=number]").input_value(), "1")
+    )
     canvas_drag(page, (0.55, 0.2), (0.95, 0.9))
-    eventually(lambda: _equal(box_of(page, 0) is not None, True))
+    eventually(lambda: assert_equal(box_of(page, 0) is not None, True))
     runs = len(list(out_dir.glob("*/image_0.json"))) if out_dir.exists() else 0
     page.locator("#generate").click()
-    done = lambda: _equal(len(list(out_dir.glob("*/image_0.json"))), runs + 1)  # noqa: E731
+    done = lambda: assert_equal(len(list(out_dir.glob("*/image_0.json"))), runs + 1)  # noqa: E731
     eventually(done, timeout=120)
     sidecar = sorted(out_dir.glob("*/image_0.json"))[-1]
     recipe = json.loads(sidecar.read_text())["request"]
@@ -636,7 +534,7 @@ def test_a_picture_is_the_canvas_background_and_its_boxes_are_repainted(page, se
     source = np.asarray(Image.open(garden).resize((312, 208), Image.Resampling.LANCZOS), dtype=int)
     assert np.array_equal(result[~mask], source[~mask])
     page.locator("#results img").first.wait_for(timeout=10_000)
-    eventually(lambda: _equal(whole_in_view(page, "#results img"), []))
+    eventually(lambda: assert_equal(whole_in_view(page, "#results img"), []))
     # its sidecar restores the picture, the mask (now an uploaded one) and the strength
     page.get_by_text("Load or save a request", exact=True).click()
     page.locator("#load_request input[type=file]").set_input_files(str(sidecar))
